@@ -1,0 +1,6 @@
+"""LightningDataModules, one file per dataset, on one small base class."""
+
+from data_modules.base import TokenDataModule
+from data_modules.wikitext import WikiText103
+
+__all__ = ["TokenDataModule", "WikiText103"]

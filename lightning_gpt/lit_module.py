@@ -1,0 +1,154 @@
+"""The LightningModule: wraps the plain-PyTorch GPT with its loss, metrics, optimizer and schedule."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+from torchmetrics import MeanMetric
+
+from lightning_gpt.errors import UserInputError
+from lightning_gpt.model import GPT, IGNORE_INDEX, GPTConfig
+
+
+def shape_mismatches(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> list[str]:
+    """Human-readable differences between two state dicts' keys and shapes."""
+    problems = [
+        f"{k}: checkpoint {tuple(found[k].shape)}, model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in found and found[k].shape != v.shape
+    ]
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    if missing:
+        problems.append(f"missing from checkpoint: {missing[:4]}{' ...' if len(missing) > 4 else ''}")
+    if unexpected:
+        problems.append(f"not in model: {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}")
+    return problems
+
+
+class GPTModule(L.LightningModule):
+    """Next-token prediction with a causal transformer.
+
+    Args:
+        preset: model shape: "tiny", "small" or "gpt2-124m" (see lightning_gpt/model.py).
+        vocab_size: number of token ids; the CLI links it from the data module's tokenizer.
+        block_size: context length; the CLI links it to the data module's window length.
+        n_layer: overrides the preset's number of layers.
+        n_head: overrides the preset's number of attention heads.
+        n_embd: overrides the preset's width.
+        dropout: dropout on attention and residual branches.
+        learning_rate: peak learning rate, reached after warmup.
+        min_lr_ratio: the cosine schedule ends at learning_rate * min_lr_ratio.
+        warmup_steps: optimizer steps of linear warmup.
+        weight_decay: AdamW decay on matrices and embeddings (never on norms).
+        betas: AdamW betas.
+        compile: compile the model with torch.compile (worth it on a GPU for long runs).
+    """
+
+    def __init__(
+        self,
+        preset: str = "gpt2-124m",
+        vocab_size: int = 50257,
+        block_size: int = 1024,
+        n_layer: int | None = None,
+        n_head: int | None = None,
+        n_embd: int | None = None,
+        dropout: float = 0.0,
+        learning_rate: float = 6e-4,
+        min_lr_ratio: float = 0.1,
+        warmup_steps: int = 700,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        overrides = {k: v for k, v in {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd}.items() if v is not None}
+        self.config = GPTConfig.from_preset(
+            preset, vocab_size=vocab_size, block_size=block_size, dropout=dropout, **overrides
+        )
+        self.model = GPT(self.config)
+        self.val_nll = MeanMetric()  # token-weighted mean, exact across batches and ranks
+        self.test_nll = MeanMetric()
+        self.tokens_seen = 0  # training tokens over all devices, kept across resumes
+        self.flops_per_batch = 0  # read by Lightning's ThroughputMonitor for MFU; set by each step
+
+    def configure_model(self) -> None:
+        if self.hparams.compile and self.model._compiled_call_impl is None:
+            self.model.compile()  # compiles in place: state-dict keys stay the same
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        return self.model(idx, targets)
+
+    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], flops_factor: int) -> tuple[torch.Tensor, int]:
+        x, y = batch  # (B, T), (B, T)
+        self.flops_per_batch = self.model.flops_per_token(x.shape[1]) * x.numel() // 3 * flops_factor
+        _, loss = self(x, y)
+        return loss, int((y != IGNORE_INDEX).sum())
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss, _ = self._loss(batch, flops_factor=3)  # forward + backward
+        self.tokens_seen += batch[0].numel() * self.trainer.world_size
+        self.log("train_loss", loss, on_step=True, prog_bar=True)
+        self.log("tokens_seen", float(self.tokens_seen), on_step=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        loss, n_targets = self._loss(batch, flops_factor=1)
+        self.val_nll.update(loss, weight=n_targets)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        loss, n_targets = self._loss(batch, flops_factor=1)
+        self.test_nll.update(loss, weight=n_targets)
+
+    def _log_eval(self, stage: str, metric: MeanMetric) -> None:
+        # Perplexity is exp of the token-weighted mean NLL. torchmetrics' Perplexity would give the same number
+        # but re-materializes a (B, T, vocab) softmax; the MeanMetric aggregates the same sums across ranks.
+        nll = metric.compute()
+        metric.reset()
+        self.log(f"{stage}_loss", nll, prog_bar=True)
+        self.log(f"{stage}_ppl", torch.exp(nll))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val", self.val_nll)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test", self.test_nll)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]  # matmul weights and the (tied) embedding
+        no_decay = [p for p in params if p.dim() < 2]  # norm gains
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.learning_rate,
+            betas=tuple(hp.betas),
+            fused=self.device.type == "cuda",
+        )
+        total = self.trainer.estimated_stepping_batches
+        if total == float("inf"):
+            raise UserInputError("set --trainer.max_steps or --trainer.max_epochs: the cosine schedule needs an end.")
+        total = int(total)
+        warmup = min(hp.warmup_steps, max(total - 1, 0))
+        schedulers = [
+            LinearLR(optimizer, start_factor=1.0 / (warmup + 1), total_iters=warmup),
+            CosineAnnealingLR(optimizer, T_max=max(total - warmup, 1), eta_min=hp.learning_rate * hp.min_lr_ratio),
+        ]
+        schedule = SequentialLR(optimizer, schedulers, milestones=[warmup])
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tokens_seen"] = self.tokens_seen
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        problems = shape_mismatches(self.state_dict(), checkpoint.get("state_dict", {}))
+        if problems:
+            raise UserInputError(
+                "the checkpoint holds a model of another shape than this run's: "
+                + "; ".join(problems)
+                + ". Use the model settings it was trained with (its hyperparameters are in the checkpoint), "
+                "or start from scratch without --ckpt_path."
+            )
+        self.tokens_seen = checkpoint.get("tokens_seen", 0)

@@ -1,0 +1,189 @@
+"""The whole model: a decoder-only causal transformer in plain PyTorch (no Lightning here).
+
+The block is Llama-shaped (RMSNorm, rotary positions in the rotate-half layout, SwiGLU, no biases) so that a
+trained model maps one-to-one onto Hugging Face's `LlamaForCausalLM` (fused `qkv` splits into q/k/v) for export.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lightning_gpt.errors import UserInputError
+
+# Targets equal to this carry no loss. Data modules write it; the loss reads it.
+IGNORE_INDEX = -100
+
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64},  # tests and CPU smoke runs
+    "small": {"n_layer": 6, "n_head": 6, "n_embd": 384},  # ~30M parameters
+    "gpt2-124m": {"n_layer": 12, "n_head": 12, "n_embd": 768},  # GPT-2 small's shape
+}
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return multiple * math.ceil(value / multiple)
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257
+    """Number of real token ids; the embedding is padded past it to `padded_vocab_size`."""
+    block_size: int = 1024
+    """Longest sequence the model attends over (its context length)."""
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    """Dropout on attention weights and on each residual branch; 0 for pretraining at this scale."""
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    padded_vocab_size: int = field(init=False)
+    """`vocab_size` rounded up to a multiple of 64, for fast matmuls."""
+    mlp_hidden: int = field(init=False)
+    """SwiGLU width: 8/3 of `n_embd` (the same parameters as a 4x GELU MLP), rounded up to a multiple of 64."""
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) <= 0:
+                raise UserInputError(f"model config: {name} must be positive, got {getattr(self, name)}.")
+        if self.n_embd % self.n_head:
+            raise UserInputError(f"model config: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}).")
+        if (self.n_embd // self.n_head) % 2:
+            raise UserInputError(
+                f"model config: the head size n_embd / n_head = {self.n_embd // self.n_head} must be even "
+                "for rotary positions; change n_embd or n_head."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserInputError(f"model config: dropout must be in [0, 1), got {self.dropout}.")
+        self.padded_vocab_size = _round_up(self.vocab_size, 64)
+        self.mlp_hidden = _round_up(int(8 * self.n_embd / 3), 64)
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides) -> GPTConfig:
+        if preset not in PRESETS:
+            raise UserInputError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}.")
+        return cls(**{**PRESETS[preset], **overrides})
+
+
+def rotary_tables(config: GPTConfig, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables, each (block_size, head_size), in the rotate-half layout."""
+    half = config.head_size // 2
+    inv_freq = 1.0 / (config.rope_base ** (torch.arange(0, half, device=device, dtype=torch.float32) / half))
+    angles = torch.outer(torch.arange(config.block_size, device=device, dtype=torch.float32), inv_freq)  # (T, hs/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (T, hs)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, nh, T, hs); cos, sin: (T, hs)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        # Flash / memory-efficient kernels on CUDA, a fused kernel on CPU.
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=False)
+        self.up = nn.Linear(config.n_embd, config.mlp_hidden, bias=False)
+        self.down = nn.Linear(config.mlp_hidden, config.n_embd, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(F.silu(self.gate(x)) * self.up(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+        self.attn = CausalSelfAttention(config)
+        self.mlp_norm = nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+        self.mlp = SwiGLU(config)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.padded_vocab_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm = nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # tied: one matrix reads and writes tokens
+        cos, sin = rotary_tables(config)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        # GPT-2's scaled init: each residual branch's output projection shrinks with depth.
+        for name, param in self.named_parameters():
+            if name.endswith(("attn.proj.weight", "mlp.down.weight")):
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx, targets: (B, T) token ids, T <= block_size. Returns logits (B, T, padded_vocab) and the mean
+        cross-entropy over targets that are not IGNORE_INDEX (None without targets)."""
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of length {T} is longer than the model's block_size {self.config.block_size}")
+        x = self.drop(self.tok_emb(idx))  # (B, T, C)
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, hs)
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        logits = self.lm_head(self.norm(x))  # (B, T, padded_vocab)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L C T."""
+        c = self.config
+        seq_len = seq_len or c.block_size
+        return 6 * self.num_parameters() + 12 * c.n_layer * c.n_embd * seq_len
