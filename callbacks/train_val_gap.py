@@ -35,7 +35,8 @@ class TrainValGapEarlyStopping(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        self.train_loss_sum += float(loss)
+        # Lightning hands over the loss divided by accumulate_grad_batches; undo that to compare with val_loss.
+        self.train_loss_sum += float(loss) * trainer.accumulate_grad_batches
         self.train_batches += 1
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

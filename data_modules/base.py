@@ -4,6 +4,7 @@ local folder in the hub's layout), tokenize it once into a token cache, serve fi
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,8 +30,12 @@ from lightning_gpt.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 
-def load_hf_split(path: str, name: str | None, split: str):
-    """One `datasets.load_dataset` call for a hub id or a local folder, with errors that say what to do."""
+def load_hf_split(path: str, name: str | None, split: str, scratch_dir: str | None = None):
+    """One `datasets.load_dataset` call for a hub id or a local folder, with errors that say what to do.
+
+    A local folder is converted in `scratch_dir`: datasets' shared cache keys local folders loosely and can
+    serve a stale copy (even stale column types) of a folder whose files were replaced.
+    """
     import datasets  # heavy; only the processes that read raw data need it
 
     local = Path(path).expanduser()
@@ -41,11 +46,19 @@ def load_hf_split(path: str, name: str | None, split: str):
             "(e.g. ../shared/data/hub/Salesforce/wikitext) or a hub dataset id."
         )
     try:
-        return datasets.load_dataset(str(local) if looks_local else path, name, split=split)
+        if looks_local:
+            return datasets.load_dataset(str(local), name, split=split, cache_dir=scratch_dir)
+        return datasets.load_dataset(path, name, split=split)
     except ConnectionError as err:
         raise UserInputError(
             f"could not reach the Hugging Face hub for dataset {path!r} ({err}). Offline, pass a local copy in the "
             "hub's layout with --data.path DIR (for example ../shared/data/hub/Salesforce/wikitext)."
+        ) from None
+    except datasets.exceptions.DatasetGenerationError as err:
+        cause = err.__cause__ or err
+        raise UserInputError(
+            f"could not read split {split!r} of --data.path {path} ({type(cause).__name__}: {cause}); "
+            "check that its data files are valid and not empty."
         ) from None
     except ValueError as err:  # unknown split or config name: datasets lists the ones that exist
         raise UserInputError(f"--data.path {path} (config {name!r}, split {split!r}): {err}") from None
@@ -140,7 +153,11 @@ class TokenDataModule(L.LightningDataModule):
                 self.build_cache(split, bin_path)
 
     def build_cache(self, split: str, bin_path: Path) -> int:
-        rows = load_hf_split(self.path, self.name, split)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".raw-") as scratch:
+            return self._tokenize_split(load_hf_split(self.path, self.name, split, scratch), split, bin_path)
+
+    def _tokenize_split(self, rows, split: str, bin_path: Path) -> int:
         missing = [c for c in self.required_columns if c not in rows.column_names]
         if missing:
             raise UserInputError(

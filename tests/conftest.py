@@ -1,0 +1,71 @@
+"""Shared fixtures: every test runs offline, on the CPU, with its own caches, on data it makes itself."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+REAL_HUB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hub"
+
+WORDS = ["the", "cat", "dog", "sat", "ran", "on", "under", "a", "mat", "rug", "big", "small", "red", "blue", "and", "then", "slept", "ate", "fish"]
+
+
+@pytest.fixture(autouse=True)
+def _offline_and_isolated(tmp_path_factory, monkeypatch):
+    hf = tmp_path_factory.mktemp("hf")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(hf))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(hf / "datasets"))
+    monkeypatch.setenv("LIGHTNING_GPT_CACHE", str(tmp_path_factory.mktemp("lgcache")))
+    torch.manual_seed(0)
+
+
+def synthetic_articles(n_articles: int, sentences: int = 12, seed: int = 0) -> list[list[str]]:
+    """WikiText-style articles as line rows: a title row, then text rows, blank rows between."""
+    rng = random.Random(seed)
+    articles = []
+    for i in range(n_articles):
+        rows = ["", f" = Article {i} = \n", ""]
+        for _ in range(sentences):
+            rows.append(" " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14))) + " . \n")
+            rows.append("")
+        articles.append(rows)
+    return articles
+
+
+def write_hub_folder(root: Path, splits: dict[str, list[dict]], config: str = "wikitext-103-raw-v1") -> Path:
+    """A local dataset folder in the Hugging Face hub's layout: <config>/<split>-00000-of-00001.parquet plus a
+    README.md whose YAML header declares the config and its data files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (root / config).mkdir(parents=True, exist_ok=True)
+    files = []
+    for split, rows in splits.items():
+        pq.write_table(pa.Table.from_pylist(rows), root / config / f"{split}-00000-of-00001.parquet")
+        files.append(f"  - split: {split}\n    path: {config}/{split}-*")
+    (root / "README.md").write_text(
+        f"---\nconfigs:\n- config_name: {config}\n  data_files:\n" + "\n".join(files) + "\n---\n"
+    )
+    return root
+
+
+def wikitext_rows(articles: list[list[str]]) -> list[dict]:
+    return [{"text": line} for rows in articles for line in rows]
+
+
+@pytest.fixture
+def wikitext_dir(tmp_path) -> Path:
+    """A small WikiText-like folder: 40 training articles, 6 validation and 6 test articles."""
+    return write_hub_folder(
+        tmp_path / "wikitext",
+        {
+            "train": wikitext_rows(synthetic_articles(40, seed=1)),
+            "validation": wikitext_rows(synthetic_articles(6, seed=2)),
+            "test": wikitext_rows(synthetic_articles(6, seed=3)),
+        },
+    )

@@ -1,0 +1,149 @@
+"""Training behaviour through the real Lightning Trainer, with a tiny model on a made-up corpus."""
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from callbacks import TrainValGapEarlyStopping
+from data_modules import WikiText103
+from lightning_gpt.errors import UserInputError
+from lightning_gpt.lit_module import GPTModule
+from tests.conftest import synthetic_articles, wikitext_rows, write_hub_folder
+
+
+class LossRecorder(L.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+class StopAt(L.Callback):
+    """Ends a run after `step` optimizer steps, like a crash would (the schedule still plans for max_steps)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        trainer.should_stop = trainer.global_step >= self.step
+
+
+def tiny_module(dm: WikiText103, **overrides) -> GPTModule:
+    args = {
+        "preset": "tiny",
+        "vocab_size": dm.vocab_size,
+        "block_size": dm.block_size,
+        "n_layer": 1,
+        "n_embd": 32,
+        "learning_rate": 1e-2,
+        "warmup_steps": 2,
+    }
+    return GPTModule(**{**args, **overrides})
+
+
+def trainer(tmp_path, max_steps, callbacks=(), **overrides) -> L.Trainer:
+    args = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_steps": max_steps,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+        "default_root_dir": tmp_path,
+    }
+    return L.Trainer(**{**args, **overrides}, callbacks=list(callbacks))
+
+
+def datamodule(path, **overrides) -> WikiText103:
+    return WikiText103(path=str(path), **{"block_size": 16, "batch_size": 4, "num_workers": 0, "seed": 7, **overrides})
+
+
+def test_loss_falls_during_fit(wikitext_dir, tmp_path):
+    dm = datamodule(wikitext_dir)
+    recorder = LossRecorder()
+    trainer(tmp_path, 40, [recorder]).fit(tiny_module(dm), dm)
+    first, last = sum(recorder.losses[:5]) / 5, sum(recorder.losses[-5:]) / 5
+    assert last < first - 3.0, (first, last)
+
+
+def test_resume_continues_exactly(wikitext_dir, tmp_path):
+    # An epoch is 12 batches here: 16 steps cross an epoch boundary after the mid-epoch resume at step 8.
+    straight = LossRecorder()
+    L.seed_everything(0)
+    dm = datamodule(wikitext_dir, batch_size=32)
+    trainer(tmp_path / "a", 16, [straight]).fit(tiny_module(dm), dm)
+    assert 8 < dm.trainer.num_training_batches < 16
+
+    first_half, second_half = LossRecorder(), LossRecorder()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=8)
+    L.seed_everything(0)
+    dm = datamodule(wikitext_dir, batch_size=32)
+    trainer(tmp_path / "b", 16, [first_half, StopAt(8), ckpt], enable_checkpointing=True).fit(tiny_module(dm), dm)
+    L.seed_everything(123)  # a resume must not depend on the seed of the new process
+    dm = datamodule(wikitext_dir, batch_size=32)
+    trainer(tmp_path / "b", 16, [second_half]).fit(tiny_module(dm), dm, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+
+    assert len(second_half.losses) == 8
+    torch.testing.assert_close(first_half.losses + second_half.losses, straight.losses, rtol=0, atol=1e-6)
+
+
+def test_checkpoint_rebuilds_the_model_alone(wikitext_dir, tmp_path):
+    dm = datamodule(wikitext_dir)
+    module = tiny_module(dm)
+    fit = trainer(tmp_path, 2)
+    fit.fit(module, dm)
+    fit.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = GPTModule.load_from_checkpoint(tmp_path / "m.ckpt")
+    assert loaded.config == module.config
+    for (name, a), b in zip(module.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_checkpoint_of_another_shape_is_refused_clearly(wikitext_dir, tmp_path):
+    dm = datamodule(wikitext_dir)
+    fit = trainer(tmp_path, 1)
+    fit.fit(tiny_module(dm), dm)
+    fit.save_checkpoint(tmp_path / "m.ckpt")
+    wider = tiny_module(dm, n_embd=64)
+    with pytest.raises(UserInputError, match=r"another shape.*tok_emb.weight: checkpoint \(50304, 32\)"):
+        trainer(tmp_path, 2).fit(wider, dm, ckpt_path=tmp_path / "m.ckpt")
+
+
+def test_validation_reports_loss_and_perplexity(wikitext_dir, tmp_path):
+    dm = datamodule(wikitext_dir)
+    metrics = trainer(tmp_path, 1, limit_val_batches=None).validate(tiny_module(dm), dm, verbose=False)[0]
+    assert metrics["val_ppl"] == pytest.approx(torch.exp(torch.tensor(metrics["val_loss"])).item(), rel=1e-5)
+    assert 9.0 < metrics["val_loss"] < 12.0  # about ln(50257) for an untrained model
+
+
+def gap_run(tmp_path, train_articles, val_articles, max_gap):
+    folder = write_hub_folder(
+        tmp_path / "data", {"train": wikitext_rows(train_articles), "validation": wikitext_rows(val_articles)}
+    )
+    dm = datamodule(folder)
+    gap = TrainValGapEarlyStopping(max_gap=max_gap, patience=2)
+    run = trainer(tmp_path, 150, [gap], limit_val_batches=None, val_check_interval=15, check_val_every_n_epoch=None)
+    run.fit(tiny_module(dm, n_embd=64, learning_rate=2e-2), dm)
+    return run, gap
+
+
+def test_gap_callback_stops_a_run_that_overfits(tmp_path):
+    # One short training article, memorised quickly; validation text shares no sentence with it.
+    run, gap = gap_run(tmp_path, synthetic_articles(1, seed=1), synthetic_articles(6, seed=2)[3:], max_gap=0.5)
+    assert run.global_step < 150
+    assert gap.stopped_reason is not None and "overfitting" in gap.stopped_reason
+    assert run.callback_metrics["train_val_gap"] > 0.5
+
+
+def test_gap_callback_lets_a_healthy_run_go_on(tmp_path):
+    # Validation on the training text itself: the gap stays near zero.
+    articles = synthetic_articles(3, seed=1)
+    run, gap = gap_run(tmp_path, articles, articles, max_gap=0.5)
+    assert run.global_step == 150
+    assert gap.stopped_reason is None
+    assert abs(run.callback_metrics["train_val_gap"]) < 0.5
