@@ -10,7 +10,10 @@ import torch
 
 REAL_HUB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hub"
 
-WORDS = ["the", "cat", "dog", "sat", "ran", "on", "under", "a", "mat", "rug", "big", "small", "red", "blue", "and", "then", "slept", "ate", "fish"]
+WORDS = [
+    *("the", "cat", "dog", "sat", "ran", "on", "under", "a", "mat", "rug"),
+    *("big", "small", "red", "blue", "and", "then", "slept", "ate", "fish"),
+]
 
 
 @pytest.fixture(autouse=True)

@@ -100,7 +100,7 @@ def test_checkpoint_rebuilds_the_model_alone(wikitext_dir, tmp_path):
     fit.save_checkpoint(tmp_path / "m.ckpt")
     loaded = GPTModule.load_from_checkpoint(tmp_path / "m.ckpt")
     assert loaded.config == module.config
-    for (name, a), b in zip(module.state_dict().items(), loaded.state_dict().values()):
+    for (name, a), b in zip(module.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 
