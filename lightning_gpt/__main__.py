@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+import torch
 from lightning.pytorch.cli import LightningCLI
 
 from data_modules.base import TokenDataModule
@@ -18,16 +19,20 @@ class GPTCLI(LightningCLI):
         parser.link_arguments("model.block_size", "data.init_args.block_size")
         parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
 
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        if config.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise UserInputError(
+                "--trainer.accelerator is 'gpu' but no CUDA GPU is available here; add -c configs/smoke.yaml for a "
+                "small CPU run, or pass --trainer.accelerator cpu."
+            )
 
-def main(args: list[str] | None = None) -> None:
+
+def main(args: list[str] | None = None) -> GPTCLI:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        GPTCLI(
-            GPTModule,
-            TokenDataModule,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            args=args,
+        return GPTCLI(
+            GPTModule, TokenDataModule, subclass_mode_data=True, save_config_kwargs={"overwrite": True}, args=args
         )
     except UserInputError as err:
         print(f"lightning-gpt: error: {err}", file=sys.stderr)

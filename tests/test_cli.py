@@ -1,0 +1,133 @@
+"""The command line, run in-process (LightningCLI with args=...), as a user types it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from data_modules.base import TokenDataModule
+from lightning_gpt.__main__ import GPTCLI, main
+from lightning_gpt.errors import UserInputError
+from lightning_gpt.lit_module import GPTModule
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+PRETRAIN = str(CONFIGS / "pretrain_wikitext103.yaml")
+SMOKE = str(CONFIGS / "smoke.yaml")
+SHORT = ["--trainer.max_steps", "6", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "2"]
+
+
+def smoke_args(command, data_dir, *extra):
+    return [command, "-c", PRETRAIN, "-c", SMOKE, "--data.path", str(data_dir), *extra]
+
+
+def parse_only(args):
+    try:
+        return GPTCLI(GPTModule, TokenDataModule, subclass_mode_data=True, run=False, args=args)
+    except UserInputError as err:  # main() turns these into one line and exit code 2
+        pytest.fail(str(err))
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name != "smoke.yaml"))
+def test_every_config_parses_alone_and_with_smoke(config, wikitext_dir):
+    for extra in (["--trainer.accelerator", "cpu"], ["-c", SMOKE]):
+        cli = parse_only(["-c", str(CONFIGS / config), *extra, "--data.path", str(wikitext_dir)])
+        assert cli.datamodule.block_size == cli.model.config.block_size
+        assert cli.model.config.vocab_size == cli.datamodule.vocab_size
+    assert cli.trainer.accelerator.__class__.__name__ == "CPUAccelerator"
+
+
+def test_pretrain_config_is_the_real_run():
+    config = yaml.safe_load(Path(PRETRAIN).read_text())
+    assert config["model"]["preset"] == "gpt2-124m"
+    assert config["trainer"]["precision"] == "bf16-mixed"
+    assert config["trainer"]["accelerator"] == "gpu"
+    assert config["data"]["init_args"]["path"] == "Salesforce/wikitext"
+
+
+def test_smoke_fit_then_validate_test_and_resume(wikitext_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = main(smoke_args("fit", wikitext_dir, *SHORT))
+    assert cli.trainer.global_step == 6
+    run_dir = tmp_path / "runs" / "smoke" / "main"
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert "val_loss" in cli.trainer.callback_metrics
+
+    last = str(run_dir / "checkpoints" / "last.ckpt")
+    for command in ("validate", "test"):
+        metrics = main(smoke_args(command, wikitext_dir, "--ckpt_path", last)).trainer.callback_metrics
+        stage = "val" if command == "validate" else "test"
+        assert metrics[f"{stage}_ppl"] == pytest.approx(metrics[f"{stage}_loss"].exp().item(), rel=1e-5)
+
+    resumed = main(smoke_args("fit", wikitext_dir, *SHORT[2:], "--trainer.max_steps", "9", "--ckpt_path", "last"))
+    assert resumed.trainer.global_step == 9
+    assert resumed.model.tokens_seen == 9 * 8 * 128  # counted across the resume, not from zero
+
+
+def test_checkpoint_hyperparameters_win_over_the_command_line(wikitext_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(smoke_args("fit", wikitext_dir, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1"))
+    last = str(tmp_path / "runs" / "smoke" / "main" / "checkpoints" / "last.ckpt")
+    cli = main(smoke_args("validate", wikitext_dir, "--ckpt_path", last, "--model.n_embd", "128"))
+    assert cli.model.config.n_embd == 64
+    with pytest.raises(SystemExit) as exit_info:
+        main(smoke_args("fit", wikitext_dir, "--ckpt_path", "last", "--model.n_embd", "128"))
+    assert exit_info.value.code == 2
+
+
+def test_gpu_config_without_a_gpu_says_what_to_do(wikitext_dir, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", PRETRAIN, "--data.path", str(wikitext_dir)])
+    assert "configs/smoke.yaml" in capsys.readouterr().err
+
+
+def test_user_errors_print_one_line_without_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(smoke_args("fit", tmp_path / "missing"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "lightning-gpt: error: --data.path" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("typo", [["--model.lerning_rate", "1e-3"], ["--trainer.max_stepz", "3"]])
+def test_flag_typos_are_named(typo, wikitext_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_only(["-c", PRETRAIN, "--data.path", str(wikitext_dir), *typo])
+    assert exit_info.value.code != 0
+    assert typo[0].split(".")[-1] in capsys.readouterr().err
+
+
+def test_config_file_typos_are_named(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  presett: tiny\n")
+    with pytest.raises(SystemExit):
+        parse_only(["-c", PRETRAIN, "-c", str(bad)])
+    assert "presett" in capsys.readouterr().err
+
+
+def test_print_config_prints_the_merged_config(wikitext_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(smoke_args("fit", wikitext_dir, "--print_config"))
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["preset"] == "tiny"
+    assert printed["model"]["block_size"] == 128
+    assert printed["trainer"]["accelerator"] == "cpu"
+    assert printed["data"]["init_args"]["path"] == str(wikitext_dir)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(wikitext_dir, tmp_path):
+    args = smoke_args("fit", wikitext_dir, *SHORT, "--trainer.devices", "2", "--trainer.strategy", "ddp")
+    done = subprocess.run(
+        [sys.executable, "-m", "lightning_gpt", *args], cwd=tmp_path, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "max_steps=6" in done.stderr
+    assert (tmp_path / "runs" / "smoke" / "main" / "checkpoints" / "last.ckpt").is_file()
