@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,12 +170,15 @@ class TokenDataModule(L.LightningDataModule):
                 f"--data.path {self.path} split {split!r} is empty; point --data.path at data with rows."
             )
         log.info("tokenizing %s split %r into %s", self.path, split, bin_path)
-        eot = self.tokenizer.eot_id
+        eot, dtype = self.tokenizer.eot_id, token_dtype(self.vocab_size)
 
         def chunks() -> Iterator[np.ndarray]:
-            for docs in batched(self.documents(rows), 512):
-                ids = self.tokenizer.encode_batch(docs)
-                yield np.fromiter((t for doc in ids for t in (*doc, eot)), dtype=np.int64)
+            for docs in batched(self.documents(rows), 256):
+                flat: list[int] = []
+                for ids in self.tokenizer.encode_batch(docs):  # BPE on several threads
+                    flat.extend(ids)
+                    flat.append(eot)
+                yield np.array(flat, dtype=dtype)
 
         meta = {
             "source": source_fingerprint(self.path)[:500],
@@ -182,7 +186,7 @@ class TokenDataModule(L.LightningDataModule):
             "split": split,
             "tokenizer": self.tokenizer.fingerprint,
         }
-        n_tokens = write_token_cache(bin_path, chunks(), token_dtype(self.vocab_size), meta)
+        n_tokens = write_token_cache(bin_path, chunks(), dtype, meta)
         if n_tokens == 0:
             bin_path.unlink(missing_ok=True)
             bin_path.with_suffix(".json").unlink(missing_ok=True)
@@ -269,6 +273,8 @@ class TokenDataModule(L.LightningDataModule):
         return {"epoch": self._progress["epoch"], "samples": self._progress["samples"], "seed": self.seed}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        # Lightning warns that a mid-epoch resume restarts a plain DataLoader; this module resumes it itself.
+        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended")
         if state_dict.get("seed", self.seed) != self.seed:
             log.warning(
                 "resuming with --data.seed %s, the checkpoint used %s: the data order changes",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 from torchmetrics import MeanMetric
 
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.model import GPT, IGNORE_INDEX, GPTConfig
+from lightning_gpt.optim import adamw_warmup_cosine
 
 
 def shape_mismatches(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> list[str]:
@@ -117,26 +117,20 @@ class GPTModule(L.LightningModule):
         self._log_eval("test", self.test_nll)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]  # matmul weights and the (tied) embedding
-        no_decay = [p for p in params if p.dim() < 2]  # norm gains
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.learning_rate,
-            betas=tuple(hp.betas),
-            fused=self.device.type == "cuda",
-        )
         total = self.trainer.estimated_stepping_batches
         if total == float("inf"):
             raise UserInputError("set --trainer.max_steps or --trainer.max_epochs: the cosine schedule needs an end.")
-        total = int(total)
-        warmup = min(hp.warmup_steps, max(total - 1, 0))
-        schedulers = [
-            LinearLR(optimizer, start_factor=1.0 / (warmup + 1), total_iters=warmup),
-            CosineAnnealingLR(optimizer, T_max=max(total - warmup, 1), eta_min=hp.learning_rate * hp.min_lr_ratio),
-        ]
-        schedule = SequentialLR(optimizer, schedulers, milestones=[warmup])
+        hp = self.hparams
+        optimizer, schedule = adamw_warmup_cosine(
+            self.parameters(),
+            lr=hp.learning_rate,
+            weight_decay=hp.weight_decay,
+            betas=hp.betas,
+            warmup_steps=hp.warmup_steps,
+            total_steps=int(total),
+            min_lr_ratio=hp.min_lr_ratio,
+            fused=self.device.type == "cuda",
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from functools import cached_property
 from importlib import resources
 
@@ -74,8 +75,9 @@ class Tokenizer:
         """Encodes plain text; special-token strings inside it are treated as ordinary text."""
         return self._encoding.encode_ordinary(text)
 
-    def encode_batch(self, texts: list[str], num_threads: int = 8) -> list[list[int]]:
-        return self._encoding.encode_ordinary_batch(texts, num_threads=num_threads)
+    def encode_batch(self, texts: list[str], num_threads: int | None = None) -> list[list[int]]:
+        """Encodes on one thread per usable core (tiktoken releases the GIL); more threads than cores only contend."""
+        return self._encoding.encode_ordinary_batch(texts, num_threads=num_threads or len(os.sched_getaffinity(0)))
 
     def decode(self, ids: list[int]) -> str:
         return self._encoding.decode(ids)

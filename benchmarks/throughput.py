@@ -1,0 +1,165 @@
+"""Training tokens/s through the Lightning application vs a plain PyTorch loop: same model, same batches.
+
+    python benchmarks/throughput.py                       # CPU: tiny model, fp32
+    python benchmarks/throughput.py --preset gpt2-124m --block-size 1024 --batch-size 16 --precision bf16-mixed \
+        --compile --steps 60                              # one CUDA GPU; also prints MFU
+
+Both sides run the same optimizer (AdamW, decay groups), schedule, gradient clipping and precision. Each side runs
+`--repeats` times, alternating, and the best run counts. The last line is the ratio Lightning / plain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from lightning_gpt.lit_module import GPTModule
+from lightning_gpt.optim import adamw_warmup_cosine
+
+REAL_VALIDATION = Path(__file__).resolve().parents[2] / "shared/data/hub/Salesforce/wikitext"
+
+
+def make_batches(n: int, batch_size: int, block_size: int, vocab_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Windows of real WikiText tokens when the shared mirror is here, random ids otherwise."""
+    generator = torch.Generator().manual_seed(0)
+    tokens = None
+    if REAL_VALIDATION.is_dir():
+        from data_modules import WikiText103
+
+        dm = WikiText103(path=str(REAL_VALIDATION), block_size=block_size, batch_size=batch_size, num_workers=0)
+        dm.setup("validate")
+        tokens = torch.from_numpy(np.asarray(dm._sources["val"].tokens).astype(np.int64))
+    batches = []
+    for _ in range(n):
+        if tokens is None:
+            chunk = torch.randint(0, vocab_size, (batch_size, block_size + 1), generator=generator)
+        else:
+            starts = torch.randint(0, len(tokens) - block_size - 1, (batch_size,), generator=generator)
+            chunk = torch.stack([tokens[s : s + block_size + 1] for s in starts.tolist()])
+        batches.append((chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()))
+    return batches
+
+
+def build_module(args) -> GPTModule:
+    torch.manual_seed(0)
+    return GPTModule(preset=args.preset, block_size=args.block_size, compile=args.compile, warmup_steps=10)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def plain_loop(args, batches, device) -> float:
+    """The loop a nanoGPT user writes by hand; returns tokens/s over the steps after warm-up."""
+    module = build_module(args).to(device)
+    module.configure_model()
+    model = module.model.train()
+    hp = module.hparams
+    optimizer, schedule = adamw_warmup_cosine(
+        model.parameters(),
+        lr=hp.learning_rate,
+        weight_decay=hp.weight_decay,
+        betas=hp.betas,
+        warmup_steps=hp.warmup_steps,
+        total_steps=len(batches),
+        min_lr_ratio=hp.min_lr_ratio,
+        fused=device.type == "cuda",
+    )
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16-mixed" else nullcontext()
+    start = None
+    for step, (x, y) in enumerate(batches):
+        if step == args.warmup:
+            sync(device)
+            start = time.perf_counter()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast:
+            _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+    sync(device)
+    return (len(batches) - args.warmup) * batches[0][0].numel() / (time.perf_counter() - start)
+
+
+class _Timer(L.Callback):
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.end = warmup, None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            sync(pl_module.device)
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        sync(pl_module.device)
+        self.end = time.perf_counter()
+
+
+def lightning_loop(args, batches, device) -> tuple[float, float | None]:
+    """The same training through Trainer.fit; returns tokens/s and MFU (when the GPU's peak is known)."""
+    from lightning.fabric.utilities.throughput import get_available_flops
+
+    module = build_module(args)
+    timer = _Timer(args.warmup)
+    trainer = L.Trainer(
+        accelerator=device.type,
+        devices=1,
+        precision=args.precision,
+        max_steps=len(batches),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[timer],
+    )
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, pin_memory=device.type == "cuda")
+    trainer.fit(module, train_dataloaders=loader)
+    tokens_per_s = (len(batches) - args.warmup) * batches[0][0].numel() / (timer.end - timer.start)
+    peak = get_available_flops(device, torch.bfloat16 if args.precision == "bf16-mixed" else torch.float32)
+    mfu = tokens_per_s * module.model.flops_per_token(args.block_size) / peak if peak else None
+    return tokens_per_s, mfu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=8, help="steps not timed (compilation, allocator warm-up)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
+    parser.add_argument("--compile", action="store_true")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_float32_matmul_precision("high")
+    batches = make_batches(args.steps, args.batch_size, args.block_size, 50257)
+    plain, lightning, mfus = [], [], []
+    for _ in range(args.repeats):
+        plain.append(plain_loop(args, batches, device))
+        tokens_per_s, mfu = lightning_loop(args, batches, device)
+        lightning.append(tokens_per_s)
+        mfus.append(mfu)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; preset {args.preset}, batch {args.batch_size} x {args.block_size}, {args.precision}")
+    print(f"plain PyTorch loop: {max(plain):,.0f} tokens/s (runs: {', '.join(f'{v:,.0f}' for v in plain)})")
+    print(f"Lightning:          {max(lightning):,.0f} tokens/s (runs: {', '.join(f'{v:,.0f}' for v in lightning)})")
+    if mfus[0] is not None:
+        print(f"Lightning MFU: {max(mfus):.1%} of the GPU's dense peak")
+    print(f"ratio Lightning / plain: {max(lightning) / max(plain):.3f}")
+
+
+if __name__ == "__main__":
+    main()
