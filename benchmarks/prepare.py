@@ -34,7 +34,8 @@ def main() -> None:
         ours, naive = [], []
         for repeat in range(args.repeats):
             start = time.perf_counter()
-            n_tokens = dm._tokenize_split(rows, args.split, Path(scratch) / f"bench-{repeat}.bin")
+            meta = dm.encode_split(rows, args.split, Path(scratch) / f"bench-{repeat}")
+            n_tokens = meta["arrays"]["tokens"]["length"]
             ours.append(megabytes / (time.perf_counter() - start))
 
             start = time.perf_counter()

@@ -34,7 +34,7 @@ def make_batches(n: int, batch_size: int, block_size: int, vocab_size: int) -> l
 
         dm = WikiText103(path=str(REAL_VALIDATION), block_size=block_size, batch_size=batch_size, num_workers=0)
         dm.setup("validate")
-        tokens = torch.from_numpy(np.asarray(dm._sources["val"].tokens).astype(np.int64))
+        tokens = torch.from_numpy(np.asarray(dm.tokens("val")).astype(np.int64))
     batches = []
     for _ in range(n):
         if tokens is None:

@@ -1,5 +1,5 @@
 """The small base every dataset's DataModule stands on: load a split through `datasets.load_dataset` (hub id or a
-local folder in the hub's layout), tokenize it once into a token cache, serve fixed-length windows."""
+local folder in the hub's layout), encode it once into a token cache, serve batches in a resumable order."""
 
 from __future__ import annotations
 
@@ -13,18 +13,10 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from data_modules.token_cache import (
-    batched,
-    cache_key,
-    default_cache_dir,
-    read_cache_meta,
-    source_fingerprint,
-    token_dtype,
-    write_token_cache,
-)
-from data_modules.windows import EvalWindows, ResumableWindowSampler, ShardSampler, TrainWindows, _MemmapTokens
+from data_modules.token_cache import cache_key, default_cache_dir, read_cache_meta, source_fingerprint, write_cache
+from data_modules.windows import ResumableShuffleSampler
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.tokenizer import Tokenizer
 
@@ -68,17 +60,18 @@ def load_hf_split(path: str, name: str | None, split: str, scratch_dir: str | No
 
 
 class TokenDataModule(L.LightningDataModule):
-    """Windows of `block_size` tokens over tokenized splits. Subclasses say how rows become documents.
+    """Base of the dataset DataModules: caches, tokenizer, loaders and exact resume. Subclasses say how rows become
+    arrays (`encode_rows`) and how arrays become training and evaluation batches.
 
     Args:
         path: Hugging Face dataset id, or a local folder in the hub's layout.
         name: the dataset's config name, if it has several.
-        block_size: tokens per training window; the CLI links it to `model.block_size`.
-        batch_size: windows per training batch on each device.
-        eval_batch_size: windows per validation/test batch (defaults to `batch_size`).
+        block_size: longest training sequence; the CLI links it to `model.block_size`.
+        batch_size: sequences per training batch on each device.
+        eval_batch_size: sequences per validation/test batch (defaults to `batch_size`).
         num_workers: DataLoader worker processes.
         cache_dir: where token caches live (default ~/.cache/lightning_gpt/tokens, or $LIGHTNING_GPT_CACHE/tokens).
-        seed: fixes the training order: window order depends only on the seed and the step.
+        seed: fixes the training order: which batch comes when depends only on the seed and the step.
         train_split: the split trained on.
         val_split: the split validated on.
         test_split: the split tested on.
@@ -103,7 +96,7 @@ class TokenDataModule(L.LightningDataModule):
         super().__init__()
         if block_size <= 0 or batch_size <= 0:
             raise UserInputError(
-                f"--data.block_size and --data.batch_size must be positive ({block_size}, {batch_size})."
+                f"--data.block_size and --data.batch_size must be positive ({block_size}, {batch_size})"
             )
         self.path, self.name = path, name
         self.block_size, self.batch_size = block_size, batch_size
@@ -113,9 +106,8 @@ class TokenDataModule(L.LightningDataModule):
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.tokenizer = self.build_tokenizer()
         self.vocab_size = self.tokenizer.vocab_size  # read by the CLI's link to model.vocab_size
-        self._sources: dict[str, _MemmapTokens] = {}
-        self._train_sampler: ResumableWindowSampler | None = None
-        self._progress = {"epoch": 0, "samples": 0}  # training windows consumed this epoch, on this rank
+        self._caches: dict[str, tuple[Path, dict]] = {}
+        self._progress = {"epoch": 0, "batches": 0}  # training batches taken this epoch, on this rank
         self._resume: dict | None = None
 
     # --- what subclasses provide ---------------------------------------------------------------------------
@@ -123,19 +115,41 @@ class TokenDataModule(L.LightningDataModule):
     def build_tokenizer(self) -> Tokenizer:
         return Tokenizer()
 
-    def documents(self, rows) -> Iterator[str]:
-        """The documents of a loaded split, as text; each becomes its ids followed by end-of-text."""
+    def array_dtypes(self) -> dict[str, np.dtype]:
+        """The arrays a cache holds, with their dtypes."""
+        raise NotImplementedError
+
+    def encode_rows(self, rows, split: str) -> Iterator[dict[str, np.ndarray]]:
+        """Chunks of the cache's arrays for a loaded split. May add counts to `self.encode_stats`."""
+        raise NotImplementedError
+
+    def train_dataset(self, base: Path, meta: dict) -> tuple[Dataset, ResumableShuffleSampler, int | None]:
+        """(dataset, sampler, DataLoader batch size: None when the dataset yields whole batches)."""
+        raise NotImplementedError
+
+    def eval_dataset(self, base: Path, meta: dict) -> tuple[Dataset, int | None]:
         raise NotImplementedError
 
     # --- caches ----------------------------------------------------------------------------------------------
 
-    def cache_path(self, split: str) -> Path:
+    def cache_base(self, split: str) -> Path:
+        """Where a split's cache lives; the name changes with the data, the split, the tokenizer and the format."""
+        kind = type(self).__name__
         key = cache_key(
-            type(self).__name__, source_fingerprint(self.path), str(self.name), split, self.tokenizer.fingerprint
+            kind,
+            source_fingerprint(self.path),
+            str(self.name),
+            split,
+            self.tokenizer.fingerprint,
+            *self.cache_variant(),
         )
-        return self.cache_dir / f"{type(self).__name__.lower()}-{split}-{key}.bin"
+        return self.cache_dir / f"{kind.lower()}-{split}-{key}"
 
-    def _stages_splits(self, stage: str | None) -> list[str]:
+    def cache_variant(self) -> tuple[str, ...]:
+        """Settings besides data and tokenizer that change what is cached (e.g. a length limit)."""
+        return ()
+
+    def _roles(self, stage: str | None) -> list[str]:
         if stage in (None, TrainerFn.FITTING, "fit"):
             return ["train", "val"]
         if stage in (TrainerFn.VALIDATING, "validate"):
@@ -145,20 +159,21 @@ class TokenDataModule(L.LightningDataModule):
         return []
 
     def prepare_data(self) -> None:
-        """Tokenizes each split this run needs, once; later runs find the cache and skip this."""
+        """Encodes each split this run needs, once; later runs find the cache and skip this."""
         stage = self.trainer.state.fn if self.trainer is not None else None
-        for role in self._stages_splits(stage):
+        for role in self._roles(stage):
             split = self.splits[role]
-            bin_path = self.cache_path(split)
-            if read_cache_meta(bin_path, self.tokenizer.fingerprint) is None:
-                self.build_cache(split, bin_path)
+            if read_cache_meta(self.cache_base(split), self.tokenizer.fingerprint) is None:
+                self.build_cache(split)
 
-    def build_cache(self, split: str, bin_path: Path) -> int:
+    def build_cache(self, split: str, base: Path | None = None) -> dict:
+        base = base or self.cache_base(split)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".raw-") as scratch:
-            return self._tokenize_split(load_hf_split(self.path, self.name, split, scratch), split, bin_path)
+            rows = load_hf_split(self.path, self.name, split, scratch)
+            return self.encode_split(rows, split, base)
 
-    def _tokenize_split(self, rows, split: str, bin_path: Path) -> int:
+    def encode_split(self, rows, split: str, base: Path) -> dict:
         missing = [c for c in self.required_columns if c not in rows.column_names]
         if missing:
             raise UserInputError(
@@ -166,53 +181,36 @@ class TokenDataModule(L.LightningDataModule):
                 f"{type(self).__name__} needs {list(self.required_columns)}."
             )
         if len(rows) == 0:
-            raise UserInputError(
-                f"--data.path {self.path} split {split!r} is empty; point --data.path at data with rows."
-            )
-        log.info("tokenizing %s split %r into %s", self.path, split, bin_path)
-        eot, dtype = self.tokenizer.eot_id, token_dtype(self.vocab_size)
-
-        def chunks() -> Iterator[np.ndarray]:
-            for docs in batched(self.documents(rows), 256):
-                flat: list[int] = []
-                for ids in self.tokenizer.encode_batch(docs):  # BPE on several threads
-                    flat.extend(ids)
-                    flat.append(eot)
-                yield np.array(flat, dtype=dtype)
-
+            raise UserInputError(f"--data.path {self.path} split {split!r} is empty; point it at data with rows.")
+        log.info("encoding %s split %r into %s.*", self.path, split, base)
+        self.encode_stats: dict = {}  # filled while rows are read; the metadata is written after the last one
         meta = {
             "source": source_fingerprint(self.path)[:500],
             "name": self.name,
             "split": split,
             "tokenizer": self.tokenizer.fingerprint,
+            "stats": self.encode_stats,
         }
-        n_tokens = write_token_cache(bin_path, chunks(), dtype, meta)
-        if n_tokens == 0:
-            bin_path.unlink(missing_ok=True)
-            bin_path.with_suffix(".json").unlink(missing_ok=True)
-            raise UserInputError(f"--data.path {self.path} split {split!r} holds no text; point it at data with text.")
-        log.info("%s split %r: %d tokens", self.path, split, n_tokens)
-        return n_tokens
+        meta = write_cache(base, self.encode_rows(rows, split), self.array_dtypes(), meta)
+        first = next(iter(meta["arrays"]))
+        if meta["arrays"][first]["length"] == 0:
+            raise UserInputError(f"--data.path {self.path} split {split!r} holds no usable text.")
+        log.info("%s split %r: %s", self.path, split, {n: a["length"] for n, a in meta["arrays"].items()})
+        return meta
 
-    def _open(self, role: str) -> _MemmapTokens:
-        split = self.splits[role]
-        bin_path = self.cache_path(split)
-        meta = read_cache_meta(bin_path, self.tokenizer.fingerprint)
-        if meta is None:  # prepare_data did not run here (e.g. setup() called by hand, or another node built it)
-            self.build_cache(split, bin_path)
-            meta = read_cache_meta(bin_path, self.tokenizer.fingerprint)
-        source = _MemmapTokens(bin_path, meta)
-        if len(source) <= self.block_size + 1 and role == "train":
-            raise UserInputError(
-                f"split {split!r} has {len(source)} tokens, too few for two windows of --data.block_size "
-                f"{self.block_size}; use more data or a smaller block size."
-            )
-        return source
+    def _cache(self, role: str) -> tuple[Path, dict]:
+        if role not in self._caches:
+            split = self.splits[role]
+            base = self.cache_base(split)
+            meta = read_cache_meta(base, self.tokenizer.fingerprint)
+            if meta is None:  # prepare_data did not run here (setup() called by hand, or another node built it)
+                meta = self.build_cache(split, base)
+            self._caches[role] = (base, meta)
+        return self._caches[role]
 
     def setup(self, stage: str) -> None:
-        for role in self._stages_splits(stage):
-            if role not in self._sources:
-                self._sources[role] = self._open(role)
+        for role in self._roles(stage):
+            self._cache(role)
 
     # --- loaders ---------------------------------------------------------------------------------------------
 
@@ -221,7 +219,7 @@ class TokenDataModule(L.LightningDataModule):
             return 1, 0
         return self.trainer.world_size, self.trainer.global_rank
 
-    def _loader(self, dataset, sampler, batch_size: int, drop_last: bool) -> DataLoader:
+    def _loader(self, dataset, sampler, batch_size: int | None, drop_last: bool = False) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -233,23 +231,23 @@ class TokenDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        dataset = TrainWindows(self._sources["train"], self.block_size)
-        world_size, rank = self._world()
-        sampler = ResumableWindowSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed)
+        dataset, sampler, batch_size = self.train_dataset(*self._cache("train"))
+        self._items_per_batch = batch_size or 1
         if self._resume is not None:
-            sampler.resume_from(self._resume["epoch"], self._resume["samples"])
-        if len(sampler) < self.batch_size:
+            sampler.resume_from(self._resume["epoch"], self._resume["batches"] * self._items_per_batch)
+        if len(sampler) < self._items_per_batch:
             raise UserInputError(
-                f"split {self.splits['train']!r} gives {len(sampler)} windows per device, fewer than one batch of "
-                f"--data.batch_size {self.batch_size}; lower the batch size or block size."
+                f"split {self.splits['train']!r} gives {len(sampler)} training sequences per device, fewer than one "
+                f"batch of --data.batch_size {self.batch_size}; use more data or a smaller batch size or block size."
             )
-        self._train_sampler = sampler
-        return self._loader(dataset, sampler, self.batch_size, drop_last=True)
+        return self._loader(dataset, sampler, batch_size, drop_last=batch_size is not None)
 
     def _eval_loader(self, role: str) -> DataLoader:
-        dataset = EvalWindows(self._sources[role], self.block_size, pad_id=self.tokenizer.eot_id)
+        from data_modules.windows import ShardSampler
+
+        dataset, batch_size = self.eval_dataset(*self._cache(role))
         world_size, rank = self._world()
-        return self._loader(dataset, ShardSampler(dataset, world_size, rank), self.eval_batch_size, drop_last=False)
+        return self._loader(dataset, ShardSampler(dataset, world_size, rank), batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
@@ -265,12 +263,12 @@ class TokenDataModule(L.LightningDataModule):
             epoch = self.trainer.current_epoch
             if self._progress["epoch"] != epoch:
                 resumed = self._resume is not None and self._resume["epoch"] == epoch
-                self._progress = {"epoch": epoch, "samples": self._resume["samples"] if resumed else 0}
-            self._progress["samples"] += len(batch[0])
+                self._progress = {"epoch": epoch, "batches": self._resume["batches"] if resumed else 0}
+            self._progress["batches"] += 1
         return batch
 
     def state_dict(self) -> dict:
-        return {"epoch": self._progress["epoch"], "samples": self._progress["samples"], "seed": self.seed}
+        return {**self._progress, "seed": self.seed}
 
     def load_state_dict(self, state_dict: dict) -> None:
         # Lightning warns that a mid-epoch resume restarts a plain DataLoader; this module resumes it itself.
@@ -281,5 +279,5 @@ class TokenDataModule(L.LightningDataModule):
                 self.seed,
                 state_dict["seed"],
             )
-        self._resume = {"epoch": state_dict["epoch"], "samples": state_dict["samples"]}
+        self._resume = {"epoch": state_dict["epoch"], "batches": state_dict["batches"]}
         self._progress = dict(self._resume)

@@ -1,7 +1,8 @@
-"""Token caches: one flat array of token ids per split, written once atomically, read back through a memory map.
+"""Token caches: flat arrays per split (token ids, and for chat a loss mask and sample lengths), written once
+atomically, read back through memory maps.
 
-A cache is two files: `<key>.bin` (the ids) and `<key>.json` (what built it). The JSON is written last, so a
-cache without one is unfinished and is rebuilt; a finished cache is never overwritten in place.
+A cache is `<base>.<array>.bin` files plus `<base>.json` (what built it, and each array's length). The JSON is
+written last, so a cache without one is unfinished and is rebuilt; a finished cache is never overwritten in place.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from lightning_gpt.errors import UserInputError
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 def default_cache_dir() -> Path:
@@ -65,61 +66,85 @@ def _atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def write_token_cache(bin_path: Path, chunks: Iterable[np.ndarray], dtype: np.dtype, meta: dict) -> int:
-    """Streams `chunks` of ids into `bin_path` through a temporary file, then publishes the metadata.
+def array_path(base: Path, name: str) -> Path:
+    return base.parent / f"{base.name}.{name}.bin"
 
-    Memory stays at one chunk whatever the corpus size. Returns the number of tokens written. On any error,
-    including Ctrl-C, the temporary file is removed and an existing cache is left as it was.
+
+def meta_path(base: Path) -> Path:
+    return base.parent / f"{base.name}.json"
+
+
+def write_cache(base: Path, chunks: Iterable[dict[str, np.ndarray]], dtypes: dict[str, np.dtype], meta: dict) -> dict:
+    """Streams chunks of named arrays into `<base>.<name>.bin` files through temporary files, then publishes the
+    metadata `<base>.json`, which records each array's length.
+
+    Memory stays at one chunk whatever the corpus size. On any error, including Ctrl-C, the temporary files are
+    removed and an existing cache is left as it was. Returns the metadata written.
     """
-    bin_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _temp_beside(bin_path)
-    n_tokens = 0
+    base.parent.mkdir(parents=True, exist_ok=True)
+    temps = {name: _temp_beside(array_path(base, name)) for name in dtypes}
+    lengths = dict.fromkeys(dtypes, 0)
     try:
-        with os.fdopen(fd, "wb") as f:
+        files = {name: os.fdopen(fd, "wb") for name, (fd, _) in temps.items()}
+        try:
             for chunk in chunks:
-                f.write(np.asarray(chunk, dtype=dtype).tobytes())
-                n_tokens += len(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, bin_path)
+                for name, values in chunk.items():
+                    files[name].write(np.asarray(values, dtype=dtypes[name]).tobytes())
+                    lengths[name] += len(values)
+            for f in files.values():
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            for f in files.values():
+                f.close()
+        for name, (_, tmp) in temps.items():
+            os.replace(tmp, array_path(base, name))
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        for _, tmp in temps.values():
+            Path(tmp).unlink(missing_ok=True)
         raise
-    meta = {**meta, "format": CACHE_FORMAT, "dtype": dtype.name, "n_tokens": n_tokens}
-    _atomic_write_text(bin_path.with_suffix(".json"), json.dumps(meta, indent=2))
-    return n_tokens
-
-
-def read_cache_meta(bin_path: Path, tokenizer_fingerprint: str) -> dict | None:
-    """The metadata of a finished cache at `bin_path`, None when there is none; refuses a cache that does not
-    match this tokenizer or whose ids file has the wrong size."""
-    meta_path = bin_path.with_suffix(".json")
-    if not meta_path.is_file() or not bin_path.is_file():
-        return None
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserInputError(
-            f"token cache {meta_path} is not valid JSON ({err}); delete it and it is rebuilt."
-        ) from None
-    if meta.get("tokenizer") != tokenizer_fingerprint:
-        raise UserInputError(
-            f"token cache {bin_path} was built by tokenizer {meta.get('tokenizer')!r}, but this run uses "
-            f"{tokenizer_fingerprint!r}; delete {bin_path} and {meta_path} (they are rebuilt), or set "
-            "--data.cache_dir to another folder."
-        )
-    expected_bytes = meta.get("n_tokens", -1) * np.dtype(meta.get("dtype", "uint16")).itemsize
-    if bin_path.stat().st_size != expected_bytes:
-        raise UserInputError(
-            f"token cache {bin_path} holds {bin_path.stat().st_size} bytes, its metadata promises {expected_bytes}; "
-            f"delete {bin_path} and {meta_path} and they are rebuilt."
-        )
+    meta = {
+        **meta,
+        "format": CACHE_FORMAT,
+        "arrays": {n: {"dtype": np.dtype(d).name, "length": lengths[n]} for n, d in dtypes.items()},
+    }
+    _atomic_write_text(meta_path(base), json.dumps(meta, indent=2))
     return meta
 
 
-def open_tokens(bin_path: Path, meta: dict) -> np.ndarray:
-    """A read-only memory map of the ids: pages are read on demand, so RAM does not grow with the corpus."""
-    return np.memmap(bin_path, dtype=np.dtype(meta["dtype"]), mode="r", shape=(meta["n_tokens"],))
+def read_cache_meta(base: Path, tokenizer_fingerprint: str) -> dict | None:
+    """The metadata of a finished cache at `base`, None when there is none; refuses a cache that does not match
+    this tokenizer or whose arrays have the wrong size."""
+    path = meta_path(base)
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserInputError(f"token cache {path} is not valid JSON ({err}); delete it and it is rebuilt.") from None
+    if meta.get("tokenizer") != tokenizer_fingerprint:
+        raise UserInputError(
+            f"token cache {path} was built by tokenizer {meta.get('tokenizer')!r}, but this run uses "
+            f"{tokenizer_fingerprint!r}; delete {base}.* (they are rebuilt), or set --data.cache_dir to another folder."
+        )
+    for name, info in meta.get("arrays", {}).items():
+        file = array_path(base, name)
+        expected = info["length"] * np.dtype(info["dtype"]).itemsize
+        found = file.stat().st_size if file.is_file() else None
+        if found != expected:
+            raise UserInputError(
+                f"token cache {file} holds {found} bytes, its metadata {path.name} promises {expected}; "
+                f"delete {base}.* and they are rebuilt."
+            )
+    return meta
+
+
+def open_array(base: Path, meta: dict, name: str) -> np.ndarray:
+    """A read-only memory map: pages are read on demand, so RAM does not grow with the corpus."""
+    info = meta["arrays"][name]
+    if info["length"] == 0:
+        return np.zeros(0, dtype=np.dtype(info["dtype"]))
+    return np.memmap(array_path(base, name), dtype=np.dtype(info["dtype"]), mode="r", shape=(info["length"],))
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:

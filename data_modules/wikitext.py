@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
 
 from data_modules.base import TokenDataModule
+from data_modules.token_cache import batched, token_dtype
+from data_modules.windows import EvalWindows, LazyArray, ResumableWindowSampler, TrainWindows
 from lightning_gpt.errors import UserInputError
 
 _ARTICLE_TITLE = re.compile(r"^ = [^=].* = \n$")  # level-one heading; sections are ` = = Name = = `
@@ -24,7 +29,8 @@ def wikitext_articles(lines: Iterator[str]) -> Iterator[str]:
 
 
 class WikiText103(TokenDataModule):
-    """WikiText-103, tokenized once per split into a token cache, articles separated by end-of-text.
+    """WikiText-103 as one stream of tokens per split, articles separated by end-of-text, served as windows of
+    `block_size` tokens.
 
     Args:
         path: Hugging Face dataset id, or a local folder in the hub's layout.
@@ -53,3 +59,38 @@ class WikiText103(TokenDataModule):
             )
         lines = (line for batch in rows.iter(batch_size=4096) for line in batch[self.text_column])
         return wikitext_articles(lines)
+
+    def array_dtypes(self) -> dict[str, np.dtype]:
+        return {"tokens": token_dtype(self.vocab_size)}
+
+    def encode_rows(self, rows, split: str) -> Iterator[dict[str, np.ndarray]]:
+        eot = self.tokenizer.eot_id
+        for docs in batched(self.documents(rows), 256):
+            flat: list[int] = []
+            for ids in self.tokenizer.encode_batch(docs):  # BPE on several threads
+                flat.extend(ids)
+                flat.append(eot)
+            self.encode_stats["documents"] = self.encode_stats.get("documents", 0) + len(docs)
+            yield {"tokens": np.array(flat, dtype=np.int64)}
+
+    def tokens(self, role: str = "train") -> np.ndarray:
+        """The cached token ids of a split ("train", "val" or "test"), memory-mapped; built if missing."""
+        return LazyArray(*self._cache(role)).tokens
+
+    def train_dataset(self, base: Path, meta: dict):
+        tokens = LazyArray(base, meta)
+        if len(tokens) <= 2 * self.block_size:
+            raise UserInputError(
+                f"split {self.splits['train']!r} has {len(tokens)} tokens, too few for windows of --data.block_size "
+                f"{self.block_size}; use more data or a smaller block size."
+            )
+        dataset = TrainWindows(tokens, self.block_size)
+        world_size, rank = self._world()
+        return (
+            dataset,
+            ResumableWindowSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed),
+            self.batch_size,
+        )
+
+    def eval_dataset(self, base: Path, meta: dict):
+        return EvalWindows(LazyArray(base, meta), self.block_size, pad_id=self.tokenizer.eot_id), self.eval_batch_size

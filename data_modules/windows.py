@@ -14,34 +14,35 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from data_modules.token_cache import open_tokens
+from data_modules.token_cache import open_array
 from lightning_gpt.model import IGNORE_INDEX
 
 
-class _MemmapTokens:
-    """Opens the memory map lazily in each process: a pickled memmap would be copied whole into every worker."""
+class LazyArray:
+    """One array of a cache, memory-mapped lazily in each process: a pickled memmap would be copied whole into
+    every DataLoader worker."""
 
-    def __init__(self, bin_path: Path, meta: dict) -> None:
-        self.bin_path, self.meta = bin_path, meta
-        self._tokens: np.ndarray | None = None
+    def __init__(self, base: Path, meta: dict, name: str = "tokens") -> None:
+        self.base, self.meta, self.name = base, meta, name
+        self._array: np.ndarray | None = None
 
     @property
     def tokens(self) -> np.ndarray:
-        if self._tokens is None:
-            self._tokens = open_tokens(self.bin_path, self.meta)
-        return self._tokens
+        if self._array is None:
+            self._array = open_array(self.base, self.meta, self.name)
+        return self._array
 
     def __len__(self) -> int:
-        return self.meta["n_tokens"]
+        return self.meta["arrays"][self.name]["length"]
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_tokens": None}
+        return {**self.__dict__, "_array": None}
 
 
 class TrainWindows(Dataset):
     """Item `offset` is (x, y) = tokens[offset : offset+T], tokens[offset+1 : offset+T+1], each (T,) int64."""
 
-    def __init__(self, source: _MemmapTokens, block_size: int) -> None:
+    def __init__(self, source: LazyArray, block_size: int) -> None:
         self.source, self.block_size = source, block_size
 
     def __len__(self) -> int:
@@ -56,7 +57,7 @@ class EvalWindows(Dataset):
     """Non-overlapping windows that predict every token of the split exactly once; the last window is padded,
     with IGNORE_INDEX targets on the padding."""
 
-    def __init__(self, source: _MemmapTokens, block_size: int, pad_id: int) -> None:
+    def __init__(self, source: LazyArray, block_size: int, pad_id: int) -> None:
         self.source, self.block_size, self.pad_id = source, block_size, pad_id
 
     def __len__(self) -> int:
@@ -72,34 +73,54 @@ class EvalWindows(Dataset):
         return x, y
 
 
-class ResumableWindowSampler(DistributedSampler):
-    """Start offsets of one epoch's training windows, for one rank.
+class ResumableShuffleSampler(DistributedSampler):
+    """The items of one epoch in an order drawn from (seed, epoch), for one rank: the order is a function of the
+    seed and the step alone. Rank r takes every world_size-th item. `resume_from(epoch, items)` skips what a
+    checkpointed run already consumed."""
 
-    Epoch e cuts the corpus into non-overlapping windows after a random shift and visits them in a random
-    order, both drawn from (seed, e): the order is a function of the seed and the step alone. Rank r takes
-    every world_size-th window. `resume_from(epoch, samples)` skips what a checkpointed run already consumed.
-    """
-
-    def __init__(self, dataset: TrainWindows, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        self.block_size = dataset.block_size
-        self.windows_per_epoch = len(dataset) // self.block_size  # room left for a shift of up to T-1
-        self.per_rank = self.windows_per_epoch // num_replicas
-        self._resume_epoch, self._resume_samples = -1, 0
+        self.n_items = self.items_per_epoch()
+        self.per_rank = self.n_items // num_replicas
+        self._resume_epoch, self._resume_items = -1, 0
 
-    def resume_from(self, epoch: int, samples: int) -> None:
-        self._resume_epoch, self._resume_samples = epoch, samples
+    def items_per_epoch(self) -> int:
+        return len(self.dataset)
+
+    def resume_from(self, epoch: int, items: int) -> None:
+        self._resume_epoch, self._resume_items = epoch, items
 
     def __len__(self) -> int:
         return self.per_rank
 
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        shift = int(torch.randint(self.block_size, (1,), generator=generator))
-        order = torch.randperm(self.windows_per_epoch, generator=generator)
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+
+    def _my_items(self, generator: torch.Generator) -> torch.Tensor:
+        order = torch.randperm(self.n_items, generator=generator)
         mine = order[self.rank : self.per_rank * self.num_replicas : self.num_replicas]
-        start = self._resume_samples if self.epoch == self._resume_epoch else 0
-        return iter((shift + mine[start:] * self.block_size).tolist())
+        start = self._resume_items if self.epoch == self._resume_epoch else 0
+        return mine[start:]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._my_items(self._generator()).tolist())
+
+
+class ResumableWindowSampler(ResumableShuffleSampler):
+    """Start offsets of one epoch's training windows: the corpus is cut into non-overlapping windows after a
+    random shift, both drawn from (seed, epoch), so successive epochs see different window boundaries."""
+
+    def __init__(self, dataset: TrainWindows, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+        self.block_size = dataset.block_size
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, seed=seed)
+
+    def items_per_epoch(self) -> int:
+        return len(self.dataset) // self.block_size  # leaves room for a shift of up to T-1
+
+    def __iter__(self) -> Iterator[int]:
+        generator = self._generator()
+        shift = int(torch.randint(self.block_size, (1,), generator=generator))
+        return iter((shift + self._my_items(generator) * self.block_size).tolist())
 
 
 class ShardSampler(DistributedSampler):

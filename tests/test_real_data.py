@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(not WIKITEXT.is_dir(), reason="no ../shared/data
 def test_real_validation_split_tokenizes_into_its_60_articles():
     dm = WikiText103(path=str(WIKITEXT), block_size=1024, batch_size=4, num_workers=0, val_split="validation")
     dm.setup("validate")
-    tokens = np.asarray(dm._sources["val"].tokens)
+    tokens = np.asarray(dm.tokens("val"))
     assert (tokens == dm.tokenizer.eot_id).sum() == 60  # the split's 60 level-one titles
     assert 230_000 < len(tokens) < 260_000  # ~217k words; GPT-2 BPE gives ~1.1 tokens per word
     text = dm.tokenizer.decode(tokens[:20].tolist())

@@ -4,7 +4,7 @@ import torch
 
 from data_modules import WikiText103
 from data_modules.wikitext import wikitext_articles
-from data_modules.windows import EvalWindows, ResumableWindowSampler, ShardSampler, TrainWindows
+from data_modules.windows import EvalWindows, LazyArray, ResumableWindowSampler, ShardSampler, TrainWindows
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.model import IGNORE_INDEX
 from tests.conftest import write_hub_folder
@@ -27,7 +27,7 @@ def test_rows_are_joined_into_articles_at_level_one_titles():
 
 def test_validation_predicts_every_token_exactly_once(wikitext_dir):
     dm = ready(wikitext_dir)
-    tokens = np.asarray(dm._sources["val"].tokens)
+    tokens = np.asarray(dm.tokens("val"))
     targets = torch.cat([y for _, y in dm.val_dataloader()], dim=0).flatten()
     targets = targets[targets != IGNORE_INDEX]
     assert targets.tolist() == tokens[1:].tolist()
@@ -35,14 +35,14 @@ def test_validation_predicts_every_token_exactly_once(wikitext_dir):
 
 def test_eval_windows_shard_across_ranks_without_repeats(wikitext_dir):
     dm = ready(wikitext_dir)
-    dataset = EvalWindows(dm._sources["val"], 16, pad_id=0)
+    dataset = EvalWindows(LazyArray(*dm._cache("val")), 16, pad_id=0)
     shards = [list(ShardSampler(dataset, num_replicas=3, rank=r)) for r in range(3)]
     assert sorted(i for shard in shards for i in shard) == list(range(len(dataset)))
 
 
 def test_training_order_depends_only_on_seed_and_epoch(wikitext_dir):
     dm = ready(wikitext_dir)
-    dataset = TrainWindows(dm._sources["train"], 16)
+    dataset = TrainWindows(LazyArray(*dm._cache("train")), 16)
 
     def order(seed, epoch, **kw):
         sampler = ResumableWindowSampler(dataset, seed=seed, **kw)
@@ -60,11 +60,11 @@ def test_training_order_depends_only_on_seed_and_epoch(wikitext_dir):
 
 def test_resumed_sampler_continues_where_it_stopped(wikitext_dir):
     dm = ready(wikitext_dir)
-    dataset = TrainWindows(dm._sources["train"], 16)
+    dataset = TrainWindows(LazyArray(*dm._cache("train")), 16)
     full = ResumableWindowSampler(dataset, seed=3)
     full.set_epoch(2)
     resumed = ResumableWindowSampler(dataset, seed=3)
-    resumed.resume_from(epoch=2, samples=8)
+    resumed.resume_from(epoch=2, items=8)
     resumed.set_epoch(2)
     assert list(resumed) == list(full)[8:]
     resumed.set_epoch(3)
@@ -122,4 +122,4 @@ def test_split_too_small_for_a_batch_is_explained(tmp_path):
         tmp_path / "d", {"train": [{"text": " = A = \n tiny text . \n"}] * 3, "validation": [{"text": " v \n"}]}
     )
     with pytest.raises(UserInputError, match=r"block size"):
-        ready(folder, block_size=64)
+        ready(folder, block_size=64).train_dataloader()
