@@ -1,6 +1,7 @@
 """LightningDataModules, one file per dataset, on one small base class."""
 
 from data_modules.base import TokenDataModule
+from data_modules.ultrachat import UltraChat200k
 from data_modules.wikitext import WikiText103
 
-__all__ = ["TokenDataModule", "WikiText103"]
+__all__ = ["TokenDataModule", "UltraChat200k", "WikiText103"]

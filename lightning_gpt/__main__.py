@@ -28,7 +28,8 @@ class GPTCLI(LightningCLI):
             )
 
 
-def main(args: list[str] | None = None) -> GPTCLI:
+def run(args: list[str] | None = None) -> GPTCLI:
+    """Runs the CLI and returns it (tests read its trainer and model); user errors exit with code 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return GPTCLI(
@@ -37,6 +38,11 @@ def main(args: list[str] | None = None) -> GPTCLI:
     except UserInputError as err:
         print(f"lightning-gpt: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def main() -> None:
+    """The console script: returns nothing, so that the exit code is 0 on success."""
+    run()
 
 
 if __name__ == "__main__":

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import lightning as L
 import torch
-from torchmetrics import MeanMetric
+from torchmetrics import Accuracy, MeanMetric
 
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.model import GPT, IGNORE_INDEX, GPTConfig
 from lightning_gpt.optim import adamw_warmup_cosine
+
+log = logging.getLogger(__name__)
 
 
 def shape_mismatches(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> list[str]:
@@ -25,6 +30,35 @@ def shape_mismatches(expected: dict[str, torch.Tensor], found: dict[str, torch.T
     if unexpected:
         problems.append(f"not in model: {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}")
     return problems
+
+
+def load_pretrained(model: GPT, path: str) -> None:
+    """Copies a checkpoint's weights into `model`. Rows of the token embedding that the checkpoint's vocabulary
+    lacks (special tokens added since) start at the mean of its real rows, the usual init for new tokens."""
+    if not Path(path).is_file():
+        raise UserInputError(f"--model.init_from {path}: no such file; pass a checkpoint written by lightning-gpt fit.")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    found = {k.removeprefix("model."): v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("model.")}
+    if not found:
+        raise UserInputError(f"--model.init_from {path}: holds no lightning-gpt model weights.")
+    old_vocab = checkpoint.get("hyper_parameters", {}).get("vocab_size", model.config.vocab_size)
+    new_vocab = model.config.vocab_size
+    expected = model.state_dict()
+    for key in ("tok_emb.weight", "lm_head.weight"):  # the same tied matrix, listed under both names
+        if key in found and found[key].shape[1:] == expected[key].shape[1:] and old_vocab <= new_vocab:
+            rows = expected[key].clone()
+            rows[: min(len(rows), len(found[key]))] = found[key][: len(rows)]
+            rows[old_vocab:new_vocab] = found[key][:old_vocab].mean(dim=0)
+            found[key] = rows
+    problems = shape_mismatches(expected, found)
+    if problems:
+        raise UserInputError(
+            f"--model.init_from {path} holds a model of another shape than this run's: "
+            + "; ".join(problems)
+            + ". Set --model.preset / n_layer / n_head / n_embd to the shape it was trained with."
+        )
+    model.load_state_dict(found)
+    log.info("initialised from %s (vocabulary %d -> %d)", path, old_vocab, new_vocab)
 
 
 class GPTModule(L.LightningModule):
@@ -44,6 +78,9 @@ class GPTModule(L.LightningModule):
         weight_decay: AdamW decay on matrices and embeddings (never on norms).
         betas: AdamW betas.
         compile: compile the model with torch.compile (worth it on a GPU for long runs).
+        init_from: a checkpoint whose weights start this run (fine-tuning), with a fresh optimizer and schedule;
+            ignored when resuming with --ckpt_path. Token rows it lacks (e.g. chat tokens) start at the mean
+            embedding.
     """
 
     def __init__(
@@ -61,6 +98,7 @@ class GPTModule(L.LightningModule):
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.95),
         compile: bool = False,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -71,8 +109,22 @@ class GPTModule(L.LightningModule):
         self.model = GPT(self.config)
         self.val_nll = MeanMetric()  # token-weighted mean, exact across batches and ranks
         self.test_nll = MeanMetric()
+        # Next-token accuracy over the tokens that carry loss (the assistant's, in chat fine-tuning).
+        accuracy = {
+            "task": "multiclass",
+            "num_classes": self.config.padded_vocab_size,
+            "average": "micro",
+            "ignore_index": IGNORE_INDEX,
+        }
+        self.val_acc, self.test_acc = Accuracy(**accuracy), Accuracy(**accuracy)
         self.tokens_seen = 0  # training tokens over all devices, kept across resumes
         self.flops_per_batch = 0  # read by Lightning's ThroughputMonitor for MFU; set by each step
+
+    def on_fit_start(self) -> None:
+        # Here, not in setup(): only now does the trainer know whether it resumed from a checkpoint. Loading copies
+        # into the existing parameters, so the optimizer built before still holds the right tensors.
+        if self.hparams.init_from and self.trainer.ckpt_path is None:
+            load_pretrained(self.model, self.hparams.init_from)
 
     def configure_model(self) -> None:
         if self.hparams.compile and self.model._compiled_call_impl is None:
@@ -81,40 +133,46 @@ class GPTModule(L.LightningModule):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         return self.model(idx, targets)
 
-    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], flops_factor: int) -> tuple[torch.Tensor, int]:
+    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], flops_factor: int):
         x, y = batch  # (B, T), (B, T)
         self.flops_per_batch = self.model.flops_per_token(x.shape[1]) * x.numel() // 3 * flops_factor
-        _, loss = self(x, y)
-        return loss, int((y != IGNORE_INDEX).sum())
+        logits, loss = self(x, y)
+        return logits, loss, int((y != IGNORE_INDEX).sum())
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss, _ = self._loss(batch, flops_factor=3)  # forward + backward
+        _, loss, _ = self._loss(batch, flops_factor=3)  # forward + backward
         self.tokens_seen += batch[0].numel() * self.trainer.world_size
         self.log("train_loss", loss, on_step=True, prog_bar=True)
         self.log("tokens_seen", float(self.tokens_seen), on_step=True)
         return loss
 
+    def _eval_step(self, batch, nll: MeanMetric, accuracy: Accuracy) -> None:
+        logits, loss, n_targets = self._loss(batch, flops_factor=1)
+        if n_targets:  # a batch can hold no target at all (e.g. only prompts); its NaN loss must not count
+            nll.update(loss, weight=n_targets)
+            accuracy.update(logits.argmax(dim=-1), batch[1])
+
     def validation_step(self, batch, batch_idx: int) -> None:
-        loss, n_targets = self._loss(batch, flops_factor=1)
-        self.val_nll.update(loss, weight=n_targets)
+        self._eval_step(batch, self.val_nll, self.val_acc)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        loss, n_targets = self._loss(batch, flops_factor=1)
-        self.test_nll.update(loss, weight=n_targets)
+        self._eval_step(batch, self.test_nll, self.test_acc)
 
-    def _log_eval(self, stage: str, metric: MeanMetric) -> None:
+    def _log_eval(self, stage: str, nll: MeanMetric, accuracy: Accuracy) -> None:
         # Perplexity is exp of the token-weighted mean NLL. torchmetrics' Perplexity would give the same number
         # but re-materializes a (B, T, vocab) softmax; the MeanMetric aggregates the same sums across ranks.
-        nll = metric.compute()
-        metric.reset()
-        self.log(f"{stage}_loss", nll, prog_bar=True)
-        self.log(f"{stage}_ppl", torch.exp(nll))
+        mean_nll = nll.compute()
+        self.log(f"{stage}_loss", mean_nll, prog_bar=True)
+        self.log(f"{stage}_ppl", torch.exp(mean_nll))
+        self.log(f"{stage}_acc", accuracy.compute())
+        nll.reset()
+        accuracy.reset()
 
     def on_validation_epoch_end(self) -> None:
-        self._log_eval("val", self.val_nll)
+        self._log_eval("val", self.val_nll, self.val_acc)
 
     def on_test_epoch_end(self) -> None:
-        self._log_eval("test", self.test_nll)
+        self._log_eval("test", self.test_nll, self.test_acc)
 
     def configure_optimizers(self):
         total = self.trainer.estimated_stepping_batches

@@ -72,3 +72,31 @@ def wikitext_dir(tmp_path) -> Path:
             "test": wikitext_rows(synthetic_articles(6, seed=3)),
         },
     )
+
+
+def synthetic_conversations(n: int, seed: int = 0, turns: int = 2, system: bool = False) -> list[dict]:
+    """UltraChat-style rows: prompt, prompt_id and messages alternating user/assistant."""
+    rng = random.Random(seed)
+
+    def sentence(k: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(k)).capitalize() + "."
+
+    rows = []
+    for i in range(n):
+        messages = [{"role": "system", "content": "Be brief."}] if system else []
+        for _ in range(turns):
+            messages.append({"role": "user", "content": sentence(rng.randint(4, 9))})
+            messages.append({"role": "assistant", "content": sentence(rng.randint(5, 12))})
+        user_turns = [m for m in messages if m["role"] == "user"]
+        rows.append({"prompt": user_turns[0]["content"], "prompt_id": str(i), "messages": messages})
+    return rows
+
+
+@pytest.fixture
+def ultrachat_dir(tmp_path) -> Path:
+    """A small UltraChat-like folder: 120 training and 24 test conversations."""
+    return write_hub_folder(
+        tmp_path / "ultrachat",
+        {"train_sft": synthetic_conversations(120, seed=1), "test_sft": synthetic_conversations(24, seed=2)},
+        config="default",
+    )

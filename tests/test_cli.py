@@ -1,5 +1,6 @@
 """The command line, run in-process (LightningCLI with args=...), as a user types it."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import torch
 import yaml
 
 from data_modules.base import TokenDataModule
-from lightning_gpt.__main__ import GPTCLI, main
+from lightning_gpt.__main__ import GPTCLI, run
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.lit_module import GPTModule
 
@@ -17,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 PRETRAIN = str(CONFIGS / "pretrain_wikitext103.yaml")
 SMOKE = str(CONFIGS / "smoke.yaml")
+SFT = str(CONFIGS / "sft_ultrachat.yaml")
 SHORT = ["--trainer.max_steps", "6", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "2"]
 
 
@@ -27,17 +29,33 @@ def smoke_args(command, data_dir, *extra):
 def parse_only(args):
     try:
         return GPTCLI(GPTModule, TokenDataModule, subclass_mode_data=True, run=False, args=args)
-    except UserInputError as err:  # main() turns these into one line and exit code 2
+    except UserInputError as err:  # run() turns these into one line and exit code 2
         pytest.fail(str(err))
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name != "smoke.yaml"))
-def test_every_config_parses_alone_and_with_smoke(config, wikitext_dir):
+def test_every_config_parses_alone_and_with_smoke(config, wikitext_dir, ultrachat_dir):
+    data_dir = ultrachat_dir if "ultrachat" in config else wikitext_dir
     for extra in (["--trainer.accelerator", "cpu"], ["-c", SMOKE]):
-        cli = parse_only(["-c", str(CONFIGS / config), *extra, "--data.path", str(wikitext_dir)])
+        cli = parse_only(["-c", str(CONFIGS / config), *extra, "--data.path", str(data_dir)])
         assert cli.datamodule.block_size == cli.model.config.block_size
         assert cli.model.config.vocab_size == cli.datamodule.vocab_size
     assert cli.trainer.accelerator.__class__.__name__ == "CPUAccelerator"
+
+
+def test_sft_smoke_from_a_pretraining_checkpoint_then_resume(wikitext_dir, ultrachat_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run(smoke_args("fit", wikitext_dir, *SHORT))
+    pretrained = str(tmp_path / "runs" / "pretrain_wikitext103" / "smoke" / "checkpoints" / "last.ckpt")
+    sft = ["fit", "-c", SFT, "-c", SMOKE, "--data.path", str(ultrachat_dir), "--model.init_from", pretrained]
+    cli = run([*sft, *SHORT])
+    assert cli.model.config.vocab_size == 50261 and cli.trainer.global_step == 6
+    assert {"val_loss", "val_ppl", "val_acc", "train_val_gap"} <= set(cli.trainer.callback_metrics)
+    sft_dir = tmp_path / "runs" / "sft_ultrachat" / "smoke" / "checkpoints"
+    assert (sft_dir / "last.ckpt").is_file()
+    os.remove(pretrained)  # resuming needs only the SFT checkpoint, not the one it started from
+    resumed = run([*sft, *SHORT[2:], "--trainer.max_steps", "8", "--ckpt_path", "last"])
+    assert resumed.trainer.global_step == 8
 
 
 def test_pretrain_config_is_the_real_run():
@@ -50,32 +68,32 @@ def test_pretrain_config_is_the_real_run():
 
 def test_smoke_fit_then_validate_test_and_resume(wikitext_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = main(smoke_args("fit", wikitext_dir, *SHORT))
+    cli = run(smoke_args("fit", wikitext_dir, *SHORT))
     assert cli.trainer.global_step == 6
-    run_dir = tmp_path / "runs" / "smoke" / "main"
+    run_dir = tmp_path / "runs" / "pretrain_wikitext103" / "smoke"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list(run_dir.glob("events.out.tfevents.*"))
     assert "val_loss" in cli.trainer.callback_metrics
 
     last = str(run_dir / "checkpoints" / "last.ckpt")
     for command in ("validate", "test"):
-        metrics = main(smoke_args(command, wikitext_dir, "--ckpt_path", last)).trainer.callback_metrics
+        metrics = run(smoke_args(command, wikitext_dir, "--ckpt_path", last)).trainer.callback_metrics
         stage = "val" if command == "validate" else "test"
         assert metrics[f"{stage}_ppl"] == pytest.approx(metrics[f"{stage}_loss"].exp().item(), rel=1e-5)
 
-    resumed = main(smoke_args("fit", wikitext_dir, *SHORT[2:], "--trainer.max_steps", "9", "--ckpt_path", "last"))
+    resumed = run(smoke_args("fit", wikitext_dir, *SHORT[2:], "--trainer.max_steps", "9", "--ckpt_path", "last"))
     assert resumed.trainer.global_step == 9
     assert resumed.model.tokens_seen == 9 * 8 * 128  # counted across the resume, not from zero
 
 
 def test_checkpoint_hyperparameters_win_over_the_command_line(wikitext_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    main(smoke_args("fit", wikitext_dir, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1"))
-    last = str(tmp_path / "runs" / "smoke" / "main" / "checkpoints" / "last.ckpt")
-    cli = main(smoke_args("validate", wikitext_dir, "--ckpt_path", last, "--model.n_embd", "128"))
+    run(smoke_args("fit", wikitext_dir, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1"))
+    last = str(tmp_path / "runs" / "pretrain_wikitext103" / "smoke" / "checkpoints" / "last.ckpt")
+    cli = run(smoke_args("validate", wikitext_dir, "--ckpt_path", last, "--model.n_embd", "128"))
     assert cli.model.config.n_embd == 64
     with pytest.raises(SystemExit) as exit_info:
-        main(smoke_args("fit", wikitext_dir, "--ckpt_path", "last", "--model.n_embd", "128"))
+        run(smoke_args("fit", wikitext_dir, "--ckpt_path", "last", "--model.n_embd", "128"))
     assert exit_info.value.code == 2
 
 
@@ -83,13 +101,13 @@ def test_gpu_config_without_a_gpu_says_what_to_do(wikitext_dir, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(SystemExit):
-        main(["fit", "-c", PRETRAIN, "--data.path", str(wikitext_dir)])
+        run(["fit", "-c", PRETRAIN, "--data.path", str(wikitext_dir)])
     assert "configs/smoke.yaml" in capsys.readouterr().err
 
 
 def test_user_errors_print_one_line_without_traceback(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(smoke_args("fit", tmp_path / "missing"))
+        run(smoke_args("fit", tmp_path / "missing"))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "lightning-gpt: error: --data.path" in err and "Traceback" not in err
@@ -113,7 +131,7 @@ def test_config_file_typos_are_named(tmp_path, capsys):
 
 def test_print_config_prints_the_merged_config(wikitext_dir, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(smoke_args("fit", wikitext_dir, "--print_config"))
+        run(smoke_args("fit", wikitext_dir, "--print_config"))
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["preset"] == "tiny"
@@ -130,4 +148,4 @@ def test_two_process_ddp_on_cpu(wikitext_dir, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "max_steps=6" in done.stderr
-    assert (tmp_path / "runs" / "smoke" / "main" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "runs" / "pretrain_wikitext103" / "smoke" / "checkpoints" / "last.ckpt").is_file()

@@ -1,0 +1,121 @@
+"""The chat template: one renderer that training and chatting both use.
+
+A conversation renders as
+
+    <|endoftext|> [<|system|> text <|end|>] <|user|> text <|end|> <|assistant|> text <|end|> <|user|> ...
+
+The leading <|endoftext|> is the document boundary the pretrained model already knows. The loss mask is 1 on the
+assistant's text and on the <|end|> that closes each assistant turn (which is what teaches the model to stop), and
+0 everywhere else, the role markers included: the prompt supplies those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lightning_gpt.tokenizer import Tokenizer
+
+SYSTEM, USER, ASSISTANT, END_OF_TURN = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
+CHAT_SPECIAL_TOKENS = (SYSTEM, USER, ASSISTANT, END_OF_TURN)
+ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
+
+
+def chat_tokenizer() -> Tokenizer:
+    """GPT-2 BPE plus the four chat tokens (ids 50257-50260: the model's padded vocabulary already has rows there)."""
+    return Tokenizer(extra_special_tokens=CHAT_SPECIAL_TOKENS)
+
+
+def message_problem(messages) -> str | None:
+    """Why a conversation cannot be trained on, or None when it can.
+
+    Accepted: an optional system turn first, then user and assistant turns alternating, starting with the user,
+    with at least one assistant turn; every content a non-empty string.
+    """
+    if not isinstance(messages, (list, tuple)) or not messages:
+        return "messages is not a non-empty list"
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            return f"message {i} has no string 'role'"
+        if message["role"] not in ROLE_TOKENS:
+            return f"message {i} has unknown role {message['role']!r}"
+        content = message.get("content")
+        if not isinstance(content, str):
+            return f"message {i} content is {type(content).__name__}, not a string"
+        if not content.strip():
+            return f"message {i} ({message['role']}) has empty content"
+    turns = messages[1:] if messages[0]["role"] == "system" else messages
+    for i, message in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            return (
+                f"turn {i} is {message['role']!r} where {expected!r} was expected (system first, then user/assistant)"
+            )
+    if not any(m["role"] == "assistant" for m in turns):
+        return "no assistant turn"
+    return None
+
+
+@dataclass
+class RenderedTurn:
+    ids: list[int]
+    mask: list[int]
+    role: str
+
+
+def render_turns(tokenizer: Tokenizer, messages: list[dict]) -> list[RenderedTurn]:
+    """Each message as role marker + text + end-of-turn, with its loss mask."""
+    end = tokenizer.token_id(END_OF_TURN)
+    turns = []
+    for message in messages:
+        text = tokenizer.encode(message["content"])
+        ids = [tokenizer.token_id(ROLE_TOKENS[message["role"]]), *text, end]
+        trained = message["role"] == "assistant"
+        turns.append(RenderedTurn(ids, [0] + [int(trained)] * (len(text) + 1), message["role"]))
+    return turns
+
+
+def render_conversation(tokenizer: Tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """Token ids of a whole conversation and its loss mask (1 where the token is a training target)."""
+    ids, mask = [tokenizer.eot_id], [0]
+    for turn in render_turns(tokenizer, messages):
+        ids += turn.ids
+        mask += turn.mask
+    return ids, mask
+
+
+def render_prompt(tokenizer: Tokenizer, messages: list[dict]) -> list[int]:
+    """The ids that ask the model for the next assistant turn: the conversation so far, then <|assistant|>."""
+    ids, _ = render_conversation(tokenizer, messages)
+    return ids + [tokenizer.token_id(ASSISTANT)]
+
+
+def fit_to_length(
+    tokenizer: Tokenizer, messages: list[dict], max_tokens: int
+) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """Splits a conversation that is longer than `max_tokens` at turn boundaries, never inside an answer.
+
+    Each piece is <|endoftext|>, the system turn (if any), then as many whole user+assistant exchanges as fit.
+    An exchange that does not fit even alone is dropped. Returns the pieces (ids, mask) and the number of
+    exchanges dropped.
+    """
+    turns = render_turns(tokenizer, messages)
+    prefix_ids, prefix_mask = [tokenizer.eot_id], [0]
+    if turns[0].role == "system":
+        prefix_ids, prefix_mask = prefix_ids + turns[0].ids, prefix_mask + turns[0].mask
+        turns = turns[1:]
+    exchanges = [turns[i : i + 2] for i in range(0, len(turns), 2)]
+    pieces: list[tuple[list[int], list[int]]] = []
+    ids, mask, dropped = list(prefix_ids), list(prefix_mask), 0
+    for exchange in exchanges:
+        ex_ids = [t for turn in exchange for t in turn.ids]
+        ex_mask = [m for turn in exchange for m in turn.mask]
+        if len(prefix_ids) + len(ex_ids) > max_tokens:
+            dropped += 1
+            continue
+        if len(ids) + len(ex_ids) > max_tokens:
+            pieces.append((ids, mask))
+            ids, mask = list(prefix_ids), list(prefix_mask)
+        ids, mask = ids + ex_ids, mask + ex_mask
+    if any(mask):
+        pieces.append((ids, mask))
+    return pieces, dropped
