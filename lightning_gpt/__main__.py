@@ -1,4 +1,4 @@
-"""Entry point: `lightning-gpt fit|validate|test ...` (also `python -m lightning_gpt`)."""
+"""Entry point: `lightning-gpt fit|validate|test|generate|chat|evaluate-chat ...` (also `python -m lightning_gpt`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.cli import LightningCLI
 
 from data_modules.base import TokenDataModule
+from lightning_gpt.commands import COMMANDS
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.lit_module import GPTModule
 
@@ -42,6 +43,14 @@ def run(args: list[str] | None = None) -> GPTCLI:
 
 def main() -> None:
     """The console script: returns nothing, so that the exit code is 0 on success."""
+    argv = sys.argv[1:]
+    if argv and argv[0] in COMMANDS:  # generate, chat, evaluate-chat: no Trainer involved
+        try:
+            COMMANDS[argv[0]](argv[1:])
+        except UserInputError as err:
+            print(f"lightning-gpt: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        return
     run()
 
 

@@ -90,6 +90,25 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (x * cos + rotated * sin).to(x.dtype)
 
 
+class LayerCache:
+    """One layer's keys and values for incremental decoding: (B, nh, max_len, hs) buffers filled left to right."""
+
+    def __init__(self, batch: int, n_head: int, max_len: int, head_size: int, device, dtype) -> None:
+        self.k = torch.zeros(batch, n_head, max_len, head_size, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v: (B, nh, T, hs) for the next T slots. Returns all filled slots, (B, nh, S, hs)."""
+        end = self.length + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache holds {self.k.shape[2]} positions; {end} were asked for")
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -99,15 +118,30 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: LayerCache | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x: (B, T, C). Training: causal over x. Inference: x continues the sequence held in `cache`, and
+        attn_mask (B, 1, T, S) says which of the S cached slots each new position may see."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        # Flash / memory-efficient kernels on CUDA, a fused kernel on CPU.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, nh, S, hs): every slot so far
+        if attn_mask is None:
+            # Flash / memory-efficient kernels on CUDA, a fused kernel on CPU.
+            dropout = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.proj(y))
 
@@ -132,8 +166,8 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(config.n_embd, eps=config.norm_eps)
         self.mlp = SwiGLU(config)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache=None, attn_mask=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, attn_mask)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -162,22 +196,38 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        caches: list[LayerCache] | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx, targets: (B, T) token ids, T <= block_size. Returns logits (B, T, padded_vocab) and the mean
-        cross-entropy over targets that are not IGNORE_INDEX (None without targets)."""
+        cross-entropy over targets that are not IGNORE_INDEX (None without targets).
+
+        For generation (lightning_gpt/generate.py): positions (B, T) gives each token's rotary position, caches
+        one LayerCache per layer, and attn_mask (B, 1, T, S) the slots each token may attend to.
+        """
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than the model's block_size {self.config.block_size}")
         x = self.drop(self.tok_emb(idx))  # (B, T, C)
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, hs)
-        for block in self.blocks:
-            x = block(x, cos, sin)
+        if positions is None:
+            cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, hs)
+        else:
+            cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # (B, 1, T, hs)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, caches[i] if caches is not None else None, attn_mask)
         logits = self.lm_head(self.norm(x))  # (B, T, padded_vocab)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
         return logits, loss
+
+    def new_caches(self, batch: int, max_len: int) -> list[LayerCache]:
+        c, weight = self.config, self.tok_emb.weight
+        return [LayerCache(batch, c.n_head, max_len, c.head_size, weight.device, weight.dtype) for _ in self.blocks]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

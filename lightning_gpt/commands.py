@@ -1,0 +1,226 @@
+"""`lightning-gpt generate`, `chat` and `evaluate-chat`: using a trained checkpoint, outside the Trainer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from lightning_gpt.chat import END_OF_TURN, SYSTEM, USER, chat_tokenizer, message_problem, render_prompt
+from lightning_gpt.errors import UserInputError
+from lightning_gpt.generate import SamplingSettings, stream, trim_at_stop
+from lightning_gpt.model import GPT
+from lightning_gpt.tokenizer import Tokenizer
+
+
+def load_checkpoint(path: str, device: str = "auto") -> tuple[GPT, Tokenizer]:
+    """The model of a lightning-gpt checkpoint, in eval mode, and the tokenizer it was trained with."""
+    from lightning_gpt.lit_module import GPTModule
+
+    if not Path(path).is_file():
+        raise UserInputError(f"--ckpt_path {path}: no such file; pass a checkpoint written by lightning-gpt fit.")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    try:
+        module = GPTModule.load_from_checkpoint(path, map_location=device)
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise UserInputError(f"--ckpt_path {path} is not a lightning-gpt checkpoint ({err}).") from None
+    model = module.model.eval()
+    if device.startswith("cuda"):
+        model = model.to(torch.bfloat16)
+    vocab = model.config.vocab_size
+    for tokenizer in (Tokenizer(), chat_tokenizer()):
+        if tokenizer.vocab_size == vocab:
+            return model, tokenizer
+    raise UserInputError(f"--ckpt_path {path}: a vocabulary of {vocab} tokens matches no known tokenizer.")
+
+
+def is_chat(tokenizer: Tokenizer) -> bool:
+    return END_OF_TURN in tokenizer.special_tokens
+
+
+def chat_stop_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
+    """An answer ends at <|end|>; starting another turn or document also ends it."""
+    return tuple(tokenizer.token_id(t) for t in (END_OF_TURN, USER, SYSTEM)) + (tokenizer.eot_id,)
+
+
+class TextStream:
+    """Prints decoded text as tokens arrive, holding back an incomplete UTF-8 character."""
+
+    def __init__(self, tokenizer: Tokenizer, out=sys.stdout, stop_strings: tuple[str, ...] = ()) -> None:
+        self.tokenizer, self.out, self.stop_strings = tokenizer, out, stop_strings
+        self.tokens: list[int] = []
+        self.printed = 0
+
+    def add(self, token: int) -> None:
+        self.tokens.append(token)
+        text = trim_at_stop(self.tokenizer.decode(self.tokens), self.stop_strings)
+        if not text.endswith("\ufffd"):
+            self.out.write(text[self.printed :])
+            self.out.flush()
+            self.printed = len(text)
+
+    def text(self) -> str:
+        return trim_at_stop(self.tokenizer.decode(self.tokens), self.stop_strings)
+
+
+def _sampling_args(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by lightning-gpt fit")
+    parser.add_argument("--max_new_tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    parser.add_argument("--top_k", type=int, default=None)
+    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--repetition_penalty", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=None, help="fixes the sampled output")
+    parser.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+
+
+def _settings(args, stop_ids: tuple[int, ...]) -> SamplingSettings:
+    try:
+        return SamplingSettings(
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            repetition_penalty=args.repetition_penalty,
+            seed=args.seed,
+            stop_ids=stop_ids,
+            stop_strings=tuple(args.stop),
+        )
+    except ValueError as err:
+        raise UserInputError(f"sampling flags: {err}") from None
+
+
+def generate_command(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="lightning-gpt generate", description="Continue a prompt.")
+    _sampling_args(parser, max_new_tokens=200)
+    parser.add_argument("--prompt", required=True)
+    args = parser.parse_args(argv)
+    model, tokenizer = load_checkpoint(args.ckpt_path, args.device)
+    prompt = tokenizer.encode(args.prompt)
+    if not prompt:
+        raise UserInputError("--prompt is empty; give some text to continue.")
+    stop_ids = chat_stop_ids(tokenizer) if is_chat(tokenizer) else (tokenizer.eot_id,)
+    settings = _settings(args, stop_ids)
+    printer = TextStream(tokenizer, stop_strings=settings.stop_strings)
+    sys.stdout.write(args.prompt)
+    for pairs in stream(model, [prompt], settings, decode=tokenizer.decode):
+        printer.add(pairs[0][1])
+    sys.stdout.write("\n")
+
+
+def fit_history(tokenizer: Tokenizer, messages: list[dict], budget: int) -> list[dict]:
+    """The most recent turns whose prompt fits in `budget` tokens, the system turn always kept."""
+    system = messages[:1] if messages and messages[0]["role"] == "system" else []
+    turns = messages[len(system) :]
+    while len(turns) > 1 and len(render_prompt(tokenizer, system + turns)) > budget:
+        turns = turns[2:] if len(turns) > 2 else turns[1:]  # drop the oldest user+assistant exchange
+    return system + turns
+
+
+def chat_command(argv: list[str], lines: Iterable[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="lightning-gpt chat",
+        description="Chat with a fine-tuned model. Commands: /reset clears the history, /quit exits. When stdin is "
+        "not a terminal, each line is one user message and each answer is printed on its own line.",
+    )
+    _sampling_args(parser, max_new_tokens=256)
+    parser.add_argument("--system", default=None, help="a system message that opens the conversation")
+    args = parser.parse_args(argv)
+    model, tokenizer = load_checkpoint(args.ckpt_path, args.device)
+    if not is_chat(tokenizer):
+        raise UserInputError(
+            f"--ckpt_path {args.ckpt_path} is a pretraining checkpoint without chat tokens; "
+            "fine-tune it first (configs/sft_ultrachat.yaml) or use lightning-gpt generate."
+        )
+    settings = _settings(args, chat_stop_ids(tokenizer))
+    interactive = lines is None and sys.stdin.isatty()
+    source = iter(lines if lines is not None else sys.stdin)
+    opening = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(opening)
+    budget = model.config.block_size - min(settings.max_new_tokens, model.config.block_size // 2)
+    if interactive:
+        print("Chatting. /reset clears the history, /quit exits.", file=sys.stderr)
+    while True:
+        if interactive:
+            print("you> ", end="", flush=True, file=sys.stderr)
+        line = next(source, None)
+        if line is None:
+            break
+        text = line.strip()
+        if text == "/quit":
+            break
+        if text == "/reset":
+            messages = list(opening)
+            continue
+        if not text:
+            continue
+        messages = fit_history(tokenizer, messages + [{"role": "user", "content": text}], budget)
+        printer = TextStream(tokenizer, stop_strings=settings.stop_strings)
+        for pairs in stream(model, [render_prompt(tokenizer, messages)], settings, decode=tokenizer.decode):
+            printer.add(pairs[0][1])
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        messages.append({"role": "assistant", "content": printer.text() or " "})
+
+
+def evaluate_chat_command(argv: list[str]) -> dict:
+    """ROUGE-L of generated first answers against UltraChat's reference answers."""
+    from torchmetrics.text import ROUGEScore
+
+    from data_modules.base import load_hf_split
+
+    parser = argparse.ArgumentParser(
+        prog="lightning-gpt evaluate-chat",
+        description="ROUGE-L F1 (torchmetrics, no stemming) between the model's greedy answer to each sampled "
+        "conversation's opening user turn (after its system turn, if any) and the reference first assistant turn.",
+    )
+    parser.add_argument("--ckpt_path", required=True)
+    parser.add_argument("--data_path", default="HuggingFaceH4/ultrachat_200k")
+    parser.add_argument("--split", default="test_sft")
+    parser.add_argument("--num_samples", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0, help="which conversations are sampled")
+    parser.add_argument("--max_new_tokens", type=int, default=256)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    model, tokenizer = load_checkpoint(args.ckpt_path, args.device)
+    if not is_chat(tokenizer):
+        raise UserInputError(f"--ckpt_path {args.ckpt_path} has no chat tokens; evaluate-chat needs a chat model.")
+    rows = load_hf_split(args.data_path, None, args.split)
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(args.seed)).tolist()
+    prompts, references = [], []
+    for index in order:
+        messages = rows[index]["messages"]
+        if message_problem(messages) is not None:
+            continue
+        opening = 2 if messages[0]["role"] == "system" else 1
+        prompts.append(render_prompt(tokenizer, messages[:opening]))
+        references.append(messages[opening]["content"])
+        if len(prompts) == args.num_samples:
+            break
+    settings = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=0, stop_ids=chat_stop_ids(tokenizer))
+    rouge = ROUGEScore(rouge_keys="rougeL")
+    for start in range(0, len(prompts), args.batch_size):
+        batch = prompts[start : start + args.batch_size]
+        outputs: list[list[int]] = [[] for _ in batch]
+        for pairs in stream(model, batch, settings):
+            for row, token in pairs:
+                outputs[row].append(token)
+        rouge.update([tokenizer.decode(o) for o in outputs], references[start : start + args.batch_size])
+    result = {
+        "rougeL_fmeasure": float(rouge.compute()["rougeL_fmeasure"]),
+        "samples": len(prompts),
+        "split": args.split,
+        "max_new_tokens": args.max_new_tokens,
+        "decoding": "greedy",
+    }
+    print(json.dumps(result))
+    return result
+
+
+COMMANDS = {"generate": generate_command, "chat": chat_command, "evaluate-chat": evaluate_chat_command}

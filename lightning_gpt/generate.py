@@ -1,0 +1,167 @@
+"""Text generation in plain PyTorch: a KV cache, batched prompts of different lengths, sampling, stops, streaming.
+
+Prompts are left-padded into one (B, P) block so that every row's next token lands in the same cache slot; each
+row's rotary positions start at 0 at its first real token, and the attention mask hides the padding.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from lightning_gpt.model import GPT
+
+
+@dataclass
+class SamplingSettings:
+    max_new_tokens: int = 128
+    temperature: float = 0.8
+    """0 picks the most likely token (greedy)."""
+    top_k: int | None = None
+    """Sample only among the k most likely tokens."""
+    top_p: float | None = None
+    """Sample only among the most likely tokens whose probabilities add up to p (nucleus sampling)."""
+    repetition_penalty: float = 1.0
+    """> 1 makes tokens already in the prompt or output less likely (CTRL's penalty)."""
+    seed: int | None = None
+    stop_ids: tuple[int, ...] = ()
+    stop_strings: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0 or self.temperature < 0 or self.repetition_penalty <= 0:
+            raise ValueError("max_new_tokens and temperature must be >= 0 and repetition_penalty > 0")
+        if self.top_k is not None and self.top_k <= 0:
+            raise ValueError("top_k must be positive")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+
+
+def next_token(
+    logits: torch.Tensor, seen: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None
+) -> torch.Tensor:
+    """logits (B, V) over real token ids, seen (B, S) ids already in each row (-1 for none). Returns (B,) ids."""
+    logits = logits.float()
+    if settings.repetition_penalty != 1.0:
+        index = seen.clamp(min=0)
+        scores = logits.gather(1, index)
+        scores = torch.where(scores > 0, scores / settings.repetition_penalty, scores * settings.repetition_penalty)
+        logits = logits.scatter(1, index, torch.where(seen >= 0, scores, logits.gather(1, index)))
+    if settings.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / settings.temperature
+    if settings.top_k is not None:
+        kth = torch.topk(logits, min(settings.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if settings.top_p is not None and settings.top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative - sorted_logits.softmax(dim=-1) >= settings.top_p  # keeps the token that crosses p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+
+
+def _attention_mask(valid: torch.Tensor, start: int, length: int) -> torch.Tensor:
+    """valid (B, S) real-token slots; queries sit at slots start..start+length-1. Returns (B, 1, length, S)."""
+    S = valid.shape[1]
+    causal = (
+        torch.arange(S, device=valid.device)[None, :]
+        <= torch.arange(start, start + length, device=valid.device)[:, None]
+    )
+    return (causal[None] & valid[:, None, :]).unsqueeze(1)
+
+
+@torch.inference_mode()
+def stream(
+    model: GPT,
+    prompts: list[list[int]],
+    settings: SamplingSettings,
+    decode: Callable[[list[int]], str] | None = None,
+    use_cache: bool = True,
+) -> Iterator[list[tuple[int, int]]]:
+    """Yields, at each step, the (row, token id) pairs just generated for rows still running.
+
+    A row stops at max_new_tokens, at a stop id (not yielded), at a stop string (needs `decode`; the tokens that
+    complete it are yielded, callers trim the text), or when the context is full.
+    """
+    config = model.config
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    limit = config.block_size - 1
+    if any(len(p) > limit for p in prompts):
+        warnings.warn(
+            f"a prompt is longer than the context ({config.block_size} tokens): keeping its last {limit}", stacklevel=2
+        )
+        prompts = [p[-limit:] for p in prompts]
+    device = model.tok_emb.weight.device
+    B, P = len(prompts), max(len(p) for p in prompts)
+    total = min(config.block_size, P + settings.max_new_tokens)
+    if P + settings.max_new_tokens > config.block_size:
+        warnings.warn(
+            f"prompt + max_new_tokens exceeds the context of {config.block_size} tokens: generation stops "
+            f"after {total - P} new tokens",
+            stacklevel=2,
+        )
+    pad = torch.tensor([P - len(p) for p in prompts], device=device)  # (B,)
+    seq = torch.zeros(B, total, dtype=torch.long, device=device)  # left-padded prompts, then the output
+    for row, prompt in enumerate(prompts):
+        seq[row, P - len(prompt) : P] = torch.tensor(prompt, device=device)
+    slots = torch.arange(total, device=device)
+    valid = slots[None, :] >= pad[:, None]  # (B, total)
+    positions = (slots[None, :] - pad[:, None]).clamp(min=0)  # (B, total)
+    generator = None
+    if settings.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(settings.seed)
+    caches = model.new_caches(B, total) if use_cache else None
+    running = torch.ones(B, dtype=torch.bool, device=device)
+    new_tokens: list[list[int]] = [[] for _ in range(B)]
+    stop_ids = torch.tensor(settings.stop_ids or [-1], device=device)
+    filled = P  # slots of `seq` known so far
+    while filled < total and running.any():
+        start = caches[0].length if use_cache else 0  # with a cache, only the slots it has not seen yet
+        logits, _ = model(
+            seq[:, start:filled],
+            positions=positions[:, start:filled],
+            caches=caches,
+            attn_mask=_attention_mask(valid[:, :filled], start, filled - start),
+        )
+        seen = torch.where(valid[:, :filled], seq[:, :filled], -1)
+        token = next_token(logits[:, -1, : config.vocab_size], seen, settings, generator)  # (B,)
+        seq[:, filled] = token
+        filled += 1
+        stopped = torch.isin(token, stop_ids) & running
+        out = []
+        for row in running.nonzero().flatten().tolist():
+            if stopped[row]:
+                continue
+            new_tokens[row].append(int(token[row]))
+            out.append((row, int(token[row])))
+            if settings.stop_strings and decode is not None:
+                tail = decode(new_tokens[row][-32:])
+                stopped[row] = any(s in tail for s in settings.stop_strings)
+        running &= ~stopped
+        if out:
+            yield out
+
+
+def generate(
+    model: GPT,
+    prompts: list[list[int]],
+    settings: SamplingSettings,
+    decode: Callable[[list[int]], str] | None = None,
+    use_cache: bool = True,
+) -> list[list[int]]:
+    """The new tokens of each prompt (stop ids excluded)."""
+    outputs: list[list[int]] = [[] for _ in prompts]
+    for pairs in stream(model, prompts, settings, decode, use_cache):
+        for row, token in pairs:
+            outputs[row].append(token)
+    return outputs
+
+
+def trim_at_stop(text: str, stop_strings: tuple[str, ...]) -> str:
+    """Cuts `text` at the first stop string it contains."""
+    cut = min((text.index(s) for s in stop_strings if s in text), default=len(text))
+    return text[:cut]
