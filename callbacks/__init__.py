@@ -1,5 +1,6 @@
 """Callbacks that Lightning does not ship; everything else comes from lightning.pytorch.callbacks."""
 
+from callbacks.text_samples import GenerateSamples
 from callbacks.train_val_gap import TrainValGapEarlyStopping
 
-__all__ = ["TrainValGapEarlyStopping"]
+__all__ = ["GenerateSamples", "TrainValGapEarlyStopping"]

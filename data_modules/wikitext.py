@@ -57,8 +57,20 @@ class WikiText103(TokenDataModule):
                 f"--data.path {self.path}: column {self.text_column!r} holds {rows.features[self.text_column]}, "
                 "not text; set --data.text_column to the column with the text."
             )
-        lines = (line for batch in rows.iter(batch_size=4096) for line in batch[self.text_column])
-        return wikitext_articles(lines)
+        return wikitext_articles(self._counted_lines(rows))
+
+    def _counted_lines(self, rows) -> Iterator[str]:
+        """The rows, counting words and bytes for tokenizer-independent metrics (word perplexity, bits per byte).
+        Words follow WikiText's own count: whitespace-separated tokens plus one end-of-line per row (217,646 on
+        the validation split, as in Merity et al., 2016)."""
+        stats = getattr(self, "encode_stats", {})
+        stats.setdefault("words", 0)
+        stats.setdefault("bytes", 0)
+        for batch in rows.iter(batch_size=4096):
+            for line in batch[self.text_column]:
+                stats["words"] += len(line.split()) + 1
+                stats["bytes"] += len(line.encode("utf-8"))
+                yield line
 
     def array_dtypes(self) -> dict[str, np.dtype]:
         return {"tokens": token_dtype(self.vocab_size)}
@@ -76,6 +88,14 @@ class WikiText103(TokenDataModule):
     def tokens(self, role: str = "train") -> np.ndarray:
         """The cached token ids of a split ("train", "val" or "test"), memory-mapped; built if missing."""
         return LazyArray(*self._cache(role)).tokens
+
+    def text_stats(self, role: str) -> dict | None:
+        """Words, bytes and predicted tokens of a split, for word-level perplexity and bits per byte."""
+        base, meta = self._cache(role)
+        stats = meta.get("stats", {})
+        if "words" not in stats:
+            return None
+        return {"words": stats["words"], "bytes": stats["bytes"], "targets": meta["arrays"]["tokens"]["length"] - 1}
 
     def train_dataset(self, base: Path, meta: dict):
         tokens = LazyArray(base, meta)

@@ -121,7 +121,8 @@ def stream(
     filled = P  # slots of `seq` known so far
     while filled < total and running.any():
         start = caches[0].length if use_cache else 0  # with a cache, only the slots it has not seen yet
-        logits, _ = model(
+        # .forward, not __call__: a model compiled in place for training would recompile at every new cache length.
+        logits, _ = model.forward(
             seq[:, start:filled],
             positions=positions[:, start:filled],
             caches=caches,

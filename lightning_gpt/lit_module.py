@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import lightning as L
 import torch
-from torchmetrics import Accuracy, MeanMetric
+from torchmetrics import Accuracy, MeanMetric, SumMetric
 
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.model import GPT, IGNORE_INDEX, GPTConfig
@@ -109,6 +110,7 @@ class GPTModule(L.LightningModule):
         self.model = GPT(self.config)
         self.val_nll = MeanMetric()  # token-weighted mean, exact across batches and ranks
         self.test_nll = MeanMetric()
+        self.val_targets, self.test_targets = SumMetric(), SumMetric()
         # Next-token accuracy over the tokens that carry loss (the assistant's, in chat fine-tuning).
         accuracy = {
             "task": "multiclass",
@@ -146,33 +148,51 @@ class GPTModule(L.LightningModule):
         self.log("tokens_seen", float(self.tokens_seen), on_step=True)
         return loss
 
-    def _eval_step(self, batch, nll: MeanMetric, accuracy: Accuracy) -> None:
+    def _metrics(self, stage: str) -> tuple[MeanMetric, Accuracy, SumMetric]:
+        return getattr(self, f"{stage}_nll"), getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_targets")
+
+    def _eval_step(self, batch, stage: str) -> None:
+        nll, accuracy, targets = self._metrics(stage)
         logits, loss, n_targets = self._loss(batch, flops_factor=1)
         if n_targets:  # a batch can hold no target at all (e.g. only prompts); its NaN loss must not count
             nll.update(loss, weight=n_targets)
             accuracy.update(logits.argmax(dim=-1), batch[1])
+            targets.update(n_targets)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_nll, self.val_acc)
+        self._eval_step(batch, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_nll, self.test_acc)
+        self._eval_step(batch, "test")
 
-    def _log_eval(self, stage: str, nll: MeanMetric, accuracy: Accuracy) -> None:
+    def _log_eval(self, stage: str) -> None:
         # Perplexity is exp of the token-weighted mean NLL. torchmetrics' Perplexity would give the same number
         # but re-materializes a (B, T, vocab) softmax; the MeanMetric aggregates the same sums across ranks.
-        mean_nll = nll.compute()
+        nll, accuracy, targets = self._metrics(stage)
+        mean_nll, n_targets = nll.compute(), targets.compute()
         self.log(f"{stage}_loss", mean_nll, prog_bar=True)
         self.log(f"{stage}_ppl", torch.exp(mean_nll))
         self.log(f"{stage}_acc", accuracy.compute())
-        nll.reset()
-        accuracy.reset()
+        self._log_tokenizer_free(stage, mean_nll * n_targets, int(n_targets))
+        for metric in (nll, accuracy, targets):
+            metric.reset()
+
+    def _log_tokenizer_free(self, stage: str, total_nll: torch.Tensor, n_targets: int) -> None:
+        """Word-level perplexity and bits per byte: comparable across tokenizers, so with published numbers.
+        Only when the whole split was evaluated (not under limit_val_batches)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        text_stats = getattr(datamodule, "text_stats", None)
+        stats = text_stats("val" if stage == "val" else "test") if text_stats else None
+        if stats is None or n_targets != stats["targets"]:
+            return
+        self.log(f"{stage}_word_ppl", torch.exp(total_nll / stats["words"]))
+        self.log(f"{stage}_bpb", total_nll / (math.log(2) * stats["bytes"]))
 
     def on_validation_epoch_end(self) -> None:
-        self._log_eval("val", self.val_nll, self.val_acc)
+        self._log_eval("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_eval("test", self.test_nll, self.test_acc)
+        self._log_eval("test")
 
     def configure_optimizers(self):
         total = self.trainer.estimated_stepping_batches
