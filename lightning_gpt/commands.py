@@ -25,7 +25,7 @@ def load_checkpoint(path: str, device: str = "auto") -> tuple[GPT, Tokenizer]:
         raise UserInputError(f"--ckpt_path {path}: no such file; pass a checkpoint written by lightning-gpt fit.")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     try:
-        module = GPTModule.load_from_checkpoint(path, map_location=device)
+        module = GPTModule.load_from_checkpoint(path, map_location=device, weights_only=True)
     except (KeyError, TypeError, RuntimeError) as err:
         raise UserInputError(f"--ckpt_path {path} is not a lightning-gpt checkpoint ({err}).") from None
     model = module.model.eval()
@@ -50,8 +50,8 @@ def chat_stop_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
 class TextStream:
     """Prints decoded text as tokens arrive, holding back an incomplete UTF-8 character."""
 
-    def __init__(self, tokenizer: Tokenizer, out=sys.stdout, stop_strings: tuple[str, ...] = ()) -> None:
-        self.tokenizer, self.out, self.stop_strings = tokenizer, out, stop_strings
+    def __init__(self, tokenizer: Tokenizer, out=None, stop_strings: tuple[str, ...] = ()) -> None:
+        self.tokenizer, self.out, self.stop_strings = tokenizer, out or sys.stdout, stop_strings
         self.tokens: list[int] = []
         self.printed = 0
 

@@ -1,0 +1,159 @@
+"""generate, chat and evaluate-chat, as a user runs them, on checkpoints trained in the test."""
+
+import io
+import sys
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from callbacks import GenerateSamples
+from data_modules import UltraChat200k, WikiText103
+from lightning_gpt import commands
+from lightning_gpt.__main__ import main
+from lightning_gpt.chat import chat_tokenizer
+from tests.conftest import synthetic_articles, synthetic_conversations, wikitext_rows, write_hub_folder
+from tests.test_training import tiny_module, trainer
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict:
+    """A pretraining and a chat checkpoint of tiny models, trained a few steps on made-up data."""
+    root = tmp_path_factory.mktemp("ckpts")
+    wiki = write_hub_folder(
+        root / "wiki",
+        {
+            "train": wikitext_rows(synthetic_articles(40, seed=1)),
+            "validation": wikitext_rows(synthetic_articles(6, seed=2)),
+        },
+    )
+    chat = write_hub_folder(
+        root / "chat",
+        {"train_sft": synthetic_conversations(60, seed=1), "test_sft": synthetic_conversations(12, seed=2)},
+        config="default",
+    )
+    paths = {"chat_data": str(chat)}
+    for name, dm in (
+        (
+            "pretrain",
+            WikiText103(path=str(wiki), block_size=64, batch_size=4, num_workers=0, cache_dir=str(root / "c")),
+        ),
+        ("chat", UltraChat200k(path=str(chat), block_size=64, batch_size=4, num_workers=0, cache_dir=str(root / "c"))),
+    ):
+        run = trainer(root / name, 5)
+        run.fit(tiny_module(dm), dm)
+        run.save_checkpoint(root / f"{name}.ckpt")
+        paths[name] = str(root / f"{name}.ckpt")
+    return paths
+
+
+def run_main(monkeypatch, capsys, *argv) -> str:
+    monkeypatch.setattr(sys, "argv", ["lightning-gpt", *argv])
+    main()
+    return capsys.readouterr().out
+
+
+def test_generate_prints_a_reproducible_continuation(checkpoints, monkeypatch, capsys):
+    args = [
+        "generate",
+        "--ckpt_path",
+        checkpoints["pretrain"],
+        "--prompt",
+        "The cat",
+        "--max_new_tokens",
+        "12",
+        "--temperature",
+        "1.0",
+        "--top_k",
+        "50",
+        "--seed",
+        "7",
+    ]
+    first = run_main(monkeypatch, capsys, *args)
+    assert first.startswith("The cat") and len(first) > len("The cat\n")
+    assert run_main(monkeypatch, capsys, *args) == first
+    assert run_main(monkeypatch, capsys, *args[:-1], "8") != first
+
+
+def test_generate_with_a_missing_checkpoint_says_so(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(
+        sys, "argv", ["lightning-gpt", "generate", "--ckpt_path", str(tmp_path / "x.ckpt"), "--prompt", "a"]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert "--ckpt_path" in capsys.readouterr().err
+
+
+def test_chat_answers_each_line_and_reset_forgets(checkpoints, capsys):
+    args = ["--ckpt_path", checkpoints["chat"], "--max_new_tokens", "10", "--temperature", "0", "--system", "Be brief."]
+    commands.chat_command(args, lines=["Hi there", "What sat on the mat?", "/reset", "Hi there", "/quit", "never"])
+    answers = capsys.readouterr().out.split("\n")[:-1]
+    assert len(answers) == 3  # one per message; /reset and /quit print nothing; nothing after /quit
+    assert answers[2] == answers[0]  # after /reset the same first message gets the same answer
+
+
+def test_chat_reads_stdin_when_it_is_not_a_terminal(checkpoints, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello\nHow are you?\n"))
+    out = run_main(
+        monkeypatch, capsys, "chat", "--ckpt_path", checkpoints["chat"], "--max_new_tokens", "6", "--temperature", "0"
+    )
+    assert out.count("\n") == 2
+
+
+def test_chat_with_a_pretraining_checkpoint_is_refused(checkpoints):
+    with pytest.raises(Exception, match="without chat tokens"):
+        commands.chat_command(["--ckpt_path", checkpoints["pretrain"]], lines=[])
+
+
+def test_chat_history_keeps_the_system_turn_and_drops_the_oldest_exchange():
+    tok = chat_tokenizer()
+    messages = [{"role": "system", "content": "Be brief."}]
+    for i in range(6):
+        messages += [{"role": "user", "content": f"question {i} " * 5}, {"role": "assistant", "content": "answer " * 5}]
+    messages.append({"role": "user", "content": "last"})
+    kept = commands.fit_history(tok, messages, budget=60)
+    assert kept[0]["role"] == "system" and kept[-1]["content"] == "last"
+    assert len(kept) < len(messages) and kept[1]["role"] == "user"
+
+
+def test_evaluate_chat_reports_rouge_l(checkpoints, capsys):
+    result = commands.evaluate_chat_command(
+        [
+            "--ckpt_path",
+            checkpoints["chat"],
+            "--data_path",
+            checkpoints["chat_data"],
+            "--num_samples",
+            "5",
+            "--max_new_tokens",
+            "8",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert result["samples"] == 5 and 0.0 <= result["rougeL_fmeasure"] <= 1.0
+    assert '"rougeL_fmeasure"' in capsys.readouterr().out
+
+
+def test_samples_callback_logs_text_to_tensorboard(wikitext_dir, tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    dm = WikiText103(path=str(wikitext_dir), block_size=32, batch_size=4, num_workers=0)
+    samples = GenerateSamples(prompts=["The cat", "A dog"], max_new_tokens=6)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    run = trainer(tmp_path, 4, [samples], logger=logger, limit_val_batches=2, val_check_interval=4)
+    run.fit(tiny_module(dm), dm)
+    assert len(samples.last_samples) == 2 and all(samples.last_samples)
+    events = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0})
+    events.Reload()
+    assert {"samples/0/text_summary", "samples/1/text_summary"} <= set(events.Tags()["tensors"])
+
+
+def test_test_reports_word_perplexity_and_bits_per_byte(wikitext_dir, tmp_path):
+    dm = WikiText103(path=str(wikitext_dir), block_size=32, batch_size=4, num_workers=0)
+    metrics = trainer(tmp_path, 1).test(tiny_module(dm), dm, verbose=False)[0]
+    stats = dm.text_stats("test")
+    total_nll = metrics["test_loss"] * stats["targets"]
+    assert metrics["test_word_ppl"] == pytest.approx(torch.tensor(total_nll / stats["words"]).exp().item(), rel=1e-4)
+    assert metrics["test_bpb"] == pytest.approx(total_nll / (0.6931471805599453 * stats["bytes"]), rel=1e-4)

@@ -1,0 +1,112 @@
+import pytest
+import torch
+
+from lightning_gpt.generate import SamplingSettings, generate, stream, trim_at_stop
+from lightning_gpt.model import GPT, GPTConfig
+
+VOCAB = 97
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig.from_preset("tiny", vocab_size=VOCAB, block_size=64)).eval()
+
+
+PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16]]
+
+
+def greedy(**kw) -> SamplingSettings:
+    return SamplingSettings(**{"max_new_tokens": 12, "temperature": 0.0, **kw})
+
+
+def reference_greedy(model: GPT, prompt: list[int], n: int) -> list[int]:
+    """Greedy decoding by re-running the plain forward on the whole sequence each step."""
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            logits, _ = model(torch.tensor([seq]))
+            seq.append(int(logits[0, -1, :VOCAB].argmax()))
+    return seq[len(prompt) :]
+
+
+def test_cached_greedy_equals_uncached_and_the_plain_forward(model):
+    cached = generate(model, PROMPTS, greedy())
+    assert cached == generate(model, PROMPTS, greedy(), use_cache=False)
+    assert cached == [reference_greedy(model, p, 12) for p in PROMPTS]
+
+
+def test_batched_prompts_of_different_lengths_match_one_at_a_time(model):
+    settings = SamplingSettings(max_new_tokens=10, temperature=1.0, top_k=20, seed=3)
+    alone = [generate(model, [p], greedy())[0] for p in PROMPTS]
+    assert generate(model, PROMPTS, greedy()) == alone
+    assert len(generate(model, PROMPTS, settings)[1]) == 10
+
+
+def test_sampling_is_reproducible_for_a_seed(model):
+    settings = SamplingSettings(max_new_tokens=16, temperature=1.0, seed=11)
+    first = generate(model, PROMPTS, settings)
+    assert generate(model, PROMPTS, settings) == first
+    other = generate(model, PROMPTS, SamplingSettings(max_new_tokens=16, temperature=1.0, seed=12))
+    assert other != first
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy(model):
+    expected = generate(model, PROMPTS, greedy())
+    assert generate(model, PROMPTS, greedy(temperature=1.0, top_k=1, seed=0)) == expected
+    assert generate(model, PROMPTS, greedy(temperature=1.0, top_p=1e-6, seed=0)) == expected
+
+
+def test_repetition_penalty_avoids_tokens_already_seen(model):
+    out = generate(model, [[5, 6, 7]], greedy(max_new_tokens=8, repetition_penalty=1e6))[0]
+    seen = [5, 6, 7]
+    for token in out:
+        assert token not in seen
+        seen.append(token)
+
+
+def test_stops_at_a_stop_id_without_emitting_it(model):
+    full = generate(model, PROMPTS[:1], greedy())[0]
+    stop = full[4]
+    out = generate(model, PROMPTS[:1], greedy(stop_ids=(stop,)))[0]
+    assert out == full[: full.index(stop)]
+
+
+def test_stops_at_a_stop_string(model):
+    full = generate(model, PROMPTS[:1], greedy())[0]
+
+    def decode(ids):
+        return "".join(f"<{i}>" for i in ids)
+
+    stop_text = f"<{full[3]}>"
+    out = generate(model, PROMPTS[:1], greedy(stop_strings=(stop_text,)), decode=decode)[0]
+    assert out == full[: full.index(full[3]) + 1]
+    assert trim_at_stop(decode(out), (stop_text,)) == decode(out)[: decode(out).index(stop_text)]
+    assert trim_at_stop("a b STOP c", ("STOP", "b")) == "a "
+
+
+def test_stream_yields_each_token_as_it_comes(model):
+    steps = list(stream(model, PROMPTS, greedy(max_new_tokens=5)))
+    assert len(steps) == 5
+    assert all(sorted(row for row, _ in step) == [0, 1, 2] for step in steps)
+    assert [[t for r, t in step if r == 0] for step in steps] == [
+        [t] for t in generate(model, PROMPTS, greedy(max_new_tokens=5))[0]
+    ]
+
+
+def test_a_prompt_longer_than_the_context_is_cut_from_the_left(model):
+    long_prompt = list(range(1, 90))
+    with pytest.warns(UserWarning, match="longer than the context"):
+        out = generate(model, [long_prompt], greedy(max_new_tokens=1))[0]
+    assert out == reference_greedy(model, long_prompt[-63:], 1)
+
+
+def test_generation_stops_when_the_context_is_full(model):
+    with pytest.warns(UserWarning, match="exceeds the context"):
+        out = generate(model, [[1] * 60], greedy(max_new_tokens=20))[0]
+    assert len(out) == 4
+
+
+def test_bad_sampling_settings_are_refused():
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingSettings(top_p=1.5)
