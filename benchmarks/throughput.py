@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from lightning_gpt.lit_module import GPTModule
-from lightning_gpt.optim import adamw_warmup_cosine
 
 REAL_VALIDATION = Path(__file__).resolve().parents[2] / "shared/data/hub/Salesforce/wikitext"
 
@@ -61,17 +60,7 @@ def plain_loop(args, batches, device) -> float:
     module = build_module(args).to(device)
     module.configure_model()
     model = module.model.train()
-    hp = module.hparams
-    optimizer, schedule = adamw_warmup_cosine(
-        model.parameters(),
-        lr=hp.learning_rate,
-        weight_decay=hp.weight_decay,
-        betas=hp.betas,
-        warmup_steps=hp.warmup_steps,
-        total_steps=len(batches),
-        min_lr_ratio=hp.min_lr_ratio,
-        fused=device.type == "cuda",
-    )
+    optimizer, schedule = module.build_optimizer(total_steps=len(batches))  # the same as Lightning's
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16-mixed" else nullcontext()
     start = None
     for step, (x, y) in enumerate(batches):

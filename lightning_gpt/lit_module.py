@@ -198,18 +198,22 @@ class GPTModule(L.LightningModule):
         total = self.trainer.estimated_stepping_batches
         if total == float("inf"):
             raise UserInputError("set --trainer.max_steps or --trainer.max_epochs: the cosine schedule needs an end.")
+        optimizer, schedule = self.build_optimizer(int(total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def build_optimizer(self, total_steps: int):
+        """AdamW and its warmup-cosine schedule from this module's hyperparameters (fused on CUDA)."""
         hp = self.hparams
-        optimizer, schedule = adamw_warmup_cosine(
+        return adamw_warmup_cosine(
             self.parameters(),
             lr=hp.learning_rate,
             weight_decay=hp.weight_decay,
             betas=hp.betas,
             warmup_steps=hp.warmup_steps,
-            total_steps=int(total),
+            total_steps=total_steps,
             min_lr_ratio=hp.min_lr_ratio,
             fused=self.device.type == "cuda",
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokens_seen"] = self.tokens_seen

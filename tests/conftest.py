@@ -61,17 +61,21 @@ def wikitext_rows(articles: list[list[str]]) -> list[dict]:
     return [{"text": line} for rows in articles for line in rows]
 
 
-@pytest.fixture
-def wikitext_dir(tmp_path) -> Path:
+def wikitext_folder(root: Path) -> Path:
     """A small WikiText-like folder: 40 training articles, 6 validation and 6 test articles."""
     return write_hub_folder(
-        tmp_path / "wikitext",
+        root,
         {
             "train": wikitext_rows(synthetic_articles(40, seed=1)),
             "validation": wikitext_rows(synthetic_articles(6, seed=2)),
             "test": wikitext_rows(synthetic_articles(6, seed=3)),
         },
     )
+
+
+@pytest.fixture
+def wikitext_dir(tmp_path) -> Path:
+    return wikitext_folder(tmp_path / "wikitext")
 
 
 def synthetic_conversations(n: int, seed: int = 0, turns: int = 2, system: bool = False) -> list[dict]:

@@ -12,7 +12,7 @@ from data_modules import UltraChat200k, WikiText103
 from lightning_gpt import commands
 from lightning_gpt.__main__ import main
 from lightning_gpt.chat import chat_tokenizer
-from tests.conftest import synthetic_articles, synthetic_conversations, wikitext_rows, write_hub_folder
+from tests.conftest import synthetic_conversations, wikitext_folder, write_hub_folder
 from tests.test_training import tiny_module, trainer
 
 
@@ -20,13 +20,7 @@ from tests.test_training import tiny_module, trainer
 def checkpoints(tmp_path_factory) -> dict:
     """A pretraining and a chat checkpoint of tiny models, trained a few steps on made-up data."""
     root = tmp_path_factory.mktemp("ckpts")
-    wiki = write_hub_folder(
-        root / "wiki",
-        {
-            "train": wikitext_rows(synthetic_articles(40, seed=1)),
-            "validation": wikitext_rows(synthetic_articles(6, seed=2)),
-        },
-    )
+    wiki = wikitext_folder(root / "wiki")
     chat = write_hub_folder(
         root / "chat",
         {"train_sft": synthetic_conversations(60, seed=1), "test_sft": synthetic_conversations(12, seed=2)},

@@ -16,7 +16,7 @@ from lightning_gpt.chat import chat_tokenizer, render_conversation
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.lit_module import GPTModule, load_pretrained
 from lightning_gpt.model import IGNORE_INDEX
-from tests.conftest import synthetic_articles, synthetic_conversations, wikitext_rows, write_hub_folder
+from tests.conftest import synthetic_conversations, wikitext_folder, write_hub_folder
 from tests.test_training import LossRecorder, StopAt, tiny_module, trainer
 
 
@@ -122,13 +122,7 @@ def test_long_conversations_are_split_and_counted(tmp_path):
 def pretrain_ckpt(tmp_path_factory) -> str:
     """A real pretraining checkpoint: a tiny model fitted for 30 steps on the WikiText-like corpus."""
     root = tmp_path_factory.mktemp("pretrain")
-    folder = write_hub_folder(
-        root / "wikitext",
-        {
-            "train": wikitext_rows(synthetic_articles(40, seed=1)),
-            "validation": wikitext_rows(synthetic_articles(6, seed=2)),
-        },
-    )
+    folder = wikitext_folder(root / "wikitext")
     dm = WikiText103(path=str(folder), block_size=64, batch_size=4, num_workers=0, cache_dir=str(root / "cache"))
     run = trainer(root, 30)
     run.fit(tiny_module(dm), dm)
