@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import torch
 from lightning.pytorch.cli import LightningCLI
@@ -27,6 +28,21 @@ class GPTCLI(LightningCLI):
                 "--trainer.accelerator is 'gpu' but no CUDA GPU is available here; add -c configs/smoke.yaml for a "
                 "small CPU run, or pass --trainer.accelerator cpu."
             )
+
+    def before_fit(self) -> None:
+        # Runs keep their checkpoints at a fixed place (so that --ckpt_path last finds them); a fresh run there
+        # would overwrite last.ckpt and best-*.ckpt of the earlier one.
+        if self.config[self.subcommand].get("ckpt_path") is not None:
+            return
+        folders = {Path(cb.dirpath) for cb in self.trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)}
+        if self.trainer.log_dir:
+            folders.add(Path(self.trainer.log_dir) / "checkpoints")
+        for folder in sorted(folders):
+            if any(folder.glob("*.ckpt")):
+                raise UserInputError(
+                    f"{folder} already holds checkpoints of an earlier run. Resume it with --ckpt_path last, start a "
+                    "separate run with --trainer.logger.init_args.version NAME, or move that folder away."
+                )
 
 
 def run(args: list[str] | None = None) -> GPTCLI:

@@ -76,10 +76,16 @@ def test_smoke_fit_then_validate_test_and_resume(wikitext_dir, tmp_path, monkeyp
     assert "val_loss" in cli.trainer.callback_metrics
 
     last = str(run_dir / "checkpoints" / "last.ckpt")
+    last_bytes = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
     for command in ("validate", "test"):
         metrics = run(smoke_args(command, wikitext_dir, "--ckpt_path", last)).trainer.callback_metrics
         stage = "val" if command == "validate" else "test"
         assert metrics[f"{stage}_ppl"] == pytest.approx(metrics[f"{stage}_loss"].exp().item(), rel=1e-5)
+
+    with pytest.raises(SystemExit) as exit_info:  # a fresh run must not overwrite the earlier run's checkpoints
+        run(smoke_args("fit", wikitext_dir, *SHORT))
+    assert exit_info.value.code == 2
+    assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == last_bytes
 
     resumed = run(smoke_args("fit", wikitext_dir, *SHORT[2:], "--trainer.max_steps", "9", "--ckpt_path", "last"))
     assert resumed.trainer.global_step == 9
