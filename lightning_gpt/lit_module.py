@@ -138,11 +138,10 @@ class GPTModule(L.LightningModule):
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], flops_factor: int):
         x, y = batch  # (B, T), (B, T)
         self.flops_per_batch = self.model.flops_per_token(x.shape[1]) * x.numel() // 3 * flops_factor
-        logits, loss = self(x, y)
-        return logits, loss, int((y != IGNORE_INDEX).sum())
+        return self(x, y)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        _, loss, _ = self._loss(batch, flops_factor=3)  # forward + backward
+        _, loss = self._loss(batch, flops_factor=3)  # forward + backward
         self.tokens_seen += batch[0].numel() * self.trainer.world_size
         self.log("train_loss", loss, on_step=True, prog_bar=True)
         self.log("tokens_seen", float(self.tokens_seen), on_step=True)
@@ -153,7 +152,8 @@ class GPTModule(L.LightningModule):
 
     def _eval_step(self, batch, stage: str) -> None:
         nll, accuracy, targets = self._metrics(stage)
-        logits, loss, n_targets = self._loss(batch, flops_factor=1)
+        logits, loss = self._loss(batch, flops_factor=1)
+        n_targets = int((batch[1] != IGNORE_INDEX).sum())  # a host sync, so only here and not in training
         if n_targets:  # a batch can hold no target at all (e.g. only prompts); its NaN loss must not count
             nll.update(loss, weight=n_targets)
             accuracy.update(logits.argmax(dim=-1), batch[1])
