@@ -40,9 +40,9 @@ class GenerateSamples(L.Callback):
         self.last_samples: list[str] = []
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or not self.prompts:
+        tokenizer = getattr(trainer.datamodule, "tokenizer", None)  # the data module knows which tokens exist
+        if trainer.sanity_checking or not trainer.is_global_zero or not self.prompts or tokenizer is None:
             return
-        tokenizer = trainer.datamodule.tokenizer
         chat = is_chat(tokenizer)
         if chat:
             prompts = [render_prompt(tokenizer, [{"role": "user", "content": p}]) for p in self.prompts]

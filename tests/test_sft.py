@@ -13,8 +13,9 @@ from data_modules import UltraChat200k, WikiText103
 from data_modules.token_cache import meta_path
 from data_modules.ultrachat import length_grouped_batches, padding_waste
 from lightning_gpt.chat import chat_tokenizer, render_conversation
+from lightning_gpt.checkpoint import load_pretrained
 from lightning_gpt.errors import UserInputError
-from lightning_gpt.lit_module import GPTModule, load_pretrained
+from lightning_gpt.lit_module import GPTModule
 from lightning_gpt.model import IGNORE_INDEX
 from tests.conftest import synthetic_conversations, wikitext_folder, write_hub_folder
 from tests.test_training import LossRecorder, StopAt, tiny_module, trainer
