@@ -15,7 +15,15 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset
 
-from data_modules.token_cache import cache_key, default_cache_dir, read_cache_meta, source_fingerprint, write_cache
+from data_modules.token_cache import (
+    array_path,
+    cache_key,
+    default_cache_dir,
+    meta_path,
+    read_cache_meta,
+    source_fingerprint,
+    write_cache,
+)
 from data_modules.windows import ResumableShuffleSampler
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.tokenizer import Tokenizer
@@ -194,6 +202,9 @@ class TokenDataModule(L.LightningDataModule):
         meta = write_cache(base, self.encode_rows(rows, split), self.array_dtypes(), meta)
         first = next(iter(meta["arrays"]))
         if meta["arrays"][first]["length"] == 0:
+            for name in meta["arrays"]:  # an empty cache would only fail later, less clearly
+                array_path(base, name).unlink(missing_ok=True)
+            meta_path(base).unlink(missing_ok=True)
             raise UserInputError(f"--data.path {self.path} split {split!r} holds no usable text.")
         log.info("%s split %r: %s", self.path, split, {n: a["length"] for n, a in meta["arrays"].items()})
         return meta

@@ -123,3 +123,11 @@ def test_split_too_small_for_a_batch_is_explained(tmp_path):
     )
     with pytest.raises(UserInputError, match=r"block size"):
         ready(folder, block_size=64).train_dataloader()
+
+
+def test_a_split_of_blank_lines_fails_and_leaves_no_cache(tmp_path):
+    folder = write_hub_folder(tmp_path / "d", {"train": [{"text": ""}, {"text": " \n"}], "validation": [{"text": "v"}]})
+    dm = WikiText103(path=str(folder), block_size=16, num_workers=0)
+    with pytest.raises(UserInputError, match=r"split 'train' holds no usable text"):
+        dm.prepare_data()
+    assert not list(dm.cache_dir.glob("*train*"))
