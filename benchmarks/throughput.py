@@ -5,7 +5,8 @@
         --compile --steps 60                              # one CUDA GPU; also prints MFU
 
 Both sides run the same optimizer (AdamW, decay groups), schedule, gradient clipping and precision. Each side runs
-`--repeats` times, alternating, and the best run counts. The last line is the ratio Lightning / plain.
+`--repeats` times, alternating; speed is tokens per batch over the median time from one step's start to the next,
+pooled over all runs, which a busy machine's spikes do not move. The last line is the ratio Lightning / plain.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.throughput import get_available_flops
 
 from lightning_gpt.lit_module import GPTModule
 
@@ -55,18 +57,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def plain_loop(args, batches, device) -> float:
-    """The loop a nanoGPT user writes by hand; returns tokens/s over the steps after warm-up."""
+def plain_loop(args, batches, device) -> list[float]:
+    """The loop a nanoGPT user writes by hand. Returns the seconds between consecutive step starts."""
     module = build_module(args).to(device)
     module.configure_model()
     model = module.model.train()
     optimizer, schedule = module.build_optimizer(total_steps=len(batches))  # the same as Lightning's
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16-mixed" else nullcontext()
-    start = None
-    for step, (x, y) in enumerate(batches):
-        if step == args.warmup:
-            sync(device)
-            start = time.perf_counter()
+    starts = []
+    for x, y in batches:
+        sync(device)
+        starts.append(time.perf_counter())
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast:
             _, loss = model(x, y)
@@ -76,29 +77,29 @@ def plain_loop(args, batches, device) -> float:
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
     sync(device)
-    return (len(batches) - args.warmup) * batches[0][0].numel() / (time.perf_counter() - start)
+    starts.append(time.perf_counter())
+    return list(np.diff(starts[args.warmup :]))
 
 
-class _Timer(L.Callback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.end = warmup, None, None
+class _StepTimer(L.Callback):
+    """Times from one step's start to the next: Lightning's own work between steps is inside the interval."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == self.warmup:
-            sync(pl_module.device)
-            self.start = time.perf_counter()
+        sync(pl_module.device)
+        self.starts.append(time.perf_counter())
 
     def on_train_end(self, trainer, pl_module) -> None:
         sync(pl_module.device)
-        self.end = time.perf_counter()
+        self.starts.append(time.perf_counter())
 
 
-def lightning_loop(args, batches, device) -> tuple[float, float | None]:
-    """The same training through Trainer.fit; returns tokens/s and MFU (when the GPU's peak is known)."""
-    from lightning.fabric.utilities.throughput import get_available_flops
-
+def lightning_loop(args, batches, device) -> list[float]:
+    """The same training through Trainer.fit. Returns the seconds between consecutive step starts."""
     module = build_module(args)
-    timer = _Timer(args.warmup)
+    timer = _StepTimer()
     trainer = L.Trainer(
         accelerator=device.type,
         devices=1,
@@ -115,10 +116,7 @@ def lightning_loop(args, batches, device) -> tuple[float, float | None]:
     )
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, pin_memory=device.type == "cuda")
     trainer.fit(module, train_dataloaders=loader)
-    tokens_per_s = (len(batches) - args.warmup) * batches[0][0].numel() / (timer.end - timer.start)
-    peak = get_available_flops(device, torch.bfloat16 if args.precision == "bf16-mixed" else torch.float32)
-    mfu = tokens_per_s * module.model.flops_per_token(args.block_size) / peak if peak else None
-    return tokens_per_s, mfu
+    return list(np.diff(timer.starts[args.warmup :]))
 
 
 def main() -> None:
@@ -135,19 +133,25 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_float32_matmul_precision("high")
     batches = make_batches(args.steps, args.batch_size, args.block_size, 50257)
-    plain, lightning, mfus = [], [], []
-    for _ in range(args.repeats):
-        plain.append(plain_loop(args, batches, device))
-        tokens_per_s, mfu = lightning_loop(args, batches, device)
-        lightning.append(tokens_per_s)
-        mfus.append(mfu)
+    plain, lightning = [], []
+    for _ in range(args.repeats):  # alternating, so that a slow spell of the machine hits both sides
+        plain += plain_loop(args, batches, device)
+        lightning += lightning_loop(args, batches, device)
+    tokens = args.batch_size * args.block_size
+    plain_speed, lightning_speed = tokens / np.median(plain), tokens / np.median(lightning)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; preset {args.preset}, batch {args.batch_size} x {args.block_size}, {args.precision}")
-    print(f"plain PyTorch loop: {max(plain):,.0f} tokens/s (runs: {', '.join(f'{v:,.0f}' for v in plain)})")
-    print(f"Lightning:          {max(lightning):,.0f} tokens/s (runs: {', '.join(f'{v:,.0f}' for v in lightning)})")
-    if mfus[0] is not None:
-        print(f"Lightning MFU: {max(mfus):.1%} of the GPU's dense peak")
-    print(f"ratio Lightning / plain: {max(lightning) / max(plain):.3f}")
+    print(
+        f"{len(plain)} timed steps a side; median step: plain {np.median(plain) * 1e3:.1f} ms, "
+        f"Lightning {np.median(lightning) * 1e3:.1f} ms"
+    )
+    print(f"plain PyTorch loop: {plain_speed:,.0f} tokens/s")
+    print(f"Lightning:          {lightning_speed:,.0f} tokens/s")
+    peak = get_available_flops(device, torch.bfloat16 if args.precision == "bf16-mixed" else torch.float32)
+    if peak:
+        flops = build_module(args).model.flops_per_token(args.block_size)
+        print(f"Lightning MFU: {lightning_speed * flops / peak:.1%} of the GPU's dense peak")
+    print(f"ratio Lightning / plain: {lightning_speed / plain_speed:.3f}")
 
 
 if __name__ == "__main__":
