@@ -14,6 +14,11 @@ from lightning_gpt.commands import COMMANDS
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.lit_module import GPTModule
 
+DESCRIPTION = (
+    "Train a GPT and turn it into a chat model. Training: fit, validate, test (below). Using a checkpoint: "
+    "lightning-gpt generate|chat|evaluate-chat --help."
+)
+
 
 class GPTCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
@@ -50,7 +55,12 @@ def run(args: list[str] | None = None) -> GPTCLI:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return GPTCLI(
-            GPTModule, TokenDataModule, subclass_mode_data=True, save_config_kwargs={"overwrite": True}, args=args
+            GPTModule,
+            TokenDataModule,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"description": DESCRIPTION},
+            args=args,
         )
     except UserInputError as err:
         print(f"lightning-gpt: error: {err}", file=sys.stderr)
