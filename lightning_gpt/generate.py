@@ -64,13 +64,16 @@ def next_token(
 
 
 def _attention_mask(valid: torch.Tensor, start: int, length: int) -> torch.Tensor:
-    """valid (B, S) real-token slots; queries sit at slots start..start+length-1. Returns (B, 1, length, S)."""
+    """valid (B, S) real-token slots; queries sit at slots start..start+length-1. Returns (B, 1, length, S).
+
+    A padding slot sees only itself: a query with nothing to attend to would give NaN, and NaN values stay NaN
+    even under zero attention weight, so they would leak into the real tokens' outputs.
+    """
     S = valid.shape[1]
-    causal = (
-        torch.arange(S, device=valid.device)[None, :]
-        <= torch.arange(start, start + length, device=valid.device)[:, None]
-    )
-    return (causal[None] & valid[:, None, :]).unsqueeze(1)
+    keys = torch.arange(S, device=valid.device)[None, :]  # (1, S)
+    queries = torch.arange(start, start + length, device=valid.device)[:, None]  # (length, 1)
+    allowed = ((keys <= queries)[None] & valid[:, None, :]) | (keys == queries)[None]  # (B, length, S)
+    return allowed.unsqueeze(1)
 
 
 @torch.inference_mode()

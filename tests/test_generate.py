@@ -110,3 +110,18 @@ def test_generation_stops_when_the_context_is_full(model):
 def test_bad_sampling_settings_are_refused():
     with pytest.raises(ValueError, match="top_p"):
         SamplingSettings(top_p=1.5)
+
+
+def test_padding_never_turns_into_nan(model):
+    """Left padding must stay finite inside the model, whatever the attention kernel does with empty rows."""
+    from lightning_gpt.generate import _attention_mask
+
+    valid = torch.tensor([[False, False, True, True], [True, True, True, True]])
+    mask = _attention_mask(valid, 0, 4)
+    x = torch.tensor([[0, 0, 5, 6], [1, 2, 3, 4]])
+    positions = torch.tensor([[0, 0, 0, 1], [0, 1, 2, 3]])
+    with torch.no_grad():
+        logits, _ = model(x, positions=positions, attn_mask=mask)
+    assert torch.isfinite(logits).all()
+    assert mask[0, 0, 0].tolist() == [True, False, False, False]  # a padding slot sees only itself
+    assert mask[0, 0, 3].tolist() == [False, False, True, True]  # a real token never sees padding
