@@ -21,6 +21,11 @@ DESCRIPTION = (
 
 
 class GPTCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # No `predict`: generation has its own commands (generate, chat), which need no Trainer.
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name != "predict"}
+
     def add_arguments_to_parser(self, parser) -> None:
         # The model's context length sets the data windows; the data's tokenizer sets the vocabulary.
         parser.link_arguments("model.block_size", "data.init_args.block_size")
