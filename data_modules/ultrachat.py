@@ -55,9 +55,9 @@ class ChatBatches(Dataset):
     """Item b is one whole batch: x (B, L) input ids and y (B, L) targets, L = longest sample in the batch - 1.
     Targets are IGNORE_INDEX off the loss mask and on padding."""
 
-    def __init__(self, base: Path, meta: dict, batches: list[np.ndarray], pad_id: int) -> None:
+    def __init__(self, base: Path, meta: dict, lengths: np.ndarray, batches: list[np.ndarray], pad_id: int) -> None:
         self.tokens, self.mask = LazyArray(base, meta, "tokens"), LazyArray(base, meta, "mask")
-        self.lengths = np.array(LazyArray(base, meta, "lengths").tokens, dtype=np.int64)
+        self.lengths = lengths
         self.offsets = np.cumsum(self.lengths) - self.lengths
         self.batches, self.pad_id = batches, pad_id
 
@@ -71,8 +71,8 @@ class ChatBatches(Dataset):
         y = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
         for row, sample in enumerate(samples):
             start, n = int(self.offsets[sample]), int(self.lengths[sample])
-            ids = torch.from_numpy(self.tokens.tokens[start : start + n].astype(np.int64))
-            keep = torch.from_numpy(self.mask.tokens[start + 1 : start + n].astype(bool))
+            ids = torch.from_numpy(self.tokens.values[start : start + n].astype(np.int64))
+            keep = torch.from_numpy(self.mask.values[start + 1 : start + n].astype(bool))
             x[row, : n - 1] = ids[:-1]
             y[row, : n - 1] = torch.where(keep, ids[1:], IGNORE_INDEX)
         return x, y
@@ -173,7 +173,7 @@ class UltraChat200k(TokenDataModule):
             )
 
     def _lengths(self, meta: dict, base: Path) -> np.ndarray:
-        return np.array(LazyArray(base, meta, "lengths").tokens, dtype=np.int64)
+        return np.array(LazyArray(base, meta, "lengths").values, dtype=np.int64)
 
     def train_dataset(self, base: Path, meta: dict):
         lengths = self._lengths(meta, base)
@@ -185,10 +185,11 @@ class UltraChat200k(TokenDataModule):
             self.batch_size,
             100 * self.padding_waste,
         )
-        dataset = ChatBatches(base, meta, batches, pad_id=self.tokenizer.eot_id)
+        dataset = ChatBatches(base, meta, lengths, batches, pad_id=self.tokenizer.eot_id)
         world_size, rank = self._world()
         return dataset, ResumableShuffleSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed), None
 
     def eval_dataset(self, base: Path, meta: dict):
-        batches = length_grouped_batches(self._lengths(meta, base), self.eval_batch_size, seed=None)
-        return ChatBatches(base, meta, batches, pad_id=self.tokenizer.eot_id), None
+        lengths = self._lengths(meta, base)
+        batches = length_grouped_batches(lengths, self.eval_batch_size, seed=None)
+        return ChatBatches(base, meta, lengths, batches, pad_id=self.tokenizer.eot_id), None

@@ -87,7 +87,7 @@ class WikiText103(TokenDataModule):
 
     def tokens(self, role: str = "train") -> np.ndarray:
         """The cached token ids of a split ("train", "val" or "test"), memory-mapped; built if missing."""
-        return LazyArray(*self._cache(role)).tokens
+        return LazyArray(*self._cache(role)).values
 
     def text_stats(self, role: str) -> dict | None:
         """Words, bytes and predicted tokens of a split, for word-level perplexity and bits per byte."""

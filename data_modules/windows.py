@@ -27,7 +27,7 @@ class LazyArray:
         self._array: np.ndarray | None = None
 
     @property
-    def tokens(self) -> np.ndarray:
+    def values(self) -> np.ndarray:
         if self._array is None:
             self._array = open_array(self.base, self.meta, self.name)
         return self._array
@@ -49,7 +49,7 @@ class TrainWindows(Dataset):
         return len(self.source) - self.block_size  # every valid start offset
 
     def __getitem__(self, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-        chunk = torch.from_numpy(self.source.tokens[offset : offset + self.block_size + 1].astype(np.int64))
+        chunk = torch.from_numpy(self.source.values[offset : offset + self.block_size + 1].astype(np.int64))
         return chunk[:-1], chunk[1:]
 
 
@@ -66,7 +66,7 @@ class EvalWindows(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         T = self.block_size
-        chunk = torch.from_numpy(self.source.tokens[index * T : index * T + T + 1].astype(np.int64))
+        chunk = torch.from_numpy(self.source.values[index * T : index * T + T + 1].astype(np.int64))
         x = torch.full((T,), self.pad_id, dtype=torch.long)
         y = torch.full((T,), IGNORE_INDEX, dtype=torch.long)
         x[: len(chunk) - 1], y[: len(chunk) - 1] = chunk[:-1], chunk[1:]
