@@ -130,6 +130,7 @@ def stream(
             positions=positions[:, start:filled],
             caches=caches,
             attn_mask=_attention_mask(valid[:, :filled], start, filled - start),
+            last_only=True,
         )
         seen = torch.where(valid[:, :filled], seq[:, :filled], -1)
         token = next_token(logits[:, -1, : config.vocab_size], seen, settings, generator)  # (B,)

@@ -202,12 +202,14 @@ class GPT(nn.Module):
         positions: torch.Tensor | None = None,
         caches: list[LayerCache] | None = None,
         attn_mask: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx, targets: (B, T) token ids, T <= block_size. Returns logits (B, T, padded_vocab) and the mean
         cross-entropy over targets that are not IGNORE_INDEX (None without targets).
 
         For generation (lightning_gpt/generate.py): positions (B, T) gives each token's rotary position, caches
-        one LayerCache per layer, and attn_mask (B, 1, T, S) the slots each token may attend to.
+        one LayerCache per layer, attn_mask (B, 1, T, S) the slots each token may attend to, and last_only
+        computes logits for the last position alone, (B, 1, padded_vocab): a long prompt's other logits are unused.
         """
         B, T = idx.shape
         if T > self.config.block_size:
@@ -219,6 +221,8 @@ class GPT(nn.Module):
             cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # (B, 1, T, hs)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, caches[i] if caches is not None else None, attn_mask)
+        if last_only:
+            x = x[:, -1:]
         logits = self.lm_head(self.norm(x))  # (B, T, padded_vocab)
         if targets is None:
             return logits, None

@@ -99,3 +99,13 @@ def test_schedule_warms_up_linearly_then_decays_to_the_floor():
     assert lrs[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
     assert all(a >= b for a, b in itertools.pairwise(lrs[4:]))
     assert lrs[-1] == pytest.approx(0.1, abs=0.02)
+
+
+def test_last_only_gives_the_last_positions_logits():
+    model = tiny().eval()
+    idx = torch.randint(0, 97, (2, 16))
+    with torch.no_grad():
+        full, _ = model(idx)
+        last, _ = model(idx, last_only=True)
+    assert last.shape == (2, 1, 128)
+    torch.testing.assert_close(last[:, 0], full[:, -1])
