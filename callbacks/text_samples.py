@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import replace
 
 import lightning as L
 import torch
@@ -50,7 +51,7 @@ class GenerateSamples(L.Callback):
         else:
             prompts = [tokenizer.encode(p) for p in self.prompts]
             stops = (tokenizer.eot_id,)
-        settings = SamplingSettings(**{**self.settings.__dict__, "stop_ids": stops})
+        settings = replace(self.settings, stop_ids=stops)
         model = pl_module.model
         was_training = model.training
         model.eval()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -28,7 +28,7 @@ class SamplingSettings:
     """> 1 makes tokens already in the prompt or output less likely (CTRL's penalty)."""
     seed: int | None = None
     stop_ids: tuple[int, ...] = ()
-    stop_strings: tuple[str, ...] = field(default_factory=tuple)
+    stop_strings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0 or self.temperature < 0 or self.repetition_penalty <= 0:
