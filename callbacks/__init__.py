@@ -1,6 +1,7 @@
 """Callbacks that Lightning does not ship; everything else comes from lightning.pytorch.callbacks."""
 
+from callbacks.sigterm import CheckpointOnSigterm
 from callbacks.text_samples import GenerateSamples
 from callbacks.train_val_gap import TrainValGapEarlyStopping
 
-__all__ = ["GenerateSamples", "TrainValGapEarlyStopping"]
+__all__ = ["CheckpointOnSigterm", "GenerateSamples", "TrainValGapEarlyStopping"]

@@ -138,6 +138,10 @@ class TokenDataModule(L.LightningDataModule):
     def eval_dataset(self, base: Path, meta: dict) -> tuple[Dataset, int | None]:
         raise NotImplementedError
 
+    def train_sample_dataset(self, base: Path, meta: dict, batches: int) -> tuple[Dataset, int | None]:
+        """A fixed sample (drawn from the seed) of `batches` evaluation-sized batches of the training split."""
+        raise NotImplementedError
+
     # --- caches ----------------------------------------------------------------------------------------------
 
     def cache_base(self, split: str) -> Path:
@@ -239,17 +243,32 @@ class TokenDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            # Its own generator: a DataLoader otherwise draws its workers' base seed from the global torch RNG at each
+            # new iterator, which moves the dropout stream and breaks an exact resume.
+            generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def sampler_args(self, items_per_batch: int) -> dict:
+        """What a training sampler needs to know of the run: ranks, seed, and the items of one optimizer step."""
+        world_size, rank = self._world()
+        accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+        return {
+            "num_replicas": world_size,
+            "rank": rank,
+            "seed": self.seed,
+            "items_per_step": items_per_batch * accumulate,
+        }
 
     def train_dataloader(self) -> DataLoader:
         dataset, sampler, batch_size = self.train_dataset(*self._cache("train"))
         self._items_per_batch = batch_size or 1
         if self._resume is not None:
             sampler.resume_from(self._resume["epoch"], self._resume["batches"] * self._items_per_batch)
-        if len(sampler) < self._items_per_batch:
+        if len(sampler) == 0:
             raise UserInputError(
-                f"split {self.splits['train']!r} gives {len(sampler)} training sequences per device, fewer than one "
-                f"batch of --data.batch_size {self.batch_size}; use more data or a smaller batch size or block size."
+                f"split {self.splits['train']!r} gives fewer training sequences per device than one optimizer step "
+                f"({sampler.items_per_step // self._items_per_batch} x --data.batch_size {self.batch_size}, with "
+                "--trainer.accumulate_grad_batches); use more data or a smaller batch size, block size or accumulation."
             )
         return self._loader(dataset, sampler, batch_size, drop_last=batch_size is not None)
 
@@ -260,8 +279,22 @@ class TokenDataModule(L.LightningDataModule):
         world_size, rank = self._world()
         return self._loader(dataset, ShardSampler(dataset, world_size, rank), batch_size)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The validation split; while fitting, also a fixed sample of training batches of the same size, scored
+        like validation (the module logs it as train_eval_loss, for a train/val gap with dropout off on both)."""
+        val = self._eval_loader("val")
+        if self.trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
+            return val
+        return [val, self._train_sample_loader(len(val))]
+
+    def _train_sample_loader(self, val_batches: int) -> DataLoader:
+        from data_modules.windows import ShardSampler
+
+        world_size, rank = self._world()
+        limit = self.trainer.limit_val_batches
+        batches = min(val_batches, limit) if isinstance(limit, int) else max(1, int(val_batches * limit))
+        dataset, batch_size = self.train_sample_dataset(*self._cache("train"), batches * world_size)
+        return self._loader(dataset, ShardSampler(dataset, world_size, rank), batch_size)
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")

@@ -64,7 +64,15 @@ class ChatBatches(Dataset):
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch_targets(self) -> np.ndarray:
+        """Scored targets of each batch: the loss mask summed over each sample's positions 1..n-1."""
+        scored = self.mask.values.astype(np.int64)
+        per_sample = np.add.reduceat(scored, self.offsets) - scored[self.offsets]  # a sample's first token is no target
+        return np.array([int(per_sample[b].sum()) for b in self.batches], dtype=np.int64)
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        """A batch index gives (x, y); (index, step_targets) from a counting sampler gives (x, y, step_targets)."""
+        index, step_targets = key if isinstance(key, tuple) else (key, None)
         samples = self.batches[index]
         width = int(self.lengths[samples].max()) - 1
         x = torch.full((len(samples), width), self.pad_id, dtype=torch.long)
@@ -75,7 +83,7 @@ class ChatBatches(Dataset):
             keep = torch.from_numpy(self.mask.values[start + 1 : start + n].astype(bool))
             x[row, : n - 1] = ids[:-1]
             y[row, : n - 1] = torch.where(keep, ids[1:], IGNORE_INDEX)
-        return x, y
+        return (x, y) if step_targets is None else (x, y, torch.tensor(step_targets))
 
 
 class UltraChat200k(TokenDataModule):
@@ -186,8 +194,13 @@ class UltraChat200k(TokenDataModule):
             100 * self.padding_waste,
         )
         dataset = ChatBatches(base, meta, lengths, batches, pad_id=self.tokenizer.eot_id)
-        world_size, rank = self._world()
-        return dataset, ResumableShuffleSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed), None
+        sampler = ResumableShuffleSampler(dataset, item_targets=dataset.batch_targets(), **self.sampler_args(1))
+        return dataset, sampler, None
+
+    def train_sample_dataset(self, base: Path, meta: dict, batches: int):
+        lengths = self._lengths(meta, base)
+        sample = length_grouped_batches(lengths, self.eval_batch_size, seed=self.seed + 1)[:batches]
+        return ChatBatches(base, meta, lengths, sample, pad_id=self.tokenizer.eot_id), None
 
     def eval_dataset(self, base: Path, meta: dict):
         lengths = self._lengths(meta, base)

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils.data import Subset
 
 from data_modules.base import TokenDataModule
 from data_modules.token_cache import batched, token_dtype
@@ -105,12 +107,15 @@ class WikiText103(TokenDataModule):
                 f"{self.block_size}; use more data or a smaller block size."
             )
         dataset = TrainWindows(tokens, self.block_size)
-        world_size, rank = self._world()
-        return (
-            dataset,
-            ResumableWindowSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed),
-            self.batch_size,
-        )
+        # Every target of a training window is scored: block_size targets per item.
+        sampler = ResumableWindowSampler(dataset, item_targets=self.block_size, **self.sampler_args(self.batch_size))
+        return dataset, sampler, self.batch_size
+
+    def train_sample_dataset(self, base: Path, meta: dict, batches: int):
+        windows = TrainWindows(LazyArray(base, meta), self.block_size)
+        generator = torch.Generator().manual_seed(self.seed)
+        offsets = torch.randint(len(windows), (batches * self.eval_batch_size,), generator=generator)
+        return Subset(windows, offsets.tolist()), self.eval_batch_size
 
     def eval_dataset(self, base: Path, meta: dict):
         return EvalWindows(LazyArray(base, meta), self.block_size, pad_id=self.tokenizer.eot_id), self.eval_batch_size

@@ -40,7 +40,8 @@ class LazyArray:
 
 
 class TrainWindows(Dataset):
-    """Item `offset` is (x, y) = tokens[offset : offset+T], tokens[offset+1 : offset+T+1], each (T,) int64."""
+    """Item `offset` is (x, y) = tokens[offset : offset+T], tokens[offset+1 : offset+T+1], each (T,) int64; item
+    `(offset, step_targets)` (from a ResumableShuffleSampler that counts targets) appends step_targets."""
 
     def __init__(self, source: LazyArray, block_size: int) -> None:
         self.source, self.block_size = source, block_size
@@ -48,9 +49,12 @@ class TrainWindows(Dataset):
     def __len__(self) -> int:
         return len(self.source) - self.block_size  # every valid start offset
 
-    def __getitem__(self, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]):
+        offset, step_targets = key if isinstance(key, tuple) else (key, None)
         chunk = torch.from_numpy(self.source.values[offset : offset + self.block_size + 1].astype(np.int64))
-        return chunk[:-1], chunk[1:]
+        if step_targets is None:
+            return chunk[:-1], chunk[1:]
+        return chunk[:-1], chunk[1:], torch.tensor(step_targets)
 
 
 class EvalWindows(Dataset):
@@ -76,12 +80,28 @@ class EvalWindows(Dataset):
 class ResumableShuffleSampler(DistributedSampler):
     """The items of one epoch in an order drawn from (seed, epoch), for one rank: the order is a function of the
     seed and the step alone. Rank r takes every world_size-th item. `resume_from(epoch, items)` skips what a
-    checkpointed run already consumed."""
+    checkpointed run already consumed.
 
-    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+    Optimizer steps: `items_per_step` is what one rank consumes per optimizer step (batch size x gradient
+    accumulation). Each rank's epoch is cut to whole steps, so that no accumulation window straddles an epoch
+    boundary and every checkpoint falls between steps. With `item_targets` (scored targets per item: an array, or
+    one number for all), the sampler yields (item, step_targets) pairs, step_targets being the scored targets of
+    the item's whole optimizer step over all ranks: the loss divides by it (lightning_gpt/lit_module.py).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        items_per_step: int = 1,
+        item_targets: np.ndarray | int | None = None,
+    ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
         self.n_items = self.items_per_epoch()
-        self.per_rank = self.n_items // num_replicas
+        self.items_per_step, self.item_targets = items_per_step, item_targets
+        self.per_rank = self.n_items // num_replicas // items_per_step * items_per_step
         self._resume_epoch, self._resume_items = -1, 0
 
     def items_per_epoch(self) -> int:
@@ -96,31 +116,48 @@ class ResumableShuffleSampler(DistributedSampler):
     def _generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
 
-    def _my_items(self, generator: torch.Generator) -> torch.Tensor:
-        order = torch.randperm(self.n_items, generator=generator)
-        mine = order[self.rank : self.per_rank * self.num_replicas : self.num_replicas]
+    def _my_items(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This rank's items still to come this epoch, and each one's step_targets (None when not counted)."""
+        order = torch.randperm(self.n_items, generator=generator)[: self.per_rank * self.num_replicas]
+        mine = order[self.rank :: self.num_replicas]
+        # Rank r's i-th item is order[r + i * W]: optimizer step j takes positions [j*m*W, (j+1)*m*W) of `order`.
+        targets = None
+        if self.item_targets is not None:
+            per_item = (
+                torch.as_tensor(self.item_targets)[order]
+                if isinstance(self.item_targets, np.ndarray)
+                else torch.full_like(order, int(self.item_targets))
+            )
+            per_step = per_item.view(-1, self.items_per_step * self.num_replicas).sum(dim=1)  # (steps,)
+            targets = per_step.repeat_interleave(self.items_per_step)  # (per_rank,)
         start = self._resume_items if self.epoch == self._resume_epoch else 0
-        return mine[start:]
+        return mine[start:], None if targets is None else targets[start:]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._my_items(self._generator()).tolist())
+    def _keys(self, items: torch.Tensor, targets: torch.Tensor | None) -> Iterator:
+        if targets is None:
+            return iter(items.tolist())
+        return zip(items.tolist(), targets.tolist(), strict=True)
+
+    def __iter__(self) -> Iterator:
+        return self._keys(*self._my_items(self._generator()))
 
 
 class ResumableWindowSampler(ResumableShuffleSampler):
     """Start offsets of one epoch's training windows: the corpus is cut into non-overlapping windows after a
     random shift, both drawn from (seed, epoch), so successive epochs see different window boundaries."""
 
-    def __init__(self, dataset: TrainWindows, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+    def __init__(self, dataset: TrainWindows, num_replicas: int = 1, rank: int = 0, seed: int = 0, **kwargs) -> None:
         self.block_size = dataset.block_size
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, seed=seed)
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, seed=seed, **kwargs)
 
     def items_per_epoch(self) -> int:
         return len(self.dataset) // self.block_size  # leaves room for a shift of up to T-1
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator:
         generator = self._generator()
         shift = int(torch.randint(self.block_size, (1,), generator=generator))
-        return iter((shift + self._my_items(generator) * self.block_size).tolist())
+        items, targets = self._my_items(generator)
+        return self._keys(shift + items * self.block_size, targets)
 
 
 class ShardSampler(DistributedSampler):

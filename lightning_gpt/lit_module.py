@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning as L
 import torch
 from torchmetrics import Accuracy, MeanMetric, SumMetric
 
 from lightning_gpt.checkpoint import load_pretrained, shape_mismatches
-from lightning_gpt.errors import UserInputError
+from lightning_gpt.errors import TrainingStopped, UserInputError
 from lightning_gpt.model import GPT, IGNORE_INDEX, GPTConfig
 from lightning_gpt.optim import adamw_warmup_cosine
+from lightning_gpt.rng import collect_rng_states, restore_rng_states
 
 
 class GPTModule(L.LightningModule):
@@ -54,6 +56,7 @@ class GPTModule(L.LightningModule):
         init_from: str | None = None,
     ) -> None:
         super().__init__()
+        check_optimizer_settings(learning_rate, min_lr_ratio, warmup_steps, weight_decay, betas)
         self.save_hyperparameters()
         overrides = {k: v for k, v in {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd}.items() if v is not None}
         self.config = GPTConfig.from_preset(
@@ -71,8 +74,16 @@ class GPTModule(L.LightningModule):
             "ignore_index": IGNORE_INDEX,
         }
         self.val_acc, self.test_acc = Accuracy(**accuracy), Accuracy(**accuracy)
+        # Loss on a fixed sample of training batches, evaluated like validation (eval mode: no dropout), so that the
+        # train/val gap compares like with like (nanoGPT's estimate_loss).
+        self.train_eval_nll = MeanMetric()
         self.tokens_seen = 0  # training tokens over all devices, kept across resumes
         self.flops_per_batch = 0  # read by Lightning's ThroughputMonitor for MFU; set by each step
+        # Device-side running sums, read on the host only every log_every_n_steps (no sync per step):
+        # the current optimizer step's summed NLL and scored targets, and the first non-finite loss (step, value).
+        self._step_sums: torch.Tensor | None = None
+        self._first_nonfinite: torch.Tensor | None = None
+        self._rng_to_restore: dict | None = None
 
     def on_fit_start(self) -> None:
         # Here, not in setup(): only now does the trainer know whether it resumed from a checkpoint. Loading copies
@@ -87,31 +98,109 @@ class GPTModule(L.LightningModule):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         return self.model(idx, targets)
 
-    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], flops_factor: int):
-        x, y = batch  # (B, T), (B, T)
+    def _loss(self, batch, flops_factor: int):
+        x, y = batch[0], batch[1]  # (B, T), (B, T)
         self.flops_per_batch = self.model.flops_per_token(x.shape[1]) * x.numel() // 3 * flops_factor
         return self(x, y)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        _, loss = self._loss(batch, flops_factor=3)  # forward + backward
-        self.tokens_seen += batch[0].numel() * self.trainer.world_size
-        self.log("train_loss", loss, on_step=True, prog_bar=True)
-        self.log("tokens_seen", float(self.tokens_seen), on_step=True)
+        """batch: (x, y) or (x, y, step_targets), where step_targets (a scalar, or one per row, all equal) is the
+        number of scored targets in this micro-batch's whole optimizer step: every micro-batch of the accumulation
+        window, on every rank (the training samplers in data_modules/windows.py compute it)."""
+        x, y = batch[0], batch[1]
+        self.flops_per_batch = self.model.flops_per_token(x.shape[1]) * x.numel()  # forward + backward
+        _, nll_sum = self.model(x, y, reduction="sum")
+        n_targets = (y != IGNORE_INDEX).sum()
+        if len(batch) > 2:
+            step_targets = batch[2].flatten()[0]
+            # Lightning divides the returned loss by accumulate_grad_batches and DDP averages gradients over ranks:
+            # undo both, so the step's gradient is that of (summed NLL of all its scored tokens) / (their number),
+            # whatever the micro-batches' own counts (SFT batches differ in how many assistant tokens they hold).
+            scale = self.trainer.accumulate_grad_batches * self.trainer.world_size
+            loss = nll_sum * scale / step_targets
+        else:  # batches made by hand (benchmarks): the micro-batch's own mean
+            loss = nll_sum / n_targets.clamp(min=1)
+        self._track(nll_sum.detach(), n_targets)
+        self.tokens_seen += x.numel() * self.trainer.world_size
         return loss
+
+    def _track(self, nll_sum: torch.Tensor, n_targets: torch.Tensor) -> None:
+        """Adds a micro-batch to the step's sums and remembers the first non-finite loss, all on the device."""
+        if self._step_sums is None or self._step_sums.device != nll_sum.device:
+            self._step_sums = torch.zeros(2, dtype=torch.float64, device=nll_sum.device)
+            self._first_nonfinite = torch.full((2,), -1.0, dtype=torch.float64, device=nll_sum.device)
+        self._step_sums += torch.stack([nll_sum.double(), n_targets.double()])
+        first = (~torch.isfinite(nll_sum)) & (self._first_nonfinite[0] < 0)
+        here = torch.stack(
+            [
+                torch.tensor(float(self.trainer.global_step), device=nll_sum.device).double(),
+                (nll_sum / n_targets.clamp(min=1)).double(),
+            ]
+        )
+        self._first_nonfinite = torch.where(first, here, self._first_nonfinite)
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Here every micro-batch of the step has been seen, and callbacks (checkpoints) have not run yet; Lightning
+        # counts the step in global_step only after this hook.
+        step = self.trainer.global_step + 1
+        if step % (self.trainer.log_every_n_steps or 1) == 0 or step >= self.trainer.max_steps > 0:
+            self._report_step()
+        self._step_sums.zero_()
+
+    def _report_step(self) -> None:
+        """Logs the loss of the optimizer step just taken (all ranks) and stops on a non-finite loss: the one host
+        sync of the training loop, every log_every_n_steps."""
+        flags = (self._first_nonfinite[:1] >= 0).double()
+        sums = self.trainer.strategy.reduce(torch.cat([self._step_sums, flags]), reduce_op="sum")
+        if sums[2] > 0:
+            raise TrainingStopped(self._nonfinite_message())
+        train_loss = float(sums[0] / sums[1])
+        # Written to the loggers now, not at the end of the batch as self.log would: a SIGTERM stop at this step
+        # raises before that, and the step's loss would be missing from the curve. Numbered as Lightning does.
+        metrics = {"train_loss": train_loss, "tokens_seen": float(self.tokens_seen)}
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.trainer.global_step)
+        self.log("train_loss", train_loss, prog_bar=True, logger=False)
+
+    def on_validation_start(self) -> None:
+        # A validation (and its samples and checkpoints) after a non-finite loss would only spread it: stop first.
+        if self.trainer.training or self.trainer.state.fn == "fit":
+            flag = self._first_nonfinite is not None and bool(self._first_nonfinite[0] >= 0)
+            if self.trainer.strategy.reduce_boolean_decision(flag, all=False):
+                raise TrainingStopped(self._nonfinite_message())
+
+    def _nonfinite_message(self) -> str:
+        step, loss = self._first_nonfinite.tolist() if self._first_nonfinite is not None else (-1.0, float("nan"))
+        where = f"at step {int(step)}" if step >= 0 else "on another rank"
+        kept = [cb.last_model_path or cb.best_model_path for cb in self.trainer.checkpoint_callbacks]
+        kept = [Path(k).resolve() for k in kept if k]
+        return (
+            f"the training loss became non-finite ({loss}) {where}; stopped without saving those weights"
+            + (f"; the last good checkpoint is {kept[0]}" if kept else "")
+            + ". Lower --model.learning_rate, keep --trainer.gradient_clip_val, or use bf16-mixed instead of "
+            "16-mixed, then resume from the good checkpoint with --ckpt_path."
+        )
 
     def _metrics(self, stage: str) -> tuple[MeanMetric, Accuracy, SumMetric]:
         return getattr(self, f"{stage}_nll"), getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_targets")
 
     def _eval_step(self, batch, stage: str) -> None:
         nll, accuracy, targets = self._metrics(stage)
-        logits, loss = self._loss(batch, flops_factor=1)
+        logits, loss = self(batch[0], batch[1])
         n_targets = int((batch[1] != IGNORE_INDEX).sum())  # a host sync, so only here and not in training
         if n_targets:  # a batch can hold no target at all (e.g. only prompts); its NaN loss must not count
             nll.update(loss, weight=n_targets)
             accuracy.update(logits.argmax(dim=-1), batch[1])
             targets.update(n_targets)
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx == 1:  # the fixed sample of training batches (data module, while fitting)
+            _, loss = self(batch[0], batch[1])
+            n_targets = int((batch[1] != IGNORE_INDEX).sum())
+            if n_targets:
+                self.train_eval_nll.update(loss, weight=n_targets)
+            return
         self._eval_step(batch, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
@@ -142,6 +231,9 @@ class GPTModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")
+        if self.train_eval_nll.update_called:
+            self.log("train_eval_loss", self.train_eval_nll.compute())
+            self.train_eval_nll.reset()
 
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
@@ -167,8 +259,26 @@ class GPTModule(L.LightningModule):
             fused=self.device.type == "cuda",
         )
 
+    def on_train_start(self) -> None:
+        check_validation_between_steps(self.trainer)
+        if self._rng_to_restore is not None:  # a resume: continue the random stream where the checkpoint left it
+            restore_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
+        # The optimizer's restored learning rate is the old plan's; set the one this run's plan gives for the step.
+        for config in self.trainer.lr_scheduler_configs:
+            schedule = config.scheduler
+            for group, base, factor in zip(
+                schedule.optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas, strict=True
+            ):
+                group["lr"] = base * factor(schedule.last_epoch)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        weights_finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(list(self.parameters()))))
+        loss_finite = self._first_nonfinite is None or bool(self._first_nonfinite[0] < 0)
+        if not (weights_finite and loss_finite):  # never write (or replace last.ckpt with) non-finite weights
+            raise TrainingStopped(self._nonfinite_message())
         checkpoint["tokens_seen"] = self.tokens_seen
+        checkpoint["rng_states"] = collect_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         problems = shape_mismatches(self.state_dict(), checkpoint.get("state_dict", {}))
@@ -180,3 +290,34 @@ class GPTModule(L.LightningModule):
                 "or start from scratch without --ckpt_path."
             )
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
+        self._rng_to_restore = checkpoint.get("rng_states")
+
+
+def check_optimizer_settings(
+    learning_rate: float, min_lr_ratio: float, warmup_steps: int, weight_decay: float, betas
+) -> None:
+    problems = []
+    if not math.isfinite(learning_rate) or learning_rate <= 0:
+        problems.append(f"--model.learning_rate must be a positive number, got {learning_rate}")
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        problems.append(f"--model.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+    if warmup_steps < 0:
+        problems.append(f"--model.warmup_steps must be >= 0, got {warmup_steps}")
+    if not math.isfinite(weight_decay) or weight_decay < 0:
+        problems.append(f"--model.weight_decay must be >= 0, got {weight_decay}")
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        problems.append(f"--model.betas must be two numbers in [0, 1), got {list(betas)}")
+    if problems:
+        raise UserInputError("; ".join(problems) + ".")
+
+
+def check_validation_between_steps(trainer: L.Trainer) -> None:
+    """Validation (and the checkpoints it triggers) must fall between optimizer steps: a checkpoint taken inside
+    an accumulation window would lose the gradients accumulated so far, and a resume from it would differ."""
+    k = trainer.accumulate_grad_batches
+    if k > 1 and isinstance(trainer.val_check_batch, int) and trainer.val_check_batch % k:
+        raise UserInputError(
+            f"--trainer.val_check_interval counts training batches ({trainer.val_check_batch}); with "
+            f"--trainer.accumulate_grad_batches {k} it must be a multiple of {k}, so that validation and its "
+            "checkpoints fall between optimizer steps."
+        )

@@ -203,9 +203,11 @@ class GPT(nn.Module):
         caches: list[LayerCache] | None = None,
         attn_mask: torch.Tensor | None = None,
         last_only: bool = False,
+        reduction: str = "mean",
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx, targets: (B, T) token ids, T <= block_size. Returns logits (B, T, padded_vocab) and the mean
-        cross-entropy over targets that are not IGNORE_INDEX (None without targets).
+        """idx, targets: (B, T) token ids, T <= block_size. Returns logits (B, T, padded_vocab) and the
+        cross-entropy over targets that are not IGNORE_INDEX (None without targets): their mean, or with
+        reduction="sum" their sum (training normalises by the targets of a whole optimizer step).
 
         For generation (lightning_gpt/generate.py): positions (B, T) gives each token's rotary position, caches
         one LayerCache per layer, attn_mask (B, 1, T, S) the slots each token may attend to, and last_only
@@ -226,7 +228,9 @@ class GPT(nn.Module):
         logits = self.lm_head(self.norm(x))  # (B, T, padded_vocab)
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+        loss = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction=reduction
+        )
         return logits, loss
 
     def new_caches(self, batch: int, max_len: int) -> list[LayerCache]:

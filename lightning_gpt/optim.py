@@ -1,11 +1,23 @@
-"""AdamW with decay/no-decay groups, and linear warmup into cosine decay, from torch.optim's own schedulers."""
+"""AdamW with decay/no-decay groups, and a warmup-cosine learning rate as a closed form of the step."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
-from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """The learning-rate factor at optimizer step `step`: linear warmup to 1, then cosine decay to `min_lr_ratio`
+    at `total_steps`, and flat after it. A pure function of its arguments, so a run resumed with another
+    `total_steps` follows the schedule of a run planned that long from the start."""
+    warmup = min(warmup_steps, max(total_steps - 1, 0))  # a run shorter than its warmup still ends in decay
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def adamw_warmup_cosine(
@@ -18,21 +30,22 @@ def adamw_warmup_cosine(
     total_steps: int,
     min_lr_ratio: float,
     fused: bool,
-) -> tuple[torch.optim.AdamW, SequentialLR]:
-    """Decay on matrices and embeddings, never on norm gains; the schedule is stepped once per optimizer step."""
+) -> tuple[torch.optim.AdamW, LambdaLR]:
+    """Decay on matrices and embeddings, never on norm gains; the schedule is stepped once per optimizer step.
+
+    The schedule is a LambdaLR over a plain function: its checkpointed state is only the step count (LambdaLR
+    saves the attributes of callable objects, which would bring back the old `total_steps` on resume). torch's
+    SequentialLR(LinearLR, CosineAnnealingLR) keeps its period in its state and cycles the rate back up when a
+    resumed run is longer than planned.
+    """
     params = [p for p in parameters if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)
-    warmup = min(warmup_steps, max(total_steps - 1, 0))  # a run shorter than its warmup still ends in decay
-    schedule = SequentialLR(
-        optimizer,
-        [
-            LinearLR(optimizer, start_factor=1.0 / (warmup + 1), total_iters=warmup),
-            CosineAnnealingLR(optimizer, T_max=max(total_steps - warmup, 1), eta_min=lr * min_lr_ratio),
-        ],
-        milestones=[warmup],
-    )
-    return optimizer, schedule
+
+    def factor(step: int) -> float:
+        return warmup_cosine(step, warmup_steps=warmup_steps, total_steps=total_steps, min_lr_ratio=min_lr_ratio)
+
+    return optimizer, LambdaLR(optimizer, factor)

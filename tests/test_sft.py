@@ -29,8 +29,9 @@ def chat_data(path, **overrides) -> UltraChat200k:
 def test_batches_train_only_on_assistant_tokens(ultrachat_dir):
     dm = chat_data(ultrachat_dir)
     dm.setup("fit")
-    x, y = next(iter(dm.train_dataloader()))
+    x, y, step_targets = next(iter(dm.train_dataloader()))
     assert x.shape == y.shape and x.shape[0] == 8
+    assert step_targets == (y != IGNORE_INDEX).sum()  # one device, no accumulation: the step is this batch
     tok = dm.tokenizer
     for row_x, row_y in zip(x, y, strict=True):
         kept = row_y[row_y != IGNORE_INDEX].tolist()

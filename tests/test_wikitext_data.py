@@ -73,9 +73,10 @@ def test_resumed_sampler_continues_where_it_stopped(wikitext_dir):
 
 def test_training_windows_are_shifted_targets(wikitext_dir):
     dm = ready(wikitext_dir)
-    x, y = next(iter(dm.train_dataloader()))
+    x, y, step_targets = next(iter(dm.train_dataloader()))
     assert x.shape == y.shape == (4, 16)
     assert torch.equal(x[:, 1:], y[:, :-1])
+    assert step_targets.tolist() == [4 * 16] * 4  # every window's targets count; each row carries its step's total
 
 
 def test_missing_folder_names_the_flag(tmp_path):

@@ -1,0 +1,136 @@
+"""The real configs, shrunk only in size: their callbacks, accumulation, dropout, workers, logger and precision run
+here, with the faults a long run meets (SIGTERM, a non-finite loss) and an exact resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_gpt.__main__ import run
+
+REPO = Path(__file__).resolve().parents[1]
+PRETRAIN = str(REPO / "configs" / "pretrain_wikitext103.yaml")
+SFT = str(REPO / "configs" / "sft_ultrachat.yaml")
+# What a CPU needs and nothing more: dropout 0.1, accumulate_grad_batches 4, workers, every callback and the
+# TensorBoard logger stay as the config has them. 24 steps of 4 x 2 windows of 64 tokens cross two epochs.
+CPU = [
+    *("--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--model.preset", "tiny"),
+    *("--model.block_size", "64", "--model.compile", "false", "--data.batch_size", "2", "--data.eval_batch_size", "4"),
+    *("--data.num_workers", "2", "--trainer.max_steps", "24", "--trainer.val_check_interval", "16"),
+    *("--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1"),
+]
+
+
+def pretrain(data_dir, version, *extra):
+    return ["fit", "-c", PRETRAIN, "--data.path", str(data_dir), *CPU, "--trainer.logger.init_args.version", version,
+            *extra]  # fmt: skip
+
+
+def scalars(folder: Path, tag: str) -> dict[int, float]:
+    """step -> value of a TensorBoard scalar over every event file in `folder` (a resumed run writes a second)."""
+    values = {}
+    for events in sorted(folder.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            values.update({e.step: e.value for e in accumulator.Scalars(tag)})
+    return values
+
+
+def model_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_the_resume_gives_the_uninterrupted_run(wikitext_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    L.seed_everything(0)
+    straight = run(pretrain(wikitext_dir, "straight"))
+    assert straight.trainer.global_step == 24 and straight.trainer.current_epoch >= 2  # epoch boundaries inside
+    runs = tmp_path / "runs" / "pretrain_wikitext103"
+
+    # The same command in its own process, stopped by SIGTERM soon after its first validation (step 4).
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "lightning_gpt", *pretrain(wikitext_dir, "killed")]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoints = runs / "killed" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not list(checkpoints.glob("best-*.ckpt")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-3000:]
+    assert "received SIGTERM: saved step" in stderr and "--ckpt_path last" in stderr and "Traceback" not in stderr
+    saved_at = torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"]
+    assert 4 <= saved_at < 24
+    assert not list(checkpoints.glob("*.tmp"))
+
+    resumed = run(pretrain(wikitext_dir, "killed", "--ckpt_path", "last"))
+    assert resumed.trainer.global_step == 24
+    # The same loss at every step, to the bit, and the same weights at the end.
+    straight_losses, killed_losses = scalars(runs / "straight", "train_loss"), scalars(runs / "killed", "train_loss")
+    assert sorted(straight_losses) == list(range(24))  # logged at each optimizer step
+    assert killed_losses == straight_losses
+    assert scalars(runs / "killed", "val_loss") == scalars(runs / "straight", "val_loss")
+    a, b = model_weights(runs / "straight" / "checkpoints" / "last.ckpt"), model_weights(checkpoints / "last.ckpt")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+class PoisonWeightsAt(L.Callback):
+    """Fault injection: one weight becomes NaN before optimizer step `step`, as an overflow would make it."""
+
+    def __init__(self, step: int = 6) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.model.norm.weight[0] = float("nan")
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    wikitext_dir, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    poison = ["--trainer.callbacks+=tests.test_real_configs.PoisonWeightsAt", "--trainer.callbacks.step=6"]
+    # Loss checked every 5 steps: the validation at step 8 comes first and must not save the NaN weights.
+    with pytest.raises(SystemExit) as exit_info:
+        run(pretrain(wikitext_dir, "nan", *poison, "--trainer.log_every_n_steps", "5", "--trainer.max_steps", "16"))
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "non-finite (nan) at step 6" in err and "Traceback" not in err
+    checkpoints = tmp_path / "runs" / "pretrain_wikitext103" / "nan" / "checkpoints"
+    assert f"last good checkpoint is {checkpoints / 'last.ckpt'}" in err
+    last = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 4  # from the validation at step 4, not overwritten since
+    assert all(torch.isfinite(w).all() for w in last["state_dict"].values())
+    assert not list(checkpoints.glob("*.tmp"))
+
+
+def test_validate_and_test_get_their_own_runs_and_never_touch_the_fit(wikitext_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    short = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "8"]
+    run(pretrain(wikitext_dir, "main", *short))
+    runs = tmp_path / "runs" / "pretrain_wikitext103"
+    fit_files = {p.name: p.read_bytes() for p in (runs / "main").iterdir() if p.is_file()}
+    assert "config.yaml" in fit_files
+    last = str(runs / "main" / "checkpoints" / "last.ckpt")
+    for command in ("validate", "test", "validate"):
+        args = pretrain(wikitext_dir, "main", *short, "--ckpt_path", last)
+        run([command, *args[1:]])
+    assert {p.name: p.read_bytes() for p in (runs / "main").iterdir() if p.is_file()} == fit_files
+    for folder in ("main-validate", "main-test", "main-validate-2"):
+        assert list((runs / folder).glob("events.out.tfevents.*")) and (runs / folder / "config.yaml").is_file()
+    # A resume with another setting keeps the config the run began with, and records its own beside it.
+    run(pretrain(wikitext_dir, "main", "--trainer.max_steps", "6", "--trainer.val_check_interval", "8",
+                 "--ckpt_path", "last"))  # fmt: skip
+    assert (runs / "main" / "config.yaml").read_bytes() == fit_files["config.yaml"]
+    assert "max_steps: 6" in (runs / "main" / "config-2.yaml").read_text()
