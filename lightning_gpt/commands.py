@@ -4,30 +4,121 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
+import re
 import sys
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from lightning_gpt.chat import END_OF_TURN, SYSTEM, USER, chat_tokenizer, message_problem, render_prompt
 from lightning_gpt.errors import UserInputError
-from lightning_gpt.generate import SamplingSettings, stream, trim_at_stop
+from lightning_gpt.generate import SamplingSettings, generate, stream, trim_at_stop
 from lightning_gpt.model import GPT
 from lightning_gpt.tokenizer import Tokenizer
 
+REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # http://, https://, s3://, gs://, ...
+FIX = "pass a checkpoint written by lightning-gpt fit"
+
+
+def available_devices() -> list[str]:
+    """The --device values that work on this machine."""
+    names = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    if torch.backends.mps.is_available():
+        names.append("mps")
+    return names
+
+
+def resolve_device(device: str) -> str:
+    """`auto` becomes cuda when a GPU is visible, else cpu; any other name must be a device this machine has.
+
+    Raises:
+        UserInputError: naming --device and the devices available, before any checkpoint is read (torch would
+            otherwise fail inside the load, which reads like a bad checkpoint).
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    available = available_devices()
+    if device in available:
+        return device
+    if not device.startswith("cuda"):
+        reason = "not a device name this command knows"
+    elif not torch.cuda.is_available():
+        reason = "no CUDA GPU is available here"
+    else:
+        reason = f"this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+    raise UserInputError(f"--device {device}: {reason}; pass one of: {', '.join(available)}.")
+
+
+def check_ckpt_path(path: str) -> None:
+    """Refuses what cannot be a local checkpoint file before anything is read from it."""
+    if REMOTE.match(path):
+        raise UserInputError(
+            f"--ckpt_path {path} is a remote address; download the file first and pass its local path."
+        )
+    file = Path(path)
+    if file.is_dir():
+        raise UserInputError(f"--ckpt_path {path} is a folder; pass one of the .ckpt files in it.")
+    if not file.is_file():
+        raise UserInputError(f"--ckpt_path {path}: no such file; {FIX}.")
+    if file.stat().st_size == 0:
+        raise UserInputError(f"--ckpt_path {path} is an empty file (an interrupted save or copy?); {FIX}.")
+
+
+def _first_sentence(text: str) -> str:
+    """The gist of a torch error: its first sentence, without the C++ source location torch may put first."""
+    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text.strip())
+    return text.split("\n")[0].split(". ")[0][:160]
+
+
+def unreadable_checkpoint(path: str, err: Exception) -> UserInputError:
+    """The message for an exception that torch or Lightning raised while loading `path`."""
+    detail = _first_sentence(str(err))
+    if isinstance(err, pickle.UnpicklingError):
+        # A weights-only load refuses any pickled object that is not a tensor or a plain container. Torch's own
+        # message suggests weights_only=False, which would run the file's code: never repeat that advice.
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        if found:
+            return UserInputError(
+                f"--ckpt_path {path} holds Python objects other than weights ({found[1]}); it was not loaded, "
+                f"since unpickling them could run code. {FIX.capitalize()}, from a source you trust."
+            )
+        return UserInputError(f"--ckpt_path {path} is not a PyTorch checkpoint (torch cannot unpickle it); {FIX}.")
+    if isinstance(err, EOFError):
+        return UserInputError(f"--ckpt_path {path} ends too early (cut short?); copy it again or {FIX}.")
+    if isinstance(err, RuntimeError):  # torch's archive reader: a damaged or partial file, or another format
+        return UserInputError(
+            f"--ckpt_path {path} is damaged, cut short or not a PyTorch checkpoint ({detail}); copy it again or {FIX}."
+        )
+    if isinstance(err, OSError):
+        return UserInputError(f"--ckpt_path {path} cannot be read ({err.strerror or detail}).")
+    # KeyError, TypeError: a file torch reads, but not a Lightning checkpoint of a GPTModule.
+    return UserInputError(
+        f"--ckpt_path {path} is not a lightning-gpt checkpoint ({type(err).__name__}: {detail}); {FIX}."
+    )
+
 
 def load_checkpoint(path: str, device: str = "auto") -> tuple[GPT, Tokenizer]:
-    """The model of a lightning-gpt checkpoint, in eval mode, and the tokenizer it was trained with."""
+    """The model of a lightning-gpt checkpoint, in eval mode, and the tokenizer it was trained with.
+
+    Only weights are unpickled (weights_only=True): a checkpoint holding other Python objects is refused, since
+    loading those could run arbitrary code.
+
+    Raises:
+        UserInputError: for a bad --device or --ckpt_path, with what to do about it.
+    """
     from lightning_gpt.lit_module import GPTModule
 
-    if not Path(path).is_file():
-        raise UserInputError(f"--ckpt_path {path}: no such file; pass a checkpoint written by lightning-gpt fit.")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    device = resolve_device(device)
+    check_ckpt_path(path)
     try:
         module = GPTModule.load_from_checkpoint(path, map_location=device, weights_only=True)
-    except (KeyError, TypeError, RuntimeError) as err:
-        raise UserInputError(f"--ckpt_path {path} is not a lightning-gpt checkpoint ({err}).") from None
+    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, KeyError, TypeError) as err:
+        raise unreadable_checkpoint(path, err) from None
     model = module.model.eval()
     if device.startswith("cuda"):
         model = model.to(torch.bfloat16)
@@ -79,20 +170,29 @@ def _sampling_args(parser: argparse.ArgumentParser, max_new_tokens: int) -> None
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
 
 
-def _settings(args, stop_ids: tuple[int, ...]) -> SamplingSettings:
+def checked_settings(**flags) -> SamplingSettings:
+    """Sampling settings from command-line values, checked before any checkpoint is read (the stop ids come
+    later, with the checkpoint's tokenizer).
+
+    Raises:
+        UserInputError: naming the flag, e.g. "--top_p must be in (0, 1], got 1.5".
+    """
     try:
-        return SamplingSettings(
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            repetition_penalty=args.repetition_penalty,
-            seed=args.seed,
-            stop_ids=stop_ids,
-            stop_strings=tuple(args.stop),
-        )
-    except ValueError as err:
-        raise UserInputError(f"sampling flags: {err}") from None
+        return SamplingSettings(**flags)
+    except ValueError as err:  # SamplingSettings' messages start with the field's name, which is the flag's
+        raise UserInputError(f"--{err}") from None
+
+
+def _settings(args) -> SamplingSettings:
+    return checked_settings(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        stop_strings=tuple(args.stop),
+    )
 
 
 def generate_command(argv: list[str]) -> None:
@@ -100,12 +200,13 @@ def generate_command(argv: list[str]) -> None:
     _sampling_args(parser, max_new_tokens=200)
     parser.add_argument("--prompt", required=True)
     args = parser.parse_args(argv)
+    settings = _settings(args)
+    if not args.prompt:
+        raise UserInputError("--prompt is empty; give some text to continue.")
     model, tokenizer = load_checkpoint(args.ckpt_path, args.device)
     prompt = tokenizer.encode(args.prompt)
-    if not prompt:
-        raise UserInputError("--prompt is empty; give some text to continue.")
     stop_ids = chat_stop_ids(tokenizer) if is_chat(tokenizer) else (tokenizer.eot_id,)
-    settings = _settings(args, stop_ids)
+    settings = replace(settings, stop_ids=stop_ids)
     printer = TextStream(tokenizer, stop_strings=settings.stop_strings)
     sys.stdout.write(args.prompt)
     for pairs in stream(model, [prompt], settings, decode=tokenizer.decode):
@@ -131,13 +232,14 @@ def chat_command(argv: list[str], lines: Iterable[str] | None = None) -> None:
     _sampling_args(parser, max_new_tokens=256)
     parser.add_argument("--system", default=None, help="a system message that opens the conversation")
     args = parser.parse_args(argv)
+    settings = _settings(args)
     model, tokenizer = load_checkpoint(args.ckpt_path, args.device)
     if not is_chat(tokenizer):
         raise UserInputError(
             f"--ckpt_path {args.ckpt_path} is a pretraining checkpoint without chat tokens; "
             "fine-tune it first (configs/sft_ultrachat.yaml) or use lightning-gpt generate."
         )
-    settings = _settings(args, chat_stop_ids(tokenizer))
+    settings = replace(settings, stop_ids=chat_stop_ids(tokenizer))
     interactive = lines is None and sys.stdin.isatty()
     source = iter(lines if lines is not None else sys.stdin)
     opening = [{"role": "system", "content": args.system}] if args.system else []
@@ -168,6 +270,35 @@ def chat_command(argv: list[str], lines: Iterable[str] | None = None) -> None:
         messages.append({"role": "assistant", "content": printer.text() or " "})
 
 
+def opening_turns(
+    tokenizer: Tokenizer, conversations: Iterable, limit: int
+) -> tuple[list[list[int]], list[str], list[str]]:
+    """Prompts (system turn if any, then the first user turn) and reference first answers of up to `limit`
+    well-formed conversations, and why each malformed one met on the way was skipped."""
+    prompts, references, problems = [], [], []
+    for messages in conversations:
+        problem = message_problem(messages)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        opening = 2 if messages[0]["role"] == "system" else 1
+        prompts.append(render_prompt(tokenizer, messages[:opening]))
+        references.append(messages[opening]["content"])
+        if len(prompts) == limit:
+            break
+    return prompts, references, problems
+
+
+def _no_usable_rows(where: str, total: int, problems: list[str]) -> str:
+    if not problems:
+        return f"{where} has no rows; pass a split that holds conversations."
+    return (
+        f"{where}: all {total} conversations are malformed, so there is nothing to score (the first: "
+        f"{problems[0]}). Pass a split in UltraChat's format: messages with an optional system turn, then user and "
+        "assistant turns alternating, starting with the user."
+    )
+
+
 def evaluate_chat_command(argv: list[str]) -> dict:
     """ROUGE-L of generated first answers against UltraChat's reference answers."""
     from torchmetrics.text import ROUGEScore
@@ -188,29 +319,34 @@ def evaluate_chat_command(argv: list[str]) -> dict:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    for flag in ("num_samples", "batch_size"):
+        if getattr(args, flag) <= 0:
+            raise UserInputError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+    settings = checked_settings(max_new_tokens=args.max_new_tokens, temperature=0)
     model, tokenizer = load_checkpoint(args.ckpt_path, args.device)
     if not is_chat(tokenizer):
         raise UserInputError(f"--ckpt_path {args.ckpt_path} has no chat tokens; evaluate-chat needs a chat model.")
+    settings = replace(settings, stop_ids=chat_stop_ids(tokenizer))
     rows = load_hf_split(args.data_path, None, args.split)
+    where = f"--data_path {args.data_path} split {args.split!r}"
+    if "messages" not in rows.column_names:
+        raise UserInputError(
+            f"{where} has no 'messages' column (it has {rows.column_names}); pass a chat dataset in UltraChat's format."
+        )
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(args.seed)).tolist()
-    prompts, references = [], []
-    for index in order:
-        messages = rows[index]["messages"]
-        if message_problem(messages) is not None:
-            continue
-        opening = 2 if messages[0]["role"] == "system" else 1
-        prompts.append(render_prompt(tokenizer, messages[:opening]))
-        references.append(messages[opening]["content"])
-        if len(prompts) == args.num_samples:
-            break
-    settings = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=0, stop_ids=chat_stop_ids(tokenizer))
+    prompts, references, problems = opening_turns(tokenizer, (rows[i]["messages"] for i in order), args.num_samples)
+    if not prompts:
+        raise UserInputError(_no_usable_rows(where, len(rows), problems))
+    if len(prompts) < args.num_samples:
+        skipped = f" ({len(problems)} skipped as malformed; the first: {problems[0]})" if problems else ""
+        print(
+            f"lightning-gpt: warning: {where} has only {len(prompts)} usable conversations{skipped}, fewer than "
+            f"--num_samples {args.num_samples}; the score averages over those {len(prompts)}.",
+            file=sys.stderr,
+        )
     rouge = ROUGEScore(rouge_keys="rougeL")
     for start in range(0, len(prompts), args.batch_size):
-        batch = prompts[start : start + args.batch_size]
-        outputs: list[list[int]] = [[] for _ in batch]
-        for pairs in stream(model, batch, settings):
-            for row, token in pairs:
-                outputs[row].append(token)
+        outputs = generate(model, prompts[start : start + args.batch_size], settings)
         rouge.update([tokenizer.decode(o) for o in outputs], references[start : start + args.batch_size])
     result = {
         "rougeL_fmeasure": float(rouge.compute()["rougeL_fmeasure"]),

@@ -6,6 +6,7 @@ row's rotary positions start at 0 at its first real token, and the attention mas
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,12 +32,49 @@ class SamplingSettings:
     stop_strings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 0 or self.temperature < 0 or self.repetition_penalty <= 0:
-            raise ValueError("max_new_tokens and temperature must be >= 0 and repetition_penalty > 0")
-        if self.top_k is not None and self.top_k <= 0:
-            raise ValueError("top_k must be positive")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
+        problem = self.problem()
+        if problem is not None:
+            raise ValueError(problem)
+
+    def problem(self) -> str | None:
+        """What is wrong with these settings, or None. The message starts with the field's name, which is also
+        the name of the CLI flag that sets it."""
+        checks = (
+            ("max_new_tokens", self.max_new_tokens >= 0, ">= 0"),
+            ("temperature", math.isfinite(self.temperature) and self.temperature >= 0, "a finite number >= 0"),
+            ("top_k", self.top_k is None or self.top_k > 0, "a positive integer"),
+            ("top_p", self.top_p is None or 0 < self.top_p <= 1, "in (0, 1]"),  # NaN fails the comparison
+            (
+                "repetition_penalty",
+                math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
+                "a finite number > 0",
+            ),
+        )
+        for name, ok, requirement in checks:
+            if not ok:
+                return f"{name} must be {requirement}, got {getattr(self, name)}"
+        return None
+
+
+def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty: the logit of every token id in a row's `seen` is divided by `penalty` when
+    positive and multiplied by it otherwise.
+
+    Args:
+        logits: (B, V) float logits.
+        seen: (B, S) token ids already in each row; -1 (padding) and ids outside the logits count for nothing.
+        penalty: > 0; 1 changes nothing.
+
+    Returns:
+        The penalised (B, V) logits.
+    """
+    B, V = logits.shape
+    # Scatter the same value everywhere, so duplicate ids cannot race (on CUDA) or overwrite each other; padding
+    # goes to an extra column 0 that is dropped, so it never touches token 0.
+    column = torch.where((seen >= 0) & (seen < V), seen + 1, 0)
+    hit = torch.zeros(B, V + 1, dtype=torch.bool, device=logits.device).scatter_(1, column, True)[:, 1:]
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(hit, penalised, logits)
 
 
 def next_token(
@@ -45,10 +83,7 @@ def next_token(
     """logits (B, V) over real token ids, seen (B, S) ids already in each row (-1 for none). Returns (B,) ids."""
     logits = logits.float()
     if settings.repetition_penalty != 1.0:
-        index = seen.clamp(min=0)
-        scores = logits.gather(1, index)
-        scores = torch.where(scores > 0, scores / settings.repetition_penalty, scores * settings.repetition_penalty)
-        logits = logits.scatter(1, index, torch.where(seen >= 0, scores, logits.gather(1, index)))
+        logits = penalise_repeats(logits, seen, settings.repetition_penalty)
     if settings.temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / settings.temperature

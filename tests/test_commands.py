@@ -1,17 +1,20 @@
 """generate, chat and evaluate-chat, as a user runs them, on checkpoints trained in the test."""
 
 import io
+import json
 import sys
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torchmetrics.text import ROUGEScore
 
 from callbacks import GenerateSamples
 from data_modules import UltraChat200k, WikiText103
 from lightning_gpt import commands
 from lightning_gpt.__main__ import main
-from lightning_gpt.chat import chat_tokenizer
+from lightning_gpt.chat import chat_tokenizer, render_prompt
+from lightning_gpt.generate import SamplingSettings, generate
 from tests.conftest import synthetic_conversations, wikitext_folder, write_hub_folder
 from tests.test_training import tiny_module, trainer
 
@@ -19,6 +22,7 @@ from tests.test_training import tiny_module, trainer
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict:
     """A pretraining and a chat checkpoint of tiny models, trained a few steps on made-up data."""
+    torch.manual_seed(0)  # the same weights every run: tests compare generated text (a module fixture runs unseeded)
     root = tmp_path_factory.mktemp("ckpts")
     wiki = wikitext_folder(root / "wiki")
     chat = write_hub_folder(
@@ -111,23 +115,52 @@ def test_chat_history_keeps_the_system_turn_and_drops_the_oldest_exchange():
     assert len(kept) < len(messages) and kept[1]["role"] == "user"
 
 
-def test_evaluate_chat_reports_rouge_l(checkpoints, capsys):
+def evaluate_chat(checkpoints, *flags: str) -> list[str]:
+    return ["--ckpt_path", checkpoints["chat"], "--max_new_tokens", "8", "--device", "cpu", *flags]
+
+
+def test_evaluate_chat_score_is_torchmetrics_rouge_l_of_the_greedy_answers(checkpoints, capsys):
+    """The whole split (12 conversations) is the sample, so the score cannot depend on the sampling order."""
     result = commands.evaluate_chat_command(
-        [
-            "--ckpt_path",
-            checkpoints["chat"],
-            "--data_path",
-            checkpoints["chat_data"],
-            "--num_samples",
-            "5",
-            "--max_new_tokens",
-            "8",
-            "--device",
-            "cpu",
-        ]
+        evaluate_chat(checkpoints, "--data_path", checkpoints["chat_data"], "--num_samples", "12")
     )
-    assert result["samples"] == 5 and 0.0 <= result["rougeL_fmeasure"] <= 1.0
-    assert '"rougeL_fmeasure"' in capsys.readouterr().out
+    assert json.loads(capsys.readouterr().out) == result
+    model, tokenizer = commands.load_checkpoint(checkpoints["chat"], "cpu")
+    conversations = [row["messages"] for row in synthetic_conversations(12, seed=2)]  # the fixture's test_sft
+    prompts = [render_prompt(tokenizer, messages[:1]) for messages in conversations]
+    greedy = SamplingSettings(max_new_tokens=8, temperature=0, stop_ids=commands.chat_stop_ids(tokenizer))
+    answers = [tokenizer.decode(ids) for ids in generate(model, prompts, greedy)]
+    rouge = ROUGEScore(rouge_keys="rougeL")
+    rouge.update(answers, [messages[1]["content"] for messages in conversations])
+    expected = float(rouge.compute()["rougeL_fmeasure"])
+    assert expected > 0  # else a command that scored nothing would pass too
+    assert result["samples"] == 12 and result["rougeL_fmeasure"] == pytest.approx(expected, abs=1e-6)
+
+
+MALFORMED = {"prompt": "Hi.", "prompt_id": "x", "messages": [{"role": "assistant", "content": "I speak first."}]}
+
+
+def test_evaluate_chat_on_a_split_of_malformed_rows_says_why(checkpoints, monkeypatch, capsys, tmp_path):
+    data = write_hub_folder(tmp_path / "bad", {"test_sft": [MALFORMED] * 3}, config="default")
+    monkeypatch.setattr(
+        sys, "argv", ["lightning-gpt", "evaluate-chat", *evaluate_chat(checkpoints, "--data_path", str(data))]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert f"--data_path {data} split 'test_sft': all 3 conversations are malformed" in err
+    assert "turn 0 is 'assistant' where 'user' was expected" in err
+
+
+def test_evaluate_chat_warns_when_fewer_samples_than_asked_are_usable(checkpoints, capsys, tmp_path):
+    rows = [MALFORMED, *synthetic_conversations(2, seed=3), MALFORMED]
+    data = write_hub_folder(tmp_path / "few", {"test_sft": rows}, config="default")
+    result = commands.evaluate_chat_command(evaluate_chat(checkpoints, "--data_path", str(data), "--num_samples", "5"))
+    err = capsys.readouterr().err
+    assert result["samples"] == 2
+    assert "warning:" in err and "only 2 usable conversations (2 skipped as malformed" in err
+    assert "fewer than --num_samples 5" in err
 
 
 def test_samples_callback_logs_text_to_tensorboard(wikitext_dir, tmp_path):

@@ -1,7 +1,9 @@
+import math
+
 import pytest
 import torch
 
-from lightning_gpt.generate import SamplingSettings, generate, stream, trim_at_stop
+from lightning_gpt.generate import SamplingSettings, generate, next_token, penalise_repeats, stream, trim_at_stop
 from lightning_gpt.model import GPT, GPTConfig
 
 VOCAB = 97
@@ -107,9 +109,63 @@ def test_generation_stops_when_the_context_is_full(model):
     assert len(out) == 4
 
 
-def test_bad_sampling_settings_are_refused():
-    with pytest.raises(ValueError, match="top_p"):
-        SamplingSettings(top_p=1.5)
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("top_p", 1.5),
+        ("top_p", 0.0),
+        ("top_p", math.nan),
+        ("temperature", math.nan),
+        ("temperature", math.inf),
+        ("temperature", -0.5),
+        ("repetition_penalty", math.nan),
+        ("repetition_penalty", math.inf),
+        ("repetition_penalty", 0.0),
+        ("top_k", 0),
+        ("max_new_tokens", -1),
+    ],
+)
+def test_bad_sampling_settings_are_refused_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=rf"^{field} must be .*, got {value}$"):
+        SamplingSettings(**{field: value})
+
+
+def test_repetition_penalty_reaches_a_seen_token_0_followed_by_padding():
+    """Padding (-1) once wrote the unpenalised logit back over token 0's penalised one."""
+    logits = torch.tensor([[2.0, 1.5, -1.0]])
+    settings = SamplingSettings(temperature=0, repetition_penalty=2.0)
+    assert next_token(logits, torch.tensor([[-1, -1]]), settings, None).tolist() == [0]
+    assert next_token(logits, torch.tensor([[0, -1]]), settings, None).tolist() == [1]  # 2.0 / 2 < 1.5
+    assert penalise_repeats(logits, torch.tensor([[-1, 0, -1]]), 2.0).tolist() == [[1.0, 1.5, -1.0]]
+
+
+def test_padding_alone_never_penalises_token_0():
+    logits = torch.tensor([[2.0, 1.5, -1.0], [-3.0, 0.5, 0.0]])
+    seen = torch.tensor([[-1, -1, -1], [2, -1, -1]])
+    assert penalise_repeats(logits, seen, 4.0).tolist() == [[2.0, 1.5, -1.0], [-3.0, 0.5, 0.0]]
+
+
+def reference_penalty(logits: list[list[float]], seen: list[list[int]], penalty: float) -> list[list[float]]:
+    """CTRL's penalty, one token at a time: each id seen at least once, padding (-1) skipped."""
+    out = [list(row) for row in logits]
+    for row, ids in zip(out, seen, strict=True):
+        for i in {i for i in ids if i >= 0}:
+            row[i] = row[i] / penalty if row[i] > 0 else row[i] * penalty
+    return out
+
+
+def test_repetition_penalty_equals_a_plain_python_reference():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 11, generator=g)
+    seen = torch.randint(0, 11, (6, 20), generator=g)  # duplicates on every row
+    seen[:, -5:] = -1  # right-padding after real ids,
+    seen[0, :4] = -1  # left-padding before them,
+    seen[1, 0] = 0  # token 0 next to padding,
+    seen[2] = -1  # and a row of padding only
+    expected = reference_penalty(logits.tolist(), seen.tolist(), 2.0)  # a power of 2: exact in float32 too
+    assert penalise_repeats(logits, seen, 2.0).tolist() == expected
+    settings = SamplingSettings(temperature=0, repetition_penalty=2.0)
+    assert next_token(logits, seen, settings, None).tolist() == torch.tensor(expected).argmax(-1).tolist()
 
 
 def test_padding_never_turns_into_nan(model):
