@@ -7,6 +7,7 @@ import logging
 import tempfile
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -20,7 +21,9 @@ from data_modules.token_cache import (
     cache_key,
     default_cache_dir,
     meta_path,
+    owner_tag,
     read_cache_meta,
+    remove_leftovers,
     source_fingerprint,
     write_cache,
 )
@@ -46,25 +49,108 @@ def load_hf_split(path: str, name: str | None, split: str, scratch_dir: str | No
             f"--data.path {path}: no such folder. Pass a folder in the Hugging Face hub's layout "
             "(e.g. ../shared/data/hub/Salesforce/wikitext) or a hub dataset id."
         )
+    logged: list[str] = []
     try:
-        if looks_local:
-            return datasets.load_dataset(str(local), name, split=split, cache_dir=scratch_dir)
-        return datasets.load_dataset(path, name, split=split)
+        with _datasets_errors_kept(logged):
+            if looks_local:
+                return datasets.load_dataset(str(local), name, split=split, cache_dir=scratch_dir)
+            return datasets.load_dataset(path, name, split=split)
     except ConnectionError as err:
         raise UserInputError(
             f"could not reach the Hugging Face hub for dataset {path!r} ({err}). Offline, pass a local copy in the "
             "hub's layout with --data.path DIR (for example ../shared/data/hub/Salesforce/wikitext)."
         ) from None
     except datasets.exceptions.DatasetGenerationError as err:
+        # Loading one split prepares them all, so the file at fault may belong to another split: find it.
+        found = find_bad_data_file(path, name) if looks_local else None
+        if found:
+            raise UserInputError(f"--data.path {path}: {found}; fix or replace that file.") from None
         cause = err.__cause__ or err
+        what = logged[-1] if logged else f"{type(cause).__name__}: {cause}"
         raise UserInputError(
-            f"could not read split {split!r} of --data.path {path} ({type(cause).__name__}: {cause}); "
-            "check that its data files are valid and not empty."
+            f"could not read the data files of --data.path {path} ({what}); "
+            "check that the files of every split are valid and not empty."
         ) from None
     except ValueError as err:  # unknown split or config name: datasets lists the ones that exist
         raise UserInputError(f"--data.path {path} (config {name!r}, split {split!r}): {err}") from None
     except FileNotFoundError as err:
         raise UserInputError(f"--data.path {path}: {err}") from None
+
+
+@contextmanager
+def _datasets_errors_kept(into: list[str]) -> Iterator[None]:
+    """datasets logs the file it failed on, then raises an error that does not name it: keep those lines (the first
+    line of each) for the message instead of printing them, so that the user reads one message."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        into.append(record.getMessage().split("\n", 1)[0])
+        return False
+
+    handlers = list(logging.getLogger("datasets").handlers)
+    for handler in handlers:
+        handler.addFilter(keep)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(keep)
+
+
+_TEXT_SUFFIXES = (".txt", ".json", ".jsonl", ".csv", ".tsv")
+
+
+def find_bad_data_file(path: str, name: str | None, split: str | None = None) -> str | None:
+    """Which data file of a local folder datasets cannot use, and why ("split 'x': file F is empty"), looking at
+    one split or all of them; None when no file shows a problem. Only called to explain an error."""
+    import datasets
+
+    try:
+        with tempfile.TemporaryDirectory() as scratch:  # resolving the data files reads no data
+            builder = datasets.load_dataset_builder(str(Path(path).expanduser()), name, cache_dir=scratch)
+        data_files = dict(builder.config.data_files or {})
+    except Exception:  # explaining an error must not raise another one
+        return None
+    for split_name, files in data_files.items():
+        if split is not None and split_name != split:
+            continue
+        for file in files:
+            try:
+                problem = _file_problem(Path(file))
+            except OSError:
+                continue
+            if problem:
+                return f"split {split_name!r}: file {file} {problem}"
+    return None
+
+
+def _file_problem(file: Path) -> str | None:
+    if file.stat().st_size == 0:
+        return "is empty"
+    if file.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            if pq.ParquetFile(file).metadata.num_rows == 0:
+                return "has no rows"
+            table = pq.read_table(file)
+        except Exception as err:
+            return f"cannot be read as parquet ({err})"
+        for column in table.column_names:
+            try:
+                table.column(column).validate(full=True)
+            except Exception as err:  # e.g. strings that are not UTF-8
+                return f"has invalid values in column {column!r} ({str(err).rsplit(': ', 1)[-1]})"
+        return None
+    if file.suffix in _TEXT_SUFFIXES:
+        with open(file, "rb") as f:
+            for number, line in enumerate(f, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    return f"is not valid UTF-8 text at line {number} ({err.reason}, byte {err.object[err.start]:#04x})"
+    return None
 
 
 class TokenDataModule(L.LightningDataModule):
@@ -102,13 +188,9 @@ class TokenDataModule(L.LightningDataModule):
         test_split: str = "test",
     ) -> None:
         super().__init__()
-        if block_size <= 0 or batch_size <= 0:
-            raise UserInputError(
-                f"--data.block_size and --data.batch_size must be positive ({block_size}, {batch_size})"
-            )
         self.path, self.name = path, name
         self.block_size, self.batch_size = block_size, batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
+        self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size  # checked in check_arguments
         self.num_workers, self.seed = num_workers, seed
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
@@ -142,10 +224,26 @@ class TokenDataModule(L.LightningDataModule):
         """A fixed sample (drawn from the seed) of `batches` evaluation-sized batches of the training split."""
         raise NotImplementedError
 
+    def check_arguments(self) -> None:
+        """Refuses unusable settings, naming the flag. Called by prepare_data and setup, not __init__: the CLI builds
+        the DataModule inside jsonargparse, which turns any error raised in __init__ into a long traceback."""
+        limits = {
+            "block_size": (self.block_size, 1, "it follows --model.block_size"),
+            "batch_size": (self.batch_size, 1, "sequences per training batch"),
+            "eval_batch_size": (self.eval_batch_size, 1, "leave it unset to use --data.batch_size"),
+            "num_workers": (self.num_workers, 0, "0 loads the data in the main process"),
+        }
+        for flag, (value, least, hint) in limits.items():
+            if value < least:
+                rule = "positive" if least else "0 or more"
+                raise UserInputError(f"--data.{flag} must be {rule}, not {value} ({hint}).")
+
     # --- caches ----------------------------------------------------------------------------------------------
 
-    def cache_base(self, split: str) -> Path:
-        """Where a split's cache lives; the name changes with the data, the split, the tokenizer and the format."""
+    def cache_base(self, split: str, role: str | None = None) -> Path:
+        """Where a split's cache lives; the name changes with the data, the split, the tokenizer, the format and the
+        settings of `cache_variant`. `role` (train, val, test) defaults to the first role that reads `split`."""
+        role = role or self._first_role(split)
         kind = type(self).__name__
         key = cache_key(
             kind,
@@ -153,12 +251,16 @@ class TokenDataModule(L.LightningDataModule):
             str(self.name),
             split,
             self.tokenizer.fingerprint,
-            *self.cache_variant(),
+            *self.cache_variant(role),
         )
         return self.cache_dir / f"{kind.lower()}-{split}-{key}"
 
-    def cache_variant(self) -> tuple[str, ...]:
-        """Settings besides data and tokenizer that change what is cached (e.g. a length limit)."""
+    def _first_role(self, split: str) -> str | None:
+        return next((role for role, name in self.splits.items() if name == split), None)
+
+    def cache_variant(self, role: str | None = None) -> tuple[str, ...]:
+        """Settings besides data and tokenizer that change what is cached for a role (e.g. a length limit, the text
+        column, or which part of a split the role reads)."""
         return ()
 
     def _roles(self, stage: str | None) -> list[str]:
@@ -172,20 +274,25 @@ class TokenDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Encodes each split this run needs, once; later runs find the cache and skip this."""
+        self.check_arguments()
         stage = self.trainer.state.fn if self.trainer is not None else None
+        remove_leftovers(self.cache_dir)
         for role in self._roles(stage):
             split = self.splits[role]
-            if read_cache_meta(self.cache_base(split), self.tokenizer.fingerprint) is None:
-                self.build_cache(split)
+            if read_cache_meta(self.cache_base(split, role), self.tokenizer.fingerprint) is None:
+                self.build_cache(split, role=role)
 
-    def build_cache(self, split: str, base: Path | None = None) -> dict:
-        base = base or self.cache_base(split)
+    def build_cache(self, split: str, base: Path | None = None, role: str | None = None) -> dict:
+        role = role or self._first_role(split)
+        base = base or self.cache_base(split, role)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".raw-") as scratch:
+        remove_leftovers(self.cache_dir)
+        # The pid in the name lets a later run remove this folder if this process is killed.
+        with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=f".raw-{owner_tag()}-") as scratch:
             rows = load_hf_split(self.path, self.name, split, scratch)
-            return self.encode_split(rows, split, base)
+            return self.encode_split(rows, split, base, role)
 
-    def encode_split(self, rows, split: str, base: Path) -> dict:
+    def encode_split(self, rows, split: str, base: Path, role: str | None = None) -> dict:
         missing = [c for c in self.required_columns if c not in rows.column_names]
         if missing:
             raise UserInputError(
@@ -196,14 +303,20 @@ class TokenDataModule(L.LightningDataModule):
             raise UserInputError(f"--data.path {self.path} split {split!r} is empty; point it at data with rows.")
         log.info("encoding %s split %r into %s.*", self.path, split, base)
         self.encode_stats: dict = {}  # filled while rows are read; the metadata is written after the last one
+        self.encode_role = role  # read by encode_rows where a role takes only part of a split
         meta = {
             "source": source_fingerprint(self.path)[:500],
             "name": self.name,
             "split": split,
+            "role": role,
+            "variant": list(self.cache_variant(role)),
             "tokenizer": self.tokenizer.fingerprint,
             "stats": self.encode_stats,
         }
-        meta = write_cache(base, self.encode_rows(rows, split), self.array_dtypes(), meta)
+        try:
+            meta = write_cache(base, self.encode_rows(rows, split), self.array_dtypes(), meta)
+        except UnicodeDecodeError as err:  # datasets reads strings lazily: bad bytes surface only here
+            raise UserInputError(self._not_utf8(split, err)) from None
         first = next(iter(meta["arrays"]))
         if meta["arrays"][first]["length"] == 0:
             for name in meta["arrays"]:  # an empty cache would only fail later, less clearly
@@ -213,13 +326,20 @@ class TokenDataModule(L.LightningDataModule):
         log.info("%s split %r: %s", self.path, split, {n: a["length"] for n, a in meta["arrays"].items()})
         return meta
 
+    def _not_utf8(self, split: str, err: UnicodeDecodeError) -> str:
+        found = find_bad_data_file(self.path, self.name, split) if Path(self.path).expanduser().is_dir() else None
+        columns = ", ".join(repr(c) for c in self.required_columns)
+        where = found or f"split {split!r}: column {columns} holds text that is not valid UTF-8 ({err.reason})"
+        return f"--data.path {self.path}: {where}; save the text as UTF-8."
+
     def _cache(self, role: str) -> tuple[Path, dict]:
+        self.check_arguments()
         if role not in self._caches:
             split = self.splits[role]
-            base = self.cache_base(split)
+            base = self.cache_base(split, role)
             meta = read_cache_meta(base, self.tokenizer.fingerprint)
             if meta is None:  # prepare_data did not run here (setup() called by hand, or another node built it)
-                meta = self.build_cache(split, base)
+                meta = self.build_cache(split, base, role)
             self._caches[role] = (base, meta)
         return self._caches[role]
 

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
+import shutil
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -19,6 +23,12 @@ import numpy as np
 from lightning_gpt.errors import UserInputError
 
 CACHE_FORMAT = 2
+
+log = logging.getLogger(__name__)
+# Temporary names carry `<host>-<pid>` of their writer, so that a later run can remove what a killed one left (see
+# remove_leftovers); the host keeps a run from touching the files of another machine sharing the cache folder.
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
+_LEFTOVER = re.compile(r"^\.(raw-(?P<dir>\w+)-(?P<dir_pid>\d+)-\w+|.+\.(?P<file>\w+)-(?P<file_pid>\d+)\.\w+\.tmp)$")
 
 
 def default_cache_dir() -> Path:
@@ -35,18 +45,61 @@ def source_fingerprint(path: str) -> str:
     local = Path(path).expanduser()
     if not local.exists():
         return f"hub:{path}"
-    files = sorted(p for p in local.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.parts))
+    # Hidden names are skipped inside the folder only: the folder itself may sit under `..` or `~/.cache`.
+    files = sorted(p for p in local.rglob("*") if p.is_file() and not _hidden(p.relative_to(local)))
     stats = [f"{p.relative_to(local)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
     return f"local:{local.resolve()}|" + "|".join(stats)
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
 
 
 def cache_key(*parts: str) -> str:
     return hashlib.sha256("\x1f".join((f"v{CACHE_FORMAT}", *parts)).encode()).hexdigest()[:20]
 
 
+def owner_tag() -> str:
+    """`<host>-<pid>` of this process, for the names of its temporary files and folders."""
+    return f"{_HOST}-{os.getpid()}"
+
+
+def _is_alive(pid: int) -> bool:
+    if os.name == "nt" or pid <= 0:  # signal 0 means something else on Windows; never guess there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Removes the temporary files and scratch folders that killed runs on this machine left in `folder` (a
+    SIGKILL runs no cleanup). Those of a live process are kept: it may be building a cache right now."""
+    removed = []
+    for entry in folder.glob(".*") if folder.is_dir() else ():
+        match = _LEFTOVER.match(entry.name)
+        if match is None:
+            continue
+        host, pid = (match["dir"], match["dir_pid"]) if match["dir"] else (match["file"], match["file_pid"])
+        if host != _HOST or _is_alive(int(pid)):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    if removed:
+        log.info("removed %d leftovers of killed runs from %s", len(removed), folder)
+    return removed
+
+
 def _temp_beside(path: Path) -> tuple[int, str]:
     """A temporary file in the destination's folder (so os.replace is atomic), with the usual permissions."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{owner_tag()}.", suffix=".tmp")
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)

@@ -8,6 +8,8 @@ of padded positions is logged as `padding_waste` (docs: README, "Chat fine-tunin
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from lightning_gpt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 _WHERE = re.compile(r"^(message|turn) \d+ (\(\w+\) )?(has |is )?")
+EVAL_SEED = 0  # evaluation batches come in one fixed random order, the same at every validation and in every run
 
 
 def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int | None, group: int = 64) -> list[np.ndarray]:
@@ -49,6 +52,31 @@ def padding_waste(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
     real = sum(int((lengths[b] - 1).sum()) for b in batches)
     padded = sum(len(b) * int(lengths[b].max() - 1) for b in batches)
     return 1.0 - real / padded if padded else 0.0
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int, seed: int = EVAL_SEED, group: int = 64) -> list[np.ndarray]:
+    """Every sample once, in batches of similar lengths (little padding), the batches in a fixed random order: the
+    first N batches, all that `limit_val_batches` evaluates, are a random sample of all lengths, not the longest."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(lengths))
+    batches = []
+    for start in range(0, len(order), group * batch_size):
+        chunk = order[start : start + group * batch_size]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def holdout_hash(key: str) -> int:
+    """A 64-bit hash that is the same in every run and on every machine (Python's hash() of a str is not)."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()[:8], "big")
+
+
+def row_key(prompt_id, messages) -> str:
+    """What identifies a conversation: its prompt_id, or its messages where it has none."""
+    if prompt_id not in (None, ""):
+        return str(prompt_id)
+    return json.dumps(messages, sort_keys=True, ensure_ascii=False, default=str)
 
 
 class ChatBatches(Dataset):
@@ -95,8 +123,12 @@ class UltraChat200k(TokenDataModule):
         messages_column: the column holding each conversation as a list of {role, content}.
         max_bad_fraction: fail when more than this fraction of a split's rows is malformed.
         train_split: the split trained on.
-        val_split: the split validated on.
-        test_split: the split tested on.
+        val_split: the split validated on. None (the default), or the train split itself: validate on
+            `val_fraction` of the train split's conversations, held out from training.
+        val_fraction: the share of the train split held out for validation when `val_split` is None or the train
+            split. Rows are picked by a stable hash of `prompt_id` (of the messages where there is none): the same
+            rows in every run, whatever the row order.
+        test_split: the split tested on (`test` only; validation never reads it).
         **kwargs: see `TokenDataModule` (block_size, batch_size, num_workers, cache_dir, seed).
     """
 
@@ -107,23 +139,70 @@ class UltraChat200k(TokenDataModule):
         messages_column: str = "messages",
         max_bad_fraction: float = 0.5,
         train_split: str = "train_sft",
-        val_split: str = "test_sft",
+        val_split: str | None = None,
+        val_fraction: float = 0.01,
         test_split: str = "test_sft",
         **kwargs,
     ) -> None:
         self.messages_column = messages_column
         self.required_columns = (messages_column,)
         self.max_bad_fraction = max_bad_fraction
+        self.holds_out = val_split in (None, train_split)
+        self.val_fraction = val_fraction
         super().__init__(
-            path=path, name=name, train_split=train_split, val_split=val_split, test_split=test_split, **kwargs
+            path=path,
+            name=name,
+            train_split=train_split,
+            val_split=val_split or train_split,
+            test_split=test_split,
+            **kwargs,
         )
         self.padding_waste: float | None = None
 
     def build_tokenizer(self) -> Tokenizer:
         return chat_tokenizer()
 
-    def cache_variant(self) -> tuple[str, ...]:
-        return (f"max_tokens={self.block_size + 1}",)  # where long conversations are split depends on it
+    def check_arguments(self) -> None:
+        super().check_arguments()
+        if not 0 <= self.val_fraction < 1 or (self.holds_out and self.val_fraction == 0):
+            raise UserInputError(
+                f"--data.val_fraction must be above 0 and below 1, not {self.val_fraction}: it is the share of "
+                f"--data.train_split {self.splits['train']!r} held out for validation. Or set --data.val_split to "
+                "another split."
+            )
+
+    def cache_variant(self, role: str | None = None) -> tuple[str, ...]:
+        # Where long conversations are split depends on block_size; which rows a role holds, on the holdout.
+        variant = (f"max_tokens={self.block_size + 1}", f"messages_column={self.messages_column}")
+        part = self.holdout_part(role)
+        return (*variant, f"holdout={self.val_fraction}:{part}") if part else variant
+
+    def holdout_part(self, role: str | None) -> str | None:
+        """Which part of the train split a role's cache holds: "val" (the held-out rows), "train" (the rest), or
+        None (a whole split)."""
+        return role if self.holds_out and role in ("train", "val") else None
+
+    def held_out_rows(self, rows) -> np.ndarray:
+        """Which rows of the train split are validation rows: those whose stable hash falls below `val_fraction`.
+        Keyed by prompt_id, so that a prompt asked twice stays on one side. At least one row, so that a small split
+        still validates."""
+        hashes = np.array([holdout_hash(key) for key in self._row_keys(rows)], dtype=np.uint64)
+        held = hashes < np.uint64(int(self.val_fraction * 2**64))
+        if not held.any() and len(held) > 1:
+            held[np.argmin(hashes)] = True
+        return held
+
+    def _row_keys(self, rows) -> Iterator[str]:
+        if "prompt_id" not in rows.column_names:
+            for batch in rows.select_columns([self.messages_column]).iter(batch_size=1024):
+                yield from (row_key(None, messages) for messages in batch[self.messages_column])
+            return
+        index = 0
+        for batch in rows.select_columns(["prompt_id"]).iter(batch_size=4096):
+            for prompt_id in batch["prompt_id"]:
+                missing = prompt_id in (None, "")  # rare: read that row's messages
+                yield row_key(prompt_id, rows[index][self.messages_column] if missing else None)
+                index += 1
 
     def array_dtypes(self) -> dict[str, np.dtype]:
         return {"tokens": token_dtype(self.vocab_size), "mask": np.dtype(np.uint8), "lengths": np.dtype(np.int32)}
@@ -131,12 +210,19 @@ class UltraChat200k(TokenDataModule):
     def encode_rows(self, rows, split: str) -> Iterator[dict[str, np.ndarray]]:
         stats = self.encode_stats
         stats.update(rows=0, skipped=0, samples=0, split_conversations=0, dropped_exchanges=0, skip_reasons={})
+        part = self.holdout_part(getattr(self, "encode_role", None))
+        keep = None
+        if part:
+            keep = self.held_out_rows(rows) if part == "val" else ~self.held_out_rows(rows)
+            stats["holdout"] = {"val_fraction": self.val_fraction, "part": part, "excluded_rows": int((~keep).sum())}
         for batch in rows.iter(batch_size=512):
             ids: list[int] = []
             mask: list[int] = []
             lengths: list[int] = []
             for messages in batch[self.messages_column]:
                 stats["rows"] += 1
+                if keep is not None and not keep[stats["rows"] - 1]:
+                    continue  # the other part's row
                 problem = message_problem(messages)
                 if problem:
                     stats["skipped"] += 1
@@ -163,9 +249,16 @@ class UltraChat200k(TokenDataModule):
                 stats["skip_reasons"],
                 stats["skip_example"],
             )
-        if stats["skipped"] > self.max_bad_fraction * stats["rows"]:
+        used = stats["rows"] - stats.get("holdout", {}).get("excluded_rows", 0)
+        if part == "val" and stats["samples"] == 0:
             raise UserInputError(
-                f"--data.path {self.path} split {split!r}: {stats['skipped']} of {stats['rows']} rows are malformed "
+                f"--data.path {self.path} split {split!r}: the {used} rows held out for validation by "
+                f"--data.val_fraction {self.val_fraction} hold no usable conversation; raise --data.val_fraction or "
+                "set --data.val_split to another split."
+            )
+        if stats["skipped"] > self.max_bad_fraction * used:
+            raise UserInputError(
+                f"--data.path {self.path} split {split!r}: {stats['skipped']} of {used} rows are malformed "
                 f"({stats['skip_example']}); is --data.messages_column {self.messages_column!r} a list of "
                 "{role, content} with roles system/user/assistant? (--data.max_bad_fraction sets the tolerance)"
             )
@@ -204,5 +297,5 @@ class UltraChat200k(TokenDataModule):
 
     def eval_dataset(self, base: Path, meta: dict):
         lengths = self._lengths(meta, base)
-        batches = length_grouped_batches(lengths, self.eval_batch_size, seed=None)
+        batches = eval_batches(lengths, self.eval_batch_size)
         return ChatBatches(base, meta, lengths, batches, pad_id=self.tokenizer.eot_id), None

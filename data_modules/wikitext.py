@@ -52,8 +52,16 @@ class WikiText103(TokenDataModule):
         self.required_columns = (text_column,)
         super().__init__(path=path, name=name, **kwargs)
 
+    def cache_variant(self, role: str | None = None) -> tuple[str, ...]:
+        return (f"text_column={self.text_column}",)
+
     def documents(self, rows) -> Iterator[str]:
         dtype = getattr(rows.features[self.text_column], "dtype", None)
+        if dtype in ("binary", "large_binary"):
+            raise UserInputError(
+                f"--data.path {self.path}: column {self.text_column!r} holds bytes (binary), not text; store it as "
+                "UTF-8 strings, or set --data.text_column to the column with the text."
+            )
         if dtype not in ("string", "large_string"):
             raise UserInputError(
                 f"--data.path {self.path}: column {self.text_column!r} holds {rows.features[self.text_column]}, "

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 
+from lightning_gpt.checkpoint_io import load_checkpoint_file
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.model import GPT
 
@@ -32,9 +32,7 @@ def shape_mismatches(expected: dict[str, torch.Tensor], found: dict[str, torch.T
 def load_pretrained(model: GPT, path: str) -> None:
     """Copies a checkpoint's weights into `model`. Rows of the token embedding that the checkpoint's vocabulary
     lacks (special tokens added since) start at the mean of its real rows, the usual init for new tokens."""
-    if not Path(path).is_file():
-        raise UserInputError(f"--model.init_from {path}: no such file; pass a checkpoint written by lightning-gpt fit.")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint_file(path, flag="--model.init_from")
     found = {k.removeprefix("model."): v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("model.")}
     if not found:
         raise UserInputError(f"--model.init_from {path}: holds no lightning-gpt model weights.")

@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
-import re
 import sys
 from collections.abc import Iterable
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
 from lightning_gpt.chat import END_OF_TURN, SYSTEM, USER, chat_tokenizer, message_problem, render_prompt
+from lightning_gpt.checkpoint_io import load_checkpoint_file
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.generate import SamplingSettings, generate, stream, trim_at_stop
 from lightning_gpt.model import GPT
 from lightning_gpt.tokenizer import Tokenizer
-
-REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # http://, https://, s3://, gs://, ...
-FIX = "pass a checkpoint written by lightning-gpt fit"
 
 
 def available_devices() -> list[str]:
@@ -54,54 +49,6 @@ def resolve_device(device: str) -> str:
     raise UserInputError(f"--device {device}: {reason}; pass one of: {', '.join(available)}.")
 
 
-def check_ckpt_path(path: str) -> None:
-    """Refuses what cannot be a local checkpoint file before anything is read from it."""
-    if REMOTE.match(path):
-        raise UserInputError(
-            f"--ckpt_path {path} is a remote address; download the file first and pass its local path."
-        )
-    file = Path(path)
-    if file.is_dir():
-        raise UserInputError(f"--ckpt_path {path} is a folder; pass one of the .ckpt files in it.")
-    if not file.is_file():
-        raise UserInputError(f"--ckpt_path {path}: no such file; {FIX}.")
-    if file.stat().st_size == 0:
-        raise UserInputError(f"--ckpt_path {path} is an empty file (an interrupted save or copy?); {FIX}.")
-
-
-def _first_sentence(text: str) -> str:
-    """The gist of a torch error: its first sentence, without the C++ source location torch may put first."""
-    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text.strip())
-    return text.split("\n")[0].split(". ")[0][:160]
-
-
-def unreadable_checkpoint(path: str, err: Exception) -> UserInputError:
-    """The message for an exception that torch or Lightning raised while loading `path`."""
-    detail = _first_sentence(str(err))
-    if isinstance(err, pickle.UnpicklingError):
-        # A weights-only load refuses any pickled object that is not a tensor or a plain container. Torch's own
-        # message suggests weights_only=False, which would run the file's code: never repeat that advice.
-        found = re.search(r"GLOBAL (\S+)", str(err))
-        if found:
-            return UserInputError(
-                f"--ckpt_path {path} holds Python objects other than weights ({found[1]}); it was not loaded, "
-                f"since unpickling them could run code. {FIX.capitalize()}, from a source you trust."
-            )
-        return UserInputError(f"--ckpt_path {path} is not a PyTorch checkpoint (torch cannot unpickle it); {FIX}.")
-    if isinstance(err, EOFError):
-        return UserInputError(f"--ckpt_path {path} ends too early (cut short?); copy it again or {FIX}.")
-    if isinstance(err, RuntimeError):  # torch's archive reader: a damaged or partial file, or another format
-        return UserInputError(
-            f"--ckpt_path {path} is damaged, cut short or not a PyTorch checkpoint ({detail}); copy it again or {FIX}."
-        )
-    if isinstance(err, OSError):
-        return UserInputError(f"--ckpt_path {path} cannot be read ({err.strerror or detail}).")
-    # KeyError, TypeError: a file torch reads, but not a Lightning checkpoint of a GPTModule.
-    return UserInputError(
-        f"--ckpt_path {path} is not a lightning-gpt checkpoint ({type(err).__name__}: {detail}); {FIX}."
-    )
-
-
 def load_checkpoint(path: str, device: str = "auto") -> tuple[GPT, Tokenizer]:
     """The model of a lightning-gpt checkpoint, in eval mode, and the tokenizer it was trained with.
 
@@ -114,11 +61,16 @@ def load_checkpoint(path: str, device: str = "auto") -> tuple[GPT, Tokenizer]:
     from lightning_gpt.lit_module import GPTModule
 
     device = resolve_device(device)
-    check_ckpt_path(path)
+    checkpoint = load_checkpoint_file(path, map_location=device)
     try:
-        module = GPTModule.load_from_checkpoint(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, KeyError, TypeError) as err:
-        raise unreadable_checkpoint(path, err) from None
+        settings = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+        module = GPTModule(**{**settings, "init_from": None, "compile": False})
+        module.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as err:  # a torch file, but not a GPTModule's checkpoint
+        raise UserInputError(
+            f"--ckpt_path {path} is not a lightning-gpt checkpoint ({type(err).__name__}: {str(err)[:160]}); pass a "
+            "checkpoint written by lightning-gpt fit."
+        ) from None
     model = module.model.eval()
     if device.startswith("cuda"):
         model = model.to(torch.bfloat16)

@@ -45,14 +45,14 @@ def test_batches_train_only_on_assistant_tokens(ultrachat_dir):
 
 def test_targets_match_the_renderer(ultrachat_dir):
     dm = chat_data(ultrachat_dir)
-    dm.setup("validate")
+    dm.setup("test")
     rows = synthetic_conversations(24, seed=2)
     rendered = {}
     for row in rows:
         ids, mask = render_conversation(dm.tokenizer, row["messages"])
         rendered[tuple(ids[:-1])] = [t if m else IGNORE_INDEX for t, m in zip(ids[1:], mask[1:], strict=True)]
     seen = 0
-    for x, y in dm.val_dataloader():
+    for x, y in dm.test_dataloader():
         for row_x, row_y in zip(x, y, strict=True):
             n = int((row_y != IGNORE_INDEX).nonzero().max()) + 1
             assert rendered[tuple(row_x[:n].tolist())] == row_y[:n].tolist()
@@ -62,8 +62,8 @@ def test_targets_match_the_renderer(ultrachat_dir):
 
 def test_a_conversation_gives_the_same_logits_padded_in_a_batch_as_alone(ultrachat_dir):
     dm = chat_data(ultrachat_dir)
-    dm.setup("validate")
-    x, y = next(iter(dm.val_dataloader()))
+    dm.setup("test")
+    x, y = next(iter(dm.test_dataloader()))
     module = GPTModule(preset="tiny", vocab_size=dm.vocab_size, block_size=64, n_layer=2).eval()
     shortest = int(x.shape[0] - 1)
     n = int((y[shortest] != IGNORE_INDEX).nonzero().max()) + 1
@@ -94,7 +94,7 @@ def test_bad_rows_are_skipped_counted_and_shown_once(tmp_path, caplog):
         {"prompt": "p", "prompt_id": "b2", "messages": [{"role": "user", "content": "only a question"}]},
     ]
     folder = write_hub_folder(tmp_path / "chat", {"train_sft": good + bad, "test_sft": good[:8]}, config="default")
-    dm = chat_data(folder)
+    dm = chat_data(folder, val_split="test_sft")  # every train_sft row in the training cache
     with caplog.at_level(logging.WARNING):
         dm.prepare_data()
     stats = json.loads(meta_path(dm.cache_base("train_sft")).read_text())["stats"]
@@ -107,14 +107,14 @@ def test_mostly_bad_rows_fail_with_a_clear_error(tmp_path):
     rows = [{"prompt": "p", "prompt_id": str(i), "messages": [{"role": "human", "content": "hi"}]} for i in range(10)]
     folder = write_hub_folder(tmp_path / "chat", {"train_sft": rows, "test_sft": rows}, config="default")
     with pytest.raises(UserInputError, match=r"10 of 10 rows are malformed.*messages_column"):
-        chat_data(folder).prepare_data()
+        chat_data(folder, val_split="test_sft").prepare_data()
     assert not list((tmp_path / "chat").glob("*.bin"))
 
 
 def test_long_conversations_are_split_and_counted(tmp_path):
     rows = synthetic_conversations(30, seed=3, turns=6, system=True)
     folder = write_hub_folder(tmp_path / "chat", {"train_sft": rows, "test_sft": rows[:5]}, config="default")
-    dm = chat_data(folder, block_size=48)
+    dm = chat_data(folder, block_size=48, val_split="test_sft")
     dm.prepare_data()
     stats = json.loads(meta_path(dm.cache_base("train_sft")).read_text())["stats"]
     assert stats["split_conversations"] == 30 and stats["samples"] > 30
@@ -167,7 +167,9 @@ def test_init_from_a_checkpoint_of_another_shape_is_refused(pretrain_ckpt, ultra
 
 def test_init_from_a_missing_file_is_named(ultrachat_dir, tmp_path):
     dm = chat_data(ultrachat_dir)
-    with pytest.raises(UserInputError, match=r"--model.init_from .*nope.ckpt: no such file"):
+    with pytest.raises(
+        UserInputError, match=r"--model.init_from .*nope.ckpt is not a readable lightning-gpt checkpoint: no such file"
+    ):
         trainer(tmp_path, 1).fit(tiny_module(dm, init_from=str(tmp_path / "nope.ckpt")), dm)
 
 

@@ -1,0 +1,125 @@
+"""The training CLI: LightningCLI with lightning-gpt's defaults (safe checkpoints, SIGTERM handling, run folders)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from callbacks.sigterm import SIGTERM_EXIT_CODE, CheckpointOnSigterm
+from data_modules.base import TokenDataModule
+from lightning_gpt.checkpoint_io import SafeCheckpointIO, check_ckpt_path, use_safe_checkpoint_io
+from lightning_gpt.errors import TrainingStopped, UserInputError
+from lightning_gpt.lit_module import GPTModule
+
+DESCRIPTION = (
+    "Train a GPT and turn it into a chat model. Training: fit, validate, test (below). Using a checkpoint: "
+    "lightning-gpt generate|chat|evaluate-chat --help."
+)
+
+
+class GPTCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # No `predict`: generation has its own commands (generate, chat), which need no Trainer.
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name != "predict"}
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        # Here, not later: LightningCLI reads a --ckpt_path file for its hyperparameters right after parsing.
+        if self.config.get("subcommand"):
+            check_ckpt_path(self.config[self.config.subcommand].get("ckpt_path"))
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        use_safe_checkpoint_io(trainer)  # also when --trainer.plugins replaced the default plugin list
+        return trainer
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # The model's context length sets the data windows; the data's tokenizer sets the vocabulary.
+        parser.link_arguments("model.block_size", "data.init_args.block_size")
+        parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        if config.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise UserInputError(
+                "--trainer.accelerator is 'gpu' but no CUDA GPU is available here; add -c configs/smoke.yaml for a "
+                "small CPU run, or pass --trainer.accelerator cpu."
+            )
+        if self.subcommand in ("validate", "test"):
+            separate_evaluation_run(config.trainer.logger, self.subcommand)
+
+    def before_fit(self) -> None:
+        # Runs keep their checkpoints at a fixed place (so that --ckpt_path last finds them); a fresh run there
+        # would overwrite last.ckpt and best-*.ckpt of the earlier one.
+        if self.config[self.subcommand].get("ckpt_path") is not None:
+            return
+        folders = {Path(cb.dirpath) for cb in self.trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)}
+        if self.trainer.log_dir:
+            folders.add(Path(self.trainer.log_dir) / "checkpoints")
+        for folder in sorted(folders):
+            if any(folder.glob("*.ckpt")):
+                raise UserInputError(
+                    f"{folder} already holds checkpoints of an earlier run. Resume it with --ckpt_path last, start a "
+                    "separate run with --trainer.logger.init_args.version NAME, or move that folder away."
+                )
+
+
+def separate_evaluation_run(logger_config, subcommand: str) -> None:
+    """Gives `validate` and `test` a TensorBoard folder of their own (`<version>-validate`, then `-2`, ...): written
+    into the fit's folder, their step-0 events make TensorBoard drop the fit's curves as orphaned."""
+    init_args = getattr(logger_config, "init_args", None)
+    if init_args is None or not hasattr(init_args, "version") or not hasattr(init_args, "save_dir"):
+        return
+    base = f"{init_args.version or 'version'}-{subcommand}"
+    folder = Path(init_args.save_dir) / (getattr(init_args, "name", None) or "")
+    version, n = base, 1
+    while (folder / version).exists():
+        n += 1
+        version = f"{base}-{n}"
+    init_args.version = version
+
+
+class KeepEarlierConfigs(SaveConfigCallback):
+    """Writes the run's resolved config as config.yaml, or as config-2.yaml, ... when the folder already has one: a
+    resumed fit (perhaps with other settings) must not overwrite the config the run started with."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if not self.already_saved:
+            log_dir = trainer.log_dir  # a broadcast: every rank must ask
+            if trainer.is_global_zero and log_dir:  # only rank 0 writes; the others never use the name
+                stem, n = Path(self.config_filename).stem, 1
+                while (Path(log_dir) / self.config_filename).exists():
+                    n += 1
+                    self.config_filename = f"{stem}-{n}.yaml"
+        super().setup(trainer, pl_module, stage)
+
+
+def run(args: list[str] | None = None) -> GPTCLI:
+    """Runs the CLI and returns it (tests read its trainer and model). User errors exit with code 2, a SIGTERM with
+    143 after saving, a non-finite loss with 1: each with one line on stderr, no traceback."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return GPTCLI(
+            GPTModule,
+            TokenDataModule,
+            subclass_mode_data=True,
+            save_config_callback=KeepEarlierConfigs,
+            trainer_defaults={"callbacks": [CheckpointOnSigterm()], "plugins": [SafeCheckpointIO()]},
+            parser_kwargs={"description": DESCRIPTION},
+            args=args,
+        )
+    except UserInputError as err:
+        print(f"lightning-gpt: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except TrainingStopped as err:
+        print(f"lightning-gpt: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+    except SIGTERMException:  # before training started (data preparation, sanity check): nothing to save yet
+        print("lightning-gpt: received SIGTERM before the first training step; nothing was saved.", file=sys.stderr)
+        raise SystemExit(SIGTERM_EXIT_CODE) from None
