@@ -12,7 +12,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.sigterm import SIGTERM_EXIT_CODE, CheckpointOnSigterm
 from data_modules.base import TokenDataModule
-from lightning_gpt.checkpoint_io import SafeCheckpointIO, check_ckpt_path, use_safe_checkpoint_io
+from lightning_gpt.checkpoint_io import (
+    SafeCheckpointIO,
+    check_ckpt_path,
+    load_checkpoint_file,
+    use_safe_checkpoint_io,
+)
 from lightning_gpt.errors import TrainingStopped, UserInputError
 from lightning_gpt.lit_module import GPTModule
 
@@ -33,6 +38,15 @@ class GPTCLI(LightningCLI):
         # Here, not later: LightningCLI reads a --ckpt_path file for its hyperparameters right after parsing.
         if self.config.get("subcommand"):
             check_ckpt_path(self.config[self.config.subcommand].get("ckpt_path"))
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint's hyperparameters with its own weights-only torch.load, whose refusals
+        # and read errors are tracebacks; our loader turns the same failure into one message naming the file.
+        try:
+            super()._parse_ckpt_path()
+        except Exception:
+            load_checkpoint_file(self.config[self.config.subcommand].get("ckpt_path"))
+            raise
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)

@@ -1,8 +1,5 @@
 """The command line, run in-process (LightningCLI with args=...), as a user types it."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -43,30 +40,7 @@ def test_every_config_parses_alone_and_with_smoke(config, wikitext_dir, ultracha
     assert cli.trainer.accelerator.__class__.__name__ == "CPUAccelerator"
 
 
-def test_sft_smoke_from_a_pretraining_checkpoint_then_resume(wikitext_dir, ultrachat_dir, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    run(smoke_args("fit", wikitext_dir, *SHORT))
-    pretrained = str(tmp_path / "runs" / "pretrain_wikitext103" / "smoke" / "checkpoints" / "last.ckpt")
-    sft = ["fit", "-c", SFT, "-c", SMOKE, "--data.path", str(ultrachat_dir), "--model.init_from", pretrained]
-    cli = run([*sft, *SHORT])
-    assert cli.model.config.vocab_size == 50261 and cli.trainer.global_step == 6
-    assert {"val_loss", "val_ppl", "val_acc", "train_val_gap"} <= set(cli.trainer.callback_metrics)
-    sft_dir = tmp_path / "runs" / "sft_ultrachat" / "smoke" / "checkpoints"
-    assert (sft_dir / "last.ckpt").is_file()
-    os.remove(pretrained)  # resuming needs only the SFT checkpoint, not the one it started from
-    resumed = run([*sft, *SHORT[2:], "--trainer.max_steps", "8", "--ckpt_path", "last"])
-    assert resumed.trainer.global_step == 8
-
-
-def test_pretrain_config_is_the_real_run():
-    config = yaml.safe_load(Path(PRETRAIN).read_text())
-    assert config["model"]["preset"] == "gpt2-124m"
-    assert config["trainer"]["precision"] == "bf16-mixed"
-    assert config["trainer"]["accelerator"] == "gpu"
-    assert config["data"]["init_args"]["path"] == "Salesforce/wikitext"
-
-
-def test_smoke_fit_then_validate_test_and_resume(wikitext_dir, tmp_path, monkeypatch):
+def test_smoke_fit_refuses_to_overwrite_and_resumes(wikitext_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = run(smoke_args("fit", wikitext_dir, *SHORT))
     assert cli.trainer.global_step == 6
@@ -75,12 +49,7 @@ def test_smoke_fit_then_validate_test_and_resume(wikitext_dir, tmp_path, monkeyp
     assert list(run_dir.glob("events.out.tfevents.*"))
     assert "val_loss" in cli.trainer.callback_metrics
 
-    last = str(run_dir / "checkpoints" / "last.ckpt")
     last_bytes = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
-    for command in ("validate", "test"):
-        metrics = run(smoke_args(command, wikitext_dir, "--ckpt_path", last)).trainer.callback_metrics
-        stage = "val" if command == "validate" else "test"
-        assert metrics[f"{stage}_ppl"] == pytest.approx(metrics[f"{stage}_loss"].exp().item(), rel=1e-5)
 
     with pytest.raises(SystemExit) as exit_info:  # a fresh run must not overwrite the earlier run's checkpoints
         run(smoke_args("fit", wikitext_dir, *SHORT))
@@ -144,14 +113,3 @@ def test_print_config_prints_the_merged_config(wikitext_dir, capsys):
     assert printed["model"]["block_size"] == 128
     assert printed["trainer"]["accelerator"] == "cpu"
     assert printed["data"]["init_args"]["path"] == str(wikitext_dir)
-
-
-@pytest.mark.slow
-def test_two_process_ddp_on_cpu(wikitext_dir, tmp_path):
-    args = smoke_args("fit", wikitext_dir, *SHORT, "--trainer.devices", "2", "--trainer.strategy", "ddp")
-    done = subprocess.run(
-        [sys.executable, "-m", "lightning_gpt", *args], cwd=tmp_path, capture_output=True, text=True, timeout=240
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "max_steps=6" in done.stderr
-    assert (tmp_path / "runs" / "pretrain_wikitext103" / "smoke" / "checkpoints" / "last.ckpt").is_file()

@@ -134,3 +134,113 @@ def test_validate_and_test_get_their_own_runs_and_never_touch_the_fit(wikitext_d
                  "--ckpt_path", "last"))  # fmt: skip
     assert (runs / "main" / "config.yaml").read_bytes() == fit_files["config.yaml"]
     assert "max_steps: 6" in (runs / "main" / "config-2.yaml").read_text()
+
+
+def sft(data_dir, version, *extra):
+    return ["fit", "-c", SFT, "--data.path", str(data_dir), *CPU, "--trainer.logger.init_args.version", version,
+            "--data.val_fraction", "0.1", *extra]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_pretrain_then_sft_in_bf16_with_every_setting_of_the_real_configs(
+    wikitext_dir, ultrachat_dir, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    run(pretrain(wikitext_dir, "main", "--trainer.max_steps", "4", "--trainer.val_check_interval", "8"))
+    pretrained = tmp_path / "runs" / "pretrain_wikitext103" / "main" / "checkpoints" / "last.ckpt"
+    # The SFT config as it is (accumulate_grad_batches 2, dropout 0.1, workers, bf16-mixed, every callback).
+    args = sft(ultrachat_dir, "main", "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "6",
+               "--trainer.val_check_interval", "4", "--model.init_from", str(pretrained))  # fmt: skip
+    cli = run(args)
+    trainer = cli.trainer
+    assert trainer.precision == "bf16-mixed" and trainer.accumulate_grad_batches == 2 and trainer.global_step == 6
+    assert cli.model.config.dropout == 0.1 and cli.datamodule.num_workers == 2
+    assert cli.model.config.vocab_size == 50261
+    metrics = trainer.callback_metrics
+    assert {"val_loss", "val_acc", "train_eval_loss", "train_val_gap"} <= set(metrics)
+    assert torch.isfinite(metrics["val_loss"]) and torch.isfinite(metrics["train_eval_loss"])
+    run_dir = tmp_path / "runs" / "sft_ultrachat" / "main"
+    assert scalars(run_dir, "train_loss").keys() == set(range(6))
+    samples = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    samples.Reload()
+    assert "samples/0/text_summary" in samples.Tags()["tensors"]  # GenerateSamples ran under bf16
+    os.remove(pretrained)  # a resume needs only the SFT checkpoint
+    resumed = run([*args[:-2], "--trainer.max_steps", "8", "--ckpt_path", "last"])
+    assert resumed.trainer.global_step == 8
+
+
+def _have_inductor() -> bool:
+    import shutil
+
+    return shutil.which(os.environ.get("CXX", "g++")) is not None or shutil.which("c++") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _have_inductor(), reason="torch.compile on CPU needs a C++ compiler")
+def test_the_pretrain_config_compiles_on_cpu(wikitext_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = run(pretrain(wikitext_dir, "compiled", "--model.compile", "true", "--trainer.max_steps", "2",
+                       "--trainer.val_check_interval", "8"))  # fmt: skip
+    assert cli.model.model._compiled_call_impl is not None  # compiled in place: same state-dict keys
+    losses = scalars(tmp_path / "runs" / "pretrain_wikitext103" / "compiled", "train_loss")
+    assert sorted(losses) == [0, 1] and all(map(torch.isfinite, map(torch.tensor, losses.values())))
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_give_the_losses_of_one_with_the_doubled_batch(wikitext_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # Dropout 0 here: each rank draws its own dropout masks, so only a deterministic model compares value by value.
+    same = ["--model.dropout", "0", "--trainer.max_steps", "8", "--trainer.val_check_interval", "16",
+            "--trainer.limit_val_batches", "null", "--data.num_workers", "0"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    ddp = pretrain(wikitext_dir, "ddp", *same, "--trainer.devices", "2", "--trainer.strategy", "ddp")
+    done = subprocess.run([sys.executable, "-m", "lightning_gpt", *ddp], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    run(pretrain(wikitext_dir, "single", *same, "--data.batch_size", "4", "--data.eval_batch_size", "8"))
+    runs = tmp_path / "runs" / "pretrain_wikitext103"
+    for tag in ("train_loss", "val_loss"):
+        two, one = scalars(runs / "ddp", tag), scalars(runs / "single", tag)
+        assert two.keys() == one.keys() and len(one) >= 2, tag
+        for step in one:
+            assert two[step] == pytest.approx(one[step], abs=1e-5), (tag, step)
+
+
+def _evil_checkpoint(path: Path, marker: Path) -> None:
+    class RunsCode:
+        def __reduce__(self):
+            return open, (str(marker), "w")
+
+    torch.save({"state_dict": RunsCode(), "hyper_parameters": {}}, path)
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "random", "code", "http://host/x.ckpt"])
+@pytest.mark.parametrize("command", ["fit", "validate"])
+def test_a_bad_ckpt_path_is_one_message_and_runs_nothing(kind, command, wikitext_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path, marker = tmp_path / f"{kind}.ckpt", tmp_path / "ran"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        torch.save({"state_dict": {"w": torch.zeros(1000)}}, path)
+        path.write_bytes(path.read_bytes()[:3000])
+    elif kind == "random":
+        path.write_bytes(os.urandom(5000))
+    elif kind == "code":
+        _evil_checkpoint(path, marker)
+    else:
+        path = kind
+    with pytest.raises(SystemExit) as exit_info:
+        run([command, *pretrain(wikitext_dir, "bad", "--ckpt_path", str(path))[1:]])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"--ckpt_path {path}" in err and "Traceback" not in err
+    assert not marker.exists()
+
+
+def test_weights_only_cannot_be_turned_off(wikitext_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run(pretrain(wikitext_dir, "main", "--trainer.max_steps", "4", "--trainer.val_check_interval", "8"))
+    last = str(tmp_path / "runs" / "pretrain_wikitext103" / "main" / "checkpoints" / "last.ckpt")
+    with pytest.raises(SystemExit) as exit_info:
+        run(["validate", *pretrain(wikitext_dir, "main", "--ckpt_path", last, "--weights_only", "false")[1:]])
+    assert exit_info.value.code == 2 and "--weights_only" in capsys.readouterr().err

@@ -155,7 +155,6 @@ def test_init_from_fit_trains_from_the_pretrained_weights(pretrain_ckpt, ultrach
     run.fit(tiny_module(dm, init_from=ckpt, learning_rate=1e-3), dm)
     first_loss = recorder.losses[0]
     assert first_loss < scratch["val_loss"] - 1.0  # starts from what pretraining learned, not from noise
-    assert 0.0 <= run.callback_metrics["val_acc"] <= 1.0
 
 
 def test_init_from_a_checkpoint_of_another_shape_is_refused(pretrain_ckpt, ultrachat_dir, tmp_path):

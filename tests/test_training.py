@@ -1,5 +1,7 @@
 """Training behaviour through the real Lightning Trainer, with a tiny model on a made-up corpus."""
 
+import math
+
 import lightning as L
 import pytest
 import torch
@@ -9,6 +11,7 @@ from callbacks import TrainValGapEarlyStopping
 from data_modules import WikiText103
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.lit_module import GPTModule
+from lightning_gpt.model import IGNORE_INDEX
 from tests.conftest import synthetic_articles, wikitext_rows, write_hub_folder
 
 
@@ -114,11 +117,22 @@ def test_checkpoint_of_another_shape_is_refused_clearly(wikitext_dir, tmp_path):
         trainer(tmp_path, 2).fit(wider, dm, ckpt_path=tmp_path / "m.ckpt")
 
 
-def test_validation_reports_loss_and_perplexity(wikitext_dir, tmp_path):
-    dm = datamodule(wikitext_dir)
-    metrics = trainer(tmp_path, 1, limit_val_batches=None).validate(tiny_module(dm), dm, verbose=False)[0]
-    assert metrics["val_ppl"] == pytest.approx(torch.exp(torch.tensor(metrics["val_loss"])).item(), rel=1e-5)
-    assert 9.0 < metrics["val_loss"] < 12.0  # about ln(50257) for an untrained model
+def test_validation_metrics_are_token_means_over_the_whole_split(wikitext_dir, tmp_path):
+    dm = datamodule(wikitext_dir, eval_batch_size=3)  # a short last batch and a padded last window
+    module = tiny_module(dm)
+    metrics = trainer(tmp_path, 1, limit_val_batches=None).validate(module, dm, verbose=False)[0]
+    nll, hits, count = 0.0, 0, 0
+    with torch.no_grad():
+        for x, y in dm.val_dataloader():
+            logits, _ = module.model(x)
+            scored = y != IGNORE_INDEX
+            nll += torch.nn.functional.cross_entropy(logits[scored], y[scored], reduction="sum").item()
+            hits += int((logits.argmax(-1)[scored] == y[scored]).sum())
+            count += int(scored.sum())
+    assert count == len(dm.tokens("val")) - 1  # every token of the split predicted once
+    assert metrics["val_loss"] == pytest.approx(nll / count, rel=1e-5)
+    assert metrics["val_ppl"] == pytest.approx(math.exp(nll / count), rel=1e-4)
+    assert metrics["val_acc"] == pytest.approx(hits / count, abs=1e-6)
 
 
 def gap_run(tmp_path, train_articles, val_articles, max_gap):
