@@ -47,8 +47,9 @@ class TrainValGapEarlyStopping(L.Callback):
         val_loss = float(trainer.callback_metrics[self.monitor])
         train_loss = float(trainer.callback_metrics[self.train_monitor])
         gap = val_loss - train_loss  # both are synced across ranks by the module's metrics: every rank agrees
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # the step Lightning logs val_loss at
         for logger in trainer.loggers:
-            logger.log_metrics({"train_val_gap": gap}, step=trainer.global_step)
+            logger.log_metrics({"train_val_gap": gap}, step=step)
         trainer.callback_metrics["train_val_gap"] = torch.tensor(gap)
         self.wait = self.wait + 1 if gap > self.max_gap else 0
         if self.wait >= self.patience:

@@ -13,7 +13,6 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from callbacks.sigterm import SIGTERM_EXIT_CODE, CheckpointOnSigterm
 from data_modules.base import TokenDataModule
 from lightning_gpt.checkpoint_io import (
-    SafeCheckpointIO,
     check_ckpt_path,
     load_checkpoint_file,
     use_safe_checkpoint_io,
@@ -124,7 +123,7 @@ def run(args: list[str] | None = None) -> GPTCLI:
             TokenDataModule,
             subclass_mode_data=True,
             save_config_callback=KeepEarlierConfigs,
-            trainer_defaults={"callbacks": [CheckpointOnSigterm()], "plugins": [SafeCheckpointIO()]},
+            trainer_defaults={"callbacks": [CheckpointOnSigterm()]},
             parser_kwargs={"description": DESCRIPTION},
             args=args,
         )

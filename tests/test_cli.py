@@ -40,27 +40,6 @@ def test_every_config_parses_alone_and_with_smoke(config, wikitext_dir, ultracha
     assert cli.trainer.accelerator.__class__.__name__ == "CPUAccelerator"
 
 
-def test_smoke_fit_refuses_to_overwrite_and_resumes(wikitext_dir, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    cli = run(smoke_args("fit", wikitext_dir, *SHORT))
-    assert cli.trainer.global_step == 6
-    run_dir = tmp_path / "runs" / "pretrain_wikitext103" / "smoke"
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    assert list(run_dir.glob("events.out.tfevents.*"))
-    assert "val_loss" in cli.trainer.callback_metrics
-
-    last_bytes = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
-
-    with pytest.raises(SystemExit) as exit_info:  # a fresh run must not overwrite the earlier run's checkpoints
-        run(smoke_args("fit", wikitext_dir, *SHORT))
-    assert exit_info.value.code == 2
-    assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == last_bytes
-
-    resumed = run(smoke_args("fit", wikitext_dir, *SHORT[2:], "--trainer.max_steps", "9", "--ckpt_path", "last"))
-    assert resumed.trainer.global_step == 9
-    assert resumed.model.tokens_seen == 9 * 8 * 128  # counted across the resume, not from zero
-
-
 def test_checkpoint_hyperparameters_win_over_the_command_line(wikitext_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run(smoke_args("fit", wikitext_dir, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1"))
@@ -113,3 +92,22 @@ def test_print_config_prints_the_merged_config(wikitext_dir, capsys):
     assert printed["model"]["block_size"] == 128
     assert printed["trainer"]["accelerator"] == "cpu"
     assert printed["data"]["init_args"]["path"] == str(wikitext_dir)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--model.learning_rate", "-1"),
+        ("--model.learning_rate", "nan"),
+        ("--model.block_size", "0"),
+        ("--model.min_lr_ratio", "2"),
+        ("--model.warmup_steps", "-5"),
+    ],
+)
+def test_bad_model_settings_name_the_flag(flag, value, wikitext_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run(smoke_args("fit", wikitext_dir, flag, value))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and flag.split(".")[-1] in err and "Traceback" not in err
+    assert "error:" in err  # ours, or jsonargparse's for a value that is not a number at all

@@ -14,6 +14,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_gpt.__main__ import run
+from lightning_gpt.checkpoint_io import SafeCheckpointIO
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = str(REPO / "configs" / "pretrain_wikitext103.yaml")
@@ -115,7 +116,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert not list(checkpoints.glob("*.tmp"))
 
 
-def test_validate_and_test_get_their_own_runs_and_never_touch_the_fit(wikitext_dir, tmp_path, monkeypatch):
+def test_validate_and_test_get_their_own_runs_and_never_touch_the_fit(wikitext_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     short = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "8"]
     run(pretrain(wikitext_dir, "main", *short))
@@ -127,6 +128,13 @@ def test_validate_and_test_get_their_own_runs_and_never_touch_the_fit(wikitext_d
         args = pretrain(wikitext_dir, "main", *short, "--ckpt_path", last)
         run([command, *args[1:]])
     assert {p.name: p.read_bytes() for p in (runs / "main").iterdir() if p.is_file()} == fit_files
+    last_bytes = Path(last).read_bytes()
+    with pytest.raises(SystemExit) as refused:  # a fresh fit must not overwrite the earlier run's checkpoints
+        run(pretrain(wikitext_dir, "main", *short))
+    assert refused.value.code == 2 and Path(last).read_bytes() == last_bytes
+    with pytest.raises(SystemExit) as refused:  # no flag turns weights-only loading off
+        run(["validate", *pretrain(wikitext_dir, "main", "--ckpt_path", last, "--weights_only", "false")[1:]])
+    assert refused.value.code == 2 and "--weights_only" in capsys.readouterr().err
     for folder in ("main-validate", "main-test", "main-validate-2"):
         assert list((runs / folder).glob("events.out.tfevents.*")) and (runs / folder / "config.yaml").is_file()
     # A resume with another setting keeps the config the run began with, and records its own beside it.
@@ -156,6 +164,7 @@ def test_pretrain_then_sft_in_bf16_with_every_setting_of_the_real_configs(
     assert trainer.precision == "bf16-mixed" and trainer.accumulate_grad_batches == 2 and trainer.global_step == 6
     assert cli.model.config.dropout == 0.1 and cli.datamodule.num_workers == 2
     assert cli.model.config.vocab_size == 50261
+    assert isinstance(trainer.strategy.checkpoint_io, SafeCheckpointIO)  # atomic saves, weights-only loads
     metrics = trainer.callback_metrics
     assert {"val_loss", "val_acc", "train_eval_loss", "train_val_gap"} <= set(metrics)
     assert torch.isfinite(metrics["val_loss"]) and torch.isfinite(metrics["train_eval_loss"])
@@ -167,6 +176,7 @@ def test_pretrain_then_sft_in_bf16_with_every_setting_of_the_real_configs(
     os.remove(pretrained)  # a resume needs only the SFT checkpoint
     resumed = run([*args[:-2], "--trainer.max_steps", "8", "--ckpt_path", "last"])
     assert resumed.trainer.global_step == 8
+    assert resumed.model.tokens_seen > cli.model.tokens_seen  # counted across the resume, not from zero
 
 
 def _have_inductor() -> bool:
@@ -235,12 +245,3 @@ def test_a_bad_ckpt_path_is_one_message_and_runs_nothing(kind, command, wikitext
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and f"--ckpt_path {path}" in err and "Traceback" not in err
     assert not marker.exists()
-
-
-def test_weights_only_cannot_be_turned_off(wikitext_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    run(pretrain(wikitext_dir, "main", "--trainer.max_steps", "4", "--trainer.val_check_interval", "8"))
-    last = str(tmp_path / "runs" / "pretrain_wikitext103" / "main" / "checkpoints" / "last.ckpt")
-    with pytest.raises(SystemExit) as exit_info:
-        run(["validate", *pretrain(wikitext_dir, "main", "--ckpt_path", last, "--weights_only", "false")[1:]])
-    assert exit_info.value.code == 2 and "--weights_only" in capsys.readouterr().err
