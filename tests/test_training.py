@@ -139,3 +139,22 @@ def test_gap_callback_lets_a_healthy_run_go_on(tmp_path):
     assert run.global_step == 150
     assert gap.stopped_reason is None
     assert abs(run.callback_metrics["train_val_gap"]) < 0.5
+
+
+def test_the_gap_compares_eval_mode_losses_on_a_fixed_training_sample(wikitext_dir, tmp_path):
+    dm = datamodule(wikitext_dir, eval_batch_size=4)
+    gap = TrainValGapEarlyStopping(max_gap=10.0, patience=2)
+    run = trainer(tmp_path, 8, [gap], limit_val_batches=3, val_check_interval=8, check_val_every_n_epoch=None)
+    module = tiny_module(dm, dropout=0.5)  # a running training loss would be far above the eval-mode one
+    run.fit(module, dm)
+    _, sample = dm.val_dataloader()
+    batches = list(sample)
+    assert len(batches) == 3  # as many batches as the validation evaluates
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, dm.val_dataloader()[1], strict=True))  # fixed
+    module.eval()
+    with torch.no_grad():
+        sums = [module.model(x, y, reduction="sum")[1] for x, y in batches]
+    expected = float(sum(sums)) / sum(int((y != IGNORE_INDEX).sum()) for _, y in batches)
+    metrics = run.callback_metrics
+    assert float(metrics["train_eval_loss"]) == pytest.approx(expected, rel=1e-5)
+    assert float(metrics["train_val_gap"]) == pytest.approx(float(metrics["val_loss"] - metrics["train_eval_loss"]))
