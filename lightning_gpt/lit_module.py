@@ -12,7 +12,7 @@ from torchmetrics import Accuracy, MeanMetric, SumMetric
 from lightning_gpt.checkpoint import load_pretrained, shape_mismatches
 from lightning_gpt.errors import TrainingStopped, UserInputError
 from lightning_gpt.model import GPT, IGNORE_INDEX, GPTConfig
-from lightning_gpt.optim import adamw_warmup_cosine
+from lightning_gpt.optim import adamw_warmup_cosine, check_optimizer_settings
 from lightning_gpt.rng import collect_rng_states, restore_rng_states
 
 
@@ -98,11 +98,6 @@ class GPTModule(L.LightningModule):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         return self.model(idx, targets)
 
-    def _loss(self, batch, flops_factor: int):
-        x, y = batch[0], batch[1]  # (B, T), (B, T)
-        self.flops_per_batch = self.model.flops_per_token(x.shape[1]) * x.numel() // 3 * flops_factor
-        return self(x, y)
-
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         """batch: (x, y) or (x, y, step_targets), where step_targets (a scalar, or one per row, all equal) is the
         number of scored targets in this micro-batch's whole optimizer step: every micro-batch of the accumulation
@@ -131,12 +126,10 @@ class GPTModule(L.LightningModule):
             self._first_nonfinite = torch.full((2,), -1.0, dtype=torch.float64, device=nll_sum.device)
         self._step_sums += torch.stack([nll_sum.double(), n_targets.double()])
         first = (~torch.isfinite(nll_sum)) & (self._first_nonfinite[0] < 0)
-        here = torch.stack(
-            [
-                torch.tensor(float(self.trainer.global_step), device=nll_sum.device).double(),
-                (nll_sum / n_targets.clamp(min=1)).double(),
-            ]
-        )
+        # torch.full passes the step as a kernel argument; torch.tensor(step, device=cuda) would copy from the host
+        # and wait for the stream: a sync per micro-batch.
+        step = torch.full((), float(self.trainer.global_step), dtype=torch.float64, device=nll_sum.device)
+        here = torch.stack([step, (nll_sum / n_targets.clamp(min=1)).double()])
         self._first_nonfinite = torch.where(first, here, self._first_nonfinite)
 
     def optimizer_step(self, *args, **kwargs) -> None:
@@ -291,24 +284,6 @@ class GPTModule(L.LightningModule):
             )
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
         self._rng_to_restore = checkpoint.get("rng_states")
-
-
-def check_optimizer_settings(
-    learning_rate: float, min_lr_ratio: float, warmup_steps: int, weight_decay: float, betas
-) -> None:
-    problems = []
-    if not math.isfinite(learning_rate) or learning_rate <= 0:
-        problems.append(f"--model.learning_rate must be a positive number, got {learning_rate}")
-    if not 0.0 <= min_lr_ratio <= 1.0:
-        problems.append(f"--model.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
-    if warmup_steps < 0:
-        problems.append(f"--model.warmup_steps must be >= 0, got {warmup_steps}")
-    if not math.isfinite(weight_decay) or weight_decay < 0:
-        problems.append(f"--model.weight_decay must be >= 0, got {weight_decay}")
-    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-        problems.append(f"--model.betas must be two numbers in [0, 1), got {list(betas)}")
-    if problems:
-        raise UserInputError("; ".join(problems) + ".")
 
 
 def check_validation_between_steps(trainer: L.Trainer) -> None:

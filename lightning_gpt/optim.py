@@ -8,6 +8,8 @@ from collections.abc import Iterable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from lightning_gpt.errors import UserInputError
+
 
 def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
     """The learning-rate factor at optimizer step `step`: linear warmup to 1, then cosine decay to `min_lr_ratio`
@@ -49,3 +51,21 @@ def adamw_warmup_cosine(
         return warmup_cosine(step, warmup_steps=warmup_steps, total_steps=total_steps, min_lr_ratio=min_lr_ratio)
 
     return optimizer, LambdaLR(optimizer, factor)
+
+
+def check_optimizer_settings(
+    learning_rate: float, min_lr_ratio: float, warmup_steps: int, weight_decay: float, betas
+) -> None:
+    problems = []
+    if not math.isfinite(learning_rate) or learning_rate <= 0:
+        problems.append(f"--model.learning_rate must be a positive number, got {learning_rate}")
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        problems.append(f"--model.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+    if warmup_steps < 0:
+        problems.append(f"--model.warmup_steps must be >= 0, got {warmup_steps}")
+    if not math.isfinite(weight_decay) or weight_decay < 0:
+        problems.append(f"--model.weight_decay must be >= 0, got {weight_decay}")
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        problems.append(f"--model.betas must be two numbers in [0, 1), got {list(betas)}")
+    if problems:
+        raise UserInputError("; ".join(problems) + ".")
