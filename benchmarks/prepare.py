@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from data_modules import WikiText103
-from data_modules.base import load_hf_split
+from data_modules.hf_loading import load_hf_split
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared/data/hub/Salesforce/wikitext"
 

@@ -255,7 +255,7 @@ def evaluate_chat_command(argv: list[str]) -> dict:
     """ROUGE-L of generated first answers against UltraChat's reference answers."""
     from torchmetrics.text import ROUGEScore
 
-    from data_modules.base import load_hf_split
+    from data_modules.hf_loading import load_hf_split
 
     parser = argparse.ArgumentParser(
         prog="lightning-gpt evaluate-chat",
