@@ -23,16 +23,20 @@ class CheckpointOnSigterm(L.Callback):
 
     The signal handler wraps Lightning's, which still runs (it forwards the signal to DDP worker processes and logs
     it; SLURM's requeue on SIGUSR1 is untouched); only Lightning's stop-after-this-batch is deferred to the end of
-    the accumulation window. The lightning-gpt CLI adds this callback to every run.
+    the accumulation window. When a validation is due after that step, the save waits until the validation and the
+    ModelCheckpoints after it are done (a resume would skip that validation): Lightning calls callbacks' hooks before
+    the module's and orders ModelCheckpoints last, so GPTModule.on_validation_end calls `after_validation`. The
+    lightning-gpt CLI adds this callback to every run.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.requested = False
+        self._after_validation = False
         self._step_at_batch_start = 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.requested = False
+        self.requested = self._after_validation = False
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
         lightning_handler = signal.getsignal(signal.SIGTERM)
@@ -50,13 +54,25 @@ class CheckpointOnSigterm(L.Callback):
         self._step_at_batch_start = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if trainer.global_step == self._step_at_batch_start:
-            return  # inside an accumulation window
+        if trainer.global_step == self._step_at_batch_start or self._after_validation:
+            return  # inside an accumulation window, or already stopping
         stop = self.requested
         if trainer.world_size > 1:  # every rank must stop at the same step
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if not stop:
             return
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher):  # Lightning validates after this batch
+            self._after_validation = True
+            return
+        self._save_and_stop(trainer)
+
+    def after_validation(self, trainer: L.Trainer) -> None:
+        """Called by the module once a validation and every callback's reaction to it are done."""
+        if self._after_validation and not trainer.sanity_checking:
+            self._save_and_stop(trainer)
+
+    def _save_and_stop(self, trainer: L.Trainer) -> None:
         path = last_checkpoint_path(trainer)
         trainer.save_checkpoint(path)
         raise TrainingStopped(
@@ -68,7 +84,7 @@ class CheckpointOnSigterm(L.Callback):
 
 def last_checkpoint_path(trainer: L.Trainer) -> Path:
     """Where `--ckpt_path last` looks: `last.ckpt` in the folder of a ModelCheckpoint that keeps one."""
-    callbacks = trainer.checkpoint_callbacks
+    callbacks = [cb for cb in trainer.checkpoint_callbacks if not isinstance(cb, CheckpointOnSigterm)]
     keeping_last = [cb for cb in callbacks if getattr(cb, "save_last", False)] or callbacks
     for cb in keeping_last:
         if getattr(cb, "dirpath", None):

@@ -253,7 +253,9 @@ class TokenDataModule(L.LightningDataModule):
         """What a training sampler needs to know of the run: ranks, seed, and the items of one optimizer step."""
         world_size, rank = self._world()
         accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+        trainer = self.trainer
         return {
+            "epoch_source": (lambda: trainer.current_epoch) if trainer is not None else None,
             "num_replicas": world_size,
             "rank": rank,
             "seed": self.seed,
@@ -292,9 +294,8 @@ class TokenDataModule(L.LightningDataModule):
         from data_modules.windows import ShardSampler
 
         world_size, rank = self._world()
-        limit = self.trainer.limit_val_batches
-        batches = min(val_batches, limit) if isinstance(limit, int) else max(1, int(val_batches * limit))
-        dataset, batch_size = self.train_sample_dataset(*self._cache("train"), batches * world_size)
+        # As many batches as the validation loader has: Lightning's limit_val_batches then cuts both alike.
+        dataset, batch_size = self.train_sample_dataset(*self._cache("train"), val_batches * world_size)
         return self._loader(dataset, ShardSampler(dataset, world_size, rank), batch_size)
 
     def test_dataloader(self) -> DataLoader:

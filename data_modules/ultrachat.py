@@ -292,7 +292,7 @@ class UltraChat200k(TokenDataModule):
 
     def train_sample_dataset(self, base: Path, meta: dict, batches: int):
         lengths = self._lengths(meta, base)
-        sample = length_grouped_batches(lengths, self.eval_batch_size, seed=self.seed + 1)[:batches]
+        sample = eval_batches(lengths, self.eval_batch_size, seed=self.seed + 1)[:batches]  # all lengths
         return ChatBatches(base, meta, lengths, sample, pad_id=self.tokenizer.eot_id), None
 
     def eval_dataset(self, base: Path, meta: dict):

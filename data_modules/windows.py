@@ -7,7 +7,7 @@ samples (which would skew validation loss) and knows nothing of resuming mid-epo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -97,10 +97,14 @@ class ResumableShuffleSampler(DistributedSampler):
         seed: int = 0,
         items_per_step: int = 1,
         item_targets: np.ndarray | int | None = None,
+        epoch_source: Callable[[], int] | None = None,
     ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
         self.n_items = self.items_per_epoch()
         self.items_per_step, self.item_targets = items_per_step, item_targets
+        # The trainer's epoch, read at each new iteration. Lightning's set_epoch passes its count of processed
+        # epochs, which after a resume from an end-of-epoch checkpoint is one ahead of the epoch being trained.
+        self.epoch_source = epoch_source
         self.per_rank = self.n_items // num_replicas // items_per_step * items_per_step
         self._resume_epoch, self._resume_items = -1, 0
 
@@ -114,6 +118,8 @@ class ResumableShuffleSampler(DistributedSampler):
         return self.per_rank
 
     def _generator(self) -> torch.Generator:
+        if self.epoch_source is not None:
+            self.epoch = self.epoch_source()
         return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
 
     def _my_items(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:

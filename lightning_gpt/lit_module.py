@@ -107,7 +107,7 @@ class GPTModule(L.LightningModule):
         _, nll_sum = self.model(x, y, reduction="sum")
         n_targets = (y != IGNORE_INDEX).sum()
         if len(batch) > 2:
-            step_targets = batch[2].flatten()[0]
+            step_targets = batch[2].flatten()[0].clamp(min=1)
             # Lightning divides the returned loss by accumulate_grad_batches and DDP averages gradients over ranks:
             # undo both, so the step's gradient is that of (summed NLL of all its scored tokens) / (their number),
             # whatever the micro-batches' own counts (SFT batches differ in how many assistant tokens they hold).
@@ -165,11 +165,17 @@ class GPTModule(L.LightningModule):
 
     def _nonfinite_message(self) -> str:
         step, loss = self._first_nonfinite.tolist() if self._first_nonfinite is not None else (-1.0, float("nan"))
-        where = f"at step {int(step)}" if step >= 0 else "on another rank"
-        kept = [cb.last_model_path or cb.best_model_path for cb in self.trainer.checkpoint_callbacks]
-        kept = [Path(k).resolve() for k in kept if k]
+        what = (
+            f"the training loss became non-finite ({loss}) at step {int(step)}"
+            if step >= 0
+            else (f"the weights became non-finite by step {self.trainer.global_step}")
+        )
+        # A ModelCheckpoint names its file before saving it: only files that exist were saved.
+        callbacks = self.trainer.checkpoint_callbacks
+        kept = [getattr(cb, "last_model_path", "") or getattr(cb, "best_model_path", "") for cb in callbacks]
+        kept = [Path(k).resolve() for k in kept if k and Path(k).is_file()]
         return (
-            f"the training loss became non-finite ({loss}) {where}; stopped without saving those weights"
+            f"{what}; stopped without saving those weights"
             + (f"; the last good checkpoint is {kept[0]}" if kept else "")
             + ". Lower --model.learning_rate, keep --trainer.gradient_clip_val, or use bf16-mixed instead of "
             "16-mixed, then resume from the good checkpoint with --ckpt_path."
@@ -221,6 +227,13 @@ class GPTModule(L.LightningModule):
             return
         self.log(f"{stage}_word_ppl", torch.exp(total_nll / stats["words"]))
         self.log(f"{stage}_bpb", total_nll / (math.log(2) * stats["bytes"]))
+
+    def on_validation_end(self) -> None:
+        # Lightning runs this after every callback's on_validation_end (ModelCheckpoints included): the point where a
+        # stop requested during the step before the validation can save (callbacks/sigterm.py).
+        for callback in self.trainer.callbacks:
+            if hasattr(callback, "after_validation"):
+                callback.after_validation(self.trainer)
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")
@@ -284,12 +297,36 @@ class GPTModule(L.LightningModule):
             )
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
         self._rng_to_restore = checkpoint.get("rng_states")
+        schedules = checkpoint.get("lr_schedulers", [])
+        checkpoint["lr_schedulers"] = [self._closed_form_schedule_state(state) for state in schedules]
+
+    def _closed_form_schedule_state(self, state: dict) -> dict:
+        """Checkpoints written before the closed-form schedule hold a SequentialLR's state; its step count is all
+        the LambdaLR needs (on_train_start sets the rate of that step)."""
+        if "lr_lambdas" in state:
+            return state
+        groups = len(state["_last_lr"])
+        return {
+            "base_lrs": [self.hparams.learning_rate] * groups,
+            "last_epoch": state["last_epoch"],
+            "_step_count": state["last_epoch"] + 1,
+            "_is_initial": False,
+            "_get_lr_called_within_step": False,
+            "_last_lr": state["_last_lr"],
+            "lr_lambdas": [None] * groups,
+        }
 
 
 def check_validation_between_steps(trainer: L.Trainer) -> None:
     """Validation (and the checkpoints it triggers) must fall between optimizer steps: a checkpoint taken inside
     an accumulation window would lose the gradients accumulated so far, and a resume from it would differ."""
     k = trainer.accumulate_grad_batches
+    batches = trainer.num_training_batches
+    if k > 1 and batches != float("inf") and batches % k:
+        raise UserInputError(
+            f"--trainer.limit_train_batches gives {batches} training batches per epoch; with "
+            f"--trainer.accumulate_grad_batches {k} it must be a multiple of {k}, so every optimizer step is whole."
+        )
     if k > 1 and isinstance(trainer.val_check_batch, int) and trainer.val_check_batch % k:
         raise UserInputError(
             f"--trainer.val_check_interval counts training batches ({trainer.val_check_batch}); with "

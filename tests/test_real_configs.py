@@ -245,3 +245,29 @@ def test_a_bad_ckpt_path_is_one_message_and_runs_nothing(kind, command, wikitext
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and f"--ckpt_path {path}" in err and "Traceback" not in err
     assert not marker.exists()
+
+
+class SigtermAt(L.Callback):
+    """Sends this process a real SIGTERM in the middle of optimizer step `step`'s accumulation window."""
+
+    def __init__(self, step: int = 3) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step and batch_idx % trainer.accumulate_grad_batches == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_sigterm_before_a_validation_step_keeps_that_validation(wikitext_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    short = ["--trainer.max_steps", "8"]  # validation after steps 4 and 8
+    run(pretrain(wikitext_dir, "straight", *short))
+    sigterm = ["--trainer.callbacks+=tests.test_real_configs.SigtermAt", "--trainer.callbacks.step=3"]
+    with pytest.raises(SystemExit) as exit_info:
+        run(pretrain(wikitext_dir, "killed", *short, *sigterm))  # step 4 ends, validates, then stops
+    assert exit_info.value.code == 143 and "saved step 4" in capsys.readouterr().err
+    run(pretrain(wikitext_dir, "killed", *short, "--ckpt_path", "last"))
+    runs = tmp_path / "runs" / "pretrain_wikitext103"
+    for tag in ("train_loss", "val_loss", "train_eval_loss"):
+        assert scalars(runs / "killed", tag) == scalars(runs / "straight", tag), tag
+    assert len(scalars(runs / "straight", "val_loss")) == 2

@@ -147,10 +147,11 @@ def test_the_gap_compares_eval_mode_losses_on_a_fixed_training_sample(wikitext_d
     run = trainer(tmp_path, 8, [gap], limit_val_batches=3, val_check_interval=8, check_val_every_n_epoch=None)
     module = tiny_module(dm, dropout=0.5)  # a running training loss would be far above the eval-mode one
     run.fit(module, dm)
-    _, sample = dm.val_dataloader()
-    batches = list(sample)
-    assert len(batches) == 3  # as many batches as the validation evaluates
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, dm.val_dataloader()[1], strict=True))  # fixed
+    val, sample = dm.val_dataloader()
+    assert len(sample) == len(val)  # as many batches as validation; Lightning's limit_val_batches cuts both to 3
+    assert run.num_val_batches == [3, 3]
+    batches = list(sample)[:3]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, list(dm.val_dataloader()[1])[:3], strict=True))
     module.eval()
     with torch.no_grad():
         sums = [module.model(x, y, reduction="sum")[1] for x, y in batches]
