@@ -2,6 +2,7 @@
 
 from data_modules.base import TokenDataModule
 from data_modules.ultrachat import UltraChat200k
+from data_modules.ultrafeedback import UltraFeedback
 from data_modules.wikitext import WikiText103
 
-__all__ = ["TokenDataModule", "UltraChat200k", "WikiText103"]
+__all__ = ["TokenDataModule", "UltraChat200k", "UltraFeedback", "WikiText103"]

@@ -8,8 +8,6 @@ of padded positions is logged as `padding_waste` (docs: README, "Chat fine-tunin
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data_modules.base import TokenDataModule
+from data_modules.holdout import check_val_fraction, held_out_rows, holdout_part, part_rows, row_keys
 from data_modules.token_cache import token_dtype
 from data_modules.windows import LazyArray, ResumableShuffleSampler
 from lightning_gpt.chat import chat_tokenizer, fit_to_length, message_problem
@@ -65,18 +64,6 @@ def eval_batches(lengths: np.ndarray, batch_size: int, seed: int = EVAL_SEED, gr
         chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
-
-
-def holdout_hash(key: str) -> int:
-    """A 64-bit hash that is the same in every run and on every machine (Python's hash() of a str is not)."""
-    return int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()[:8], "big")
-
-
-def row_key(prompt_id, messages) -> str:
-    """What identifies a conversation: its prompt_id, or its messages where it has none."""
-    if prompt_id not in (None, ""):
-        return str(prompt_id)
-    return json.dumps(messages, sort_keys=True, ensure_ascii=False, default=str)
 
 
 class ChatBatches(Dataset):
@@ -164,12 +151,7 @@ class UltraChat200k(TokenDataModule):
 
     def check_arguments(self) -> None:
         super().check_arguments()
-        if not 0 <= self.val_fraction < 1 or (self.holds_out and self.val_fraction == 0):
-            raise UserInputError(
-                f"--data.val_fraction must be above 0 and below 1, not {self.val_fraction}: it is the share of "
-                f"--data.train_split {self.splits['train']!r} held out for validation. Or set --data.val_split to "
-                "another split."
-            )
+        check_val_fraction(self.val_fraction, self.holds_out, self.splits["train"])
 
     def cache_variant(self, role: str | None = None) -> tuple[str, ...]:
         # Where long conversations are split depends on block_size; which rows a role holds, on the holdout.
@@ -180,29 +162,13 @@ class UltraChat200k(TokenDataModule):
     def holdout_part(self, role: str | None) -> str | None:
         """Which part of the train split a role's cache holds: "val" (the held-out rows), "train" (the rest), or
         None (a whole split)."""
-        return role if self.holds_out and role in ("train", "val") else None
+        return holdout_part(self.holds_out, role)
 
     def held_out_rows(self, rows) -> np.ndarray:
         """Which rows of the train split are validation rows: those whose stable hash falls below `val_fraction`.
         Keyed by prompt_id, so that a prompt asked twice stays on one side. At least one row, so that a small split
         still validates."""
-        hashes = np.array([holdout_hash(key) for key in self._row_keys(rows)], dtype=np.uint64)
-        held = hashes < np.uint64(int(self.val_fraction * 2**64))
-        if not held.any() and len(held) > 1:
-            held[np.argmin(hashes)] = True
-        return held
-
-    def _row_keys(self, rows) -> Iterator[str]:
-        if "prompt_id" not in rows.column_names:
-            for batch in rows.select_columns([self.messages_column]).iter(batch_size=1024):
-                yield from (row_key(None, messages) for messages in batch[self.messages_column])
-            return
-        index = 0
-        for batch in rows.select_columns(["prompt_id"]).iter(batch_size=4096):
-            for prompt_id in batch["prompt_id"]:
-                missing = prompt_id in (None, "")  # rare: read that row's messages
-                yield row_key(prompt_id, rows[index][self.messages_column] if missing else None)
-                index += 1
+        return held_out_rows(row_keys(rows, self.messages_column), self.val_fraction)
 
     def array_dtypes(self) -> dict[str, np.dtype]:
         return {"tokens": token_dtype(self.vocab_size), "mask": np.dtype(np.uint8), "lengths": np.dtype(np.int32)}
@@ -213,8 +179,7 @@ class UltraChat200k(TokenDataModule):
         part = self.holdout_part(getattr(self, "encode_role", None))
         keep = None
         if part:
-            keep = self.held_out_rows(rows) if part == "val" else ~self.held_out_rows(rows)
-            stats["holdout"] = {"val_fraction": self.val_fraction, "part": part, "excluded_rows": int((~keep).sum())}
+            keep, stats["holdout"] = part_rows(self.held_out_rows(rows), part, self.val_fraction)
         for batch in rows.iter(batch_size=512):
             ids: list[int] = []
             mask: list[int] = []

@@ -1,0 +1,323 @@
+"""Preference pairs for DPO: the UltraFeedback DataModule's rendering, truncation, filtering, holdout and batches."""
+
+import json
+import logging
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+
+from data_modules import UltraFeedback
+from data_modules.token_cache import meta_path
+from data_modules.ultrafeedback import PairBatches, split_pair_batch
+from lightning_gpt.chat import END_OF_TURN, render_prompt
+from lightning_gpt.errors import UserInputError
+from lightning_gpt.model import IGNORE_INDEX
+from tests.conftest import REAL_HUB, WORDS, write_hub_folder
+from tests.test_cli import parse_only
+
+
+def sentence(rng: random.Random, k: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(k)).capitalize() + "."
+
+
+def turn(role: str, content) -> dict:
+    return {"role": role, "content": content}
+
+
+def pair_row(prompt_id: str, prompt: list[dict], chosen: str, rejected: str, scores=(8.0, 5.0)) -> dict:
+    return {
+        "prompt": prompt[-1]["content"],
+        "prompt_id": prompt_id,
+        "chosen": [*prompt, turn("assistant", chosen)],
+        "rejected": [*prompt, turn("assistant", rejected)],
+        "messages": [*prompt, turn("assistant", chosen)],
+        "score_chosen": float(scores[0]),
+        "score_rejected": float(scores[1]),
+    }
+
+
+def preference_rows(n: int, seed: int = 0, ties_every: int = 0, system: bool = False) -> list[dict]:
+    """UltraFeedback-style rows: one user turn (after a system turn if asked), two different answers, scores; every
+    `ties_every`-th row a tie."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        prompt = [turn("system", "Be brief.")] if system else []
+        prompt.append(turn("user", sentence(rng, rng.randint(4, 9))))
+        chosen, rejected = sentence(rng, rng.randint(3, 10)), sentence(rng, rng.randint(3, 10))
+        rejected = rejected if rejected != chosen else rejected + " No."
+        score = rng.randint(6, 10)
+        tie = ties_every and i % ties_every == 0
+        rows.append(pair_row(f"{seed}-{i}", prompt, chosen, rejected, (score, score if tie else score - 2)))
+    return rows
+
+
+def folder(root, train: list[dict], test: list[dict] | None = None):
+    return write_hub_folder(root, {"train_prefs": train, "test_prefs": test or train[:8]}, config="default")
+
+
+def pref_data(path, **overrides) -> UltraFeedback:
+    args = {"block_size": 64, "batch_size": 4, "eval_batch_size": 4, "num_workers": 0, "seed": 5}
+    return UltraFeedback(path=str(path), **{**args, **overrides})
+
+
+def stats_of(dm: UltraFeedback, role: str) -> dict:
+    dm.setup("test" if role == "test" else "fit")
+    return json.loads(meta_path(dm.cache_base(dm.splits[role], role)).read_text())["stats"]
+
+
+def all_pairs(dm: UltraFeedback, role: str) -> list[tuple[tuple[int, ...], ...]]:
+    """(prompt, chosen answer, rejected answer) ids of every pair in a role's cache."""
+    dataset = PairBatches(*dm._cache(role), batches=[], pad_id=dm.tokenizer.eot_id)
+    return [tuple(tuple(part.tolist()) for part in dataset.pair(i)) for i in range(len(dataset.prompt))]
+
+
+def hand_pair(dm: UltraFeedback, row: dict) -> tuple[tuple[int, ...], ...]:
+    end = dm.tokenizer.token_id(END_OF_TURN)
+    prompt = render_prompt(dm.tokenizer, row["chosen"][:-1])
+    answers = [[*dm.tokenizer.encode(row[side][-1]["content"]), end] for side in ("chosen", "rejected")]
+    return tuple(prompt), tuple(answers[0]), tuple(answers[1])
+
+
+def prompt_length(y_row: torch.Tensor) -> int:
+    """Tokens before the first scored target's token: the prompt of a row."""
+    return int((y_row != IGNORE_INDEX).nonzero()[0]) + 1
+
+
+def test_a_pair_is_the_hand_rendering_with_only_the_answers_scored(tmp_path):
+    rng = random.Random(3)
+    row = pair_row(
+        "only", [turn("system", "Be brief."), turn("user", "Why is the sky blue?")], sentence(rng, 9), "Because."
+    )
+    dm = pref_data(folder(tmp_path / "one", preference_rows(20), [row]))
+    dm.setup("test")
+    (x, y), *rest = list(dm.test_dataloader())
+    assert not rest
+    prompt, chosen, rejected = hand_pair(dm, row)
+    width = len(prompt) + max(len(chosen), len(rejected)) - 1
+    assert x.shape == y.shape == (2, width)
+    eot = dm.tokenizer.eot_id
+    for at, answer in ((0, chosen), (1, rejected)):  # the chosen row first
+        sequence = [*prompt, *answer]
+        pad = width - (len(sequence) - 1)
+        assert x[at].tolist() == sequence[:-1] + [eot] * pad
+        assert y[at].tolist() == [IGNORE_INDEX] * (len(prompt) - 1) + list(answer) + [IGNORE_INDEX] * pad
+    assert y[0].tolist()[len(prompt) + len(chosen) - 2] == dm.tokenizer.token_id(END_OF_TURN)  # <|end|> is scored
+    assert (chosen_part := split_pair_batch(x, y)[0]) and torch.equal(chosen_part[0], x[:1])
+
+
+def test_a_long_prompt_is_cut_from_the_left_and_a_long_answer_from_the_right(tmp_path):
+    rng = random.Random(4)
+    long_prompt = [turn("user", sentence(rng, 60))]
+    rows = [
+        pair_row("long-prompt", long_prompt, "Yes.", "No."),
+        pair_row("long-answer", [turn("user", "Tell me.")], sentence(rng, 80), "Short."),
+        pair_row("fits", [turn("user", "Hi.")], "Hello there.", "Go away."),
+    ]
+    dm = pref_data(folder(tmp_path / "cut", rows, rows), block_size=48, max_prompt_tokens=16, val_split="test_prefs")
+    by_id = dict(zip(("long-prompt", "long-answer", "fits"), (hand_pair(dm, row) for row in rows), strict=True))
+    pairs = {pair[2]: pair for pair in all_pairs(dm, "train")}  # keyed by the rejected answer (never cut here)
+    prompt, chosen, rejected = pairs[by_id["long-prompt"][2]]
+    full = by_id["long-prompt"]
+    assert len(full[0]) > 16 and prompt == (dm.tokenizer.eot_id, *full[0][-15:])  # the eot and the latest 15 tokens
+    assert (chosen, rejected) == full[1:]  # answers intact
+    prompt, chosen, rejected = pairs[by_id["long-answer"][2]]
+    full = by_id["long-answer"]
+    assert prompt == full[0] and rejected == full[2]
+    assert len(prompt) + len(chosen) == 49 and chosen == full[1][: len(chosen)]  # cut to block_size + 1, no <|end|>
+    assert dm.tokenizer.token_id(END_OF_TURN) not in chosen
+    assert pairs[by_id["fits"][2]] == by_id["fits"]
+    stats = stats_of(dm, "train")
+    assert stats["prompts_cut"] == 1 and stats["answers_cut"] == 1
+
+    capped = pref_data(dm.path, block_size=48, max_prompt_tokens=16, max_answer_tokens=3, val_split="test_prefs")
+    assert capped.cache_base("train_prefs") != dm.cache_base("train_prefs")
+    for prompt, chosen, rejected in all_pairs(capped, "train"):
+        assert len(prompt) <= 16 and 1 <= len(chosen) <= 3 and 1 <= len(rejected) <= 3
+
+
+def test_the_limits_and_the_ties_are_flags(tmp_path):
+    path = folder(tmp_path / "cli", preference_rows(10))
+    flags = ["--data.max_prompt_tokens", "16", "--data.max_answer_tokens", "3", "--data.drop_ties", "false"]
+    run = ["--model.preset", "tiny", "--trainer.accelerator", "cpu", "--seed_everything", "0"]
+    data = parse_only(["--data", "UltraFeedback", "--data.path", str(path), *flags, *run]).datamodule
+    assert isinstance(data, UltraFeedback) and data.splits["val"] == "train_prefs"
+    assert (data.max_prompt_tokens, data.max_answer_tokens, data.drop_ties) == (16, 3, False)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"max_prompt_tokens": 1}, r"--data.max_prompt_tokens .* 2 to --data.block_size 64"),
+        ({"max_prompt_tokens": 65}, r"--data.max_prompt_tokens .* 2 to --data.block_size 64"),
+        ({"max_answer_tokens": 0}, r"--data.max_answer_tokens must be positive"),
+        ({"block_size": 3}, r"--data.block_size gives prompts of at most 1 tokens"),
+        ({"val_fraction": 0.0}, r"--data.val_fraction"),
+    ],
+)
+def test_unusable_limits_are_refused_naming_the_flag(tmp_path, setting, message):
+    with pytest.raises(UserInputError, match=message):
+        pref_data(folder(tmp_path / "f", preference_rows(10)), **setting).prepare_data()
+
+
+def test_ties_are_dropped_unless_asked_to_keep_them(tmp_path):
+    path = folder(tmp_path / "ties", preference_rows(40, ties_every=4))  # 10 ties
+    dropped = pref_data(path, val_split="test_prefs")
+    stats = stats_of(dropped, "train")
+    assert stats["ties"] == 10 and stats["pairs"] == 30 and stats["skipped"] == 0
+    kept = pref_data(path, val_split="test_prefs", drop_ties=False)
+    assert kept.cache_base("train_prefs") != dropped.cache_base("train_prefs")
+    assert stats_of(kept, "train")["pairs"] == 40
+
+
+def test_bad_rows_are_skipped_counted_and_shown_once(tmp_path, caplog):
+    good = preference_rows(30)
+    ask = [turn("user", "Which?")]
+    bad = [
+        pair_row("empty-answer", ask, "Fine.", ""),
+        {**pair_row("no-answer", ask, "Fine.", "Bad."), "rejected": ask},
+        {**pair_row("ends-with-user", ask, "A.", "B."), "chosen": [*ask, turn("assistant", "A."), turn("user", "?")]},
+        {**pair_row("other-prompt", ask, "A.", "B."), "rejected": [turn("user", "Other?"), turn("assistant", "B.")]},
+        pair_row("same", ask, "Same.", "Same."),
+        {**pair_row("bot", ask, "A.", "B."), "chosen": [turn("bot", "Which?"), turn("assistant", "A.")]},
+    ]
+    dm = pref_data(folder(tmp_path / "bad", good + bad), val_split="test_prefs")
+    with caplog.at_level(logging.WARNING):
+        stats = stats_of(dm, "train")
+    assert stats["rows"] == 36 and stats["skipped"] == 6 and stats["pairs"] == 30
+    assert stats["skip_reasons"] == {
+        "rejected: empty content": 1,
+        "rejected: no assistant turn": 1,
+        "chosen: the last turn is not the assistant's answer": 1,
+        "chosen and rejected have different prompts": 1,
+        "chosen and rejected are the same answer": 1,
+        "chosen: unknown role 'bot'": 1,
+    }
+    assert stats["skip_example"] == "row 30: rejected: message 1 (assistant) has empty content"
+    shown = [r.message for r in caplog.records if "skipped 6 malformed rows" in r.message]
+    assert len(shown) == 1 and "30 pairs of 36 rows" in shown[0]
+
+
+def test_a_split_with_no_usable_pair_names_the_split_and_the_reason(tmp_path):
+    bad = [pair_row(str(i), [turn("user", "Hm?")], "Same.", "Same.") for i in range(6)]
+    path = folder(tmp_path / "allbad", preference_rows(20), bad)
+    dm = pref_data(path)
+    dm.prepare_data()  # fit reads train_prefs only
+    with pytest.raises(UserInputError, match=r"--data.path .*allbad split 'test_prefs': .*6 'chosen and rejected"):
+        dm.setup("test")
+    assert not list(dm.cache_dir.glob("ultrafeedback-test_prefs-*"))  # no cache left behind
+    ties = folder(tmp_path / "ties", preference_rows(20), preference_rows(5, ties_every=1))
+    with pytest.raises(UserInputError, match=r"split 'test_prefs': .*5 are ties.*--data.drop_ties false"):
+        pref_data(ties).setup("test")
+    assert len(list(pref_data(ties, drop_ties=False).test_dataloader())) == 2  # 5 pairs in batches of 4
+
+
+def test_validation_is_held_out_of_train_prefs_by_prompt_id_and_test_reads_test_prefs(tmp_path):
+    rows, test_rows = preference_rows(600, seed=1), preference_rows(12, seed=2)
+    for i in range(300, 600):  # two pairs for each prompt_id, as the hub's version has several per prompt
+        rows[i]["prompt_id"] = rows[i - 300]["prompt_id"]
+    dm = pref_data(folder(tmp_path / "h", rows, test_rows), val_fraction=0.05)
+    assert dm.splits == {"train": "train_prefs", "val": "train_prefs", "test": "test_prefs"}
+    dm.prepare_data()
+    index = {hand_pair(dm, row): i for i, row in enumerate(rows + test_rows)}
+    val, train = ({index[pair] for pair in all_pairs(dm, role)} for role in ("val", "train"))
+    assert not val & train and val | train == set(range(600))
+    assert 10 <= len(val) <= 60  # about 5%
+    assert all((i in val) == (i + 300 in val) for i in range(300))  # one prompt_id, one side
+    assert stats_of(dm, "val")["holdout"] == {"val_fraction": 0.05, "part": "val", "excluded_rows": 600 - len(val)}
+    assert not list(dm.cache_dir.glob("ultrafeedback-test_prefs-*"))  # fit never reads test_prefs
+    assert {index[pair] for pair in all_pairs(dm, "test")} == set(range(600, 612))
+
+    reordered = pref_data(folder(tmp_path / "r", rows[::-1], test_rows), val_fraction=0.05)
+    assert {index[pair] for pair in all_pairs(reordered, "val")} == val  # whatever the row order
+    on_test = pref_data(dm.path, val_split="test_prefs")
+    assert {index[pair] for pair in all_pairs(on_test, "val")} == set(range(600, 612))
+    assert len(all_pairs(on_test, "train")) == 600
+
+
+def fake_trainer(accumulate: int = 1, **more) -> SimpleNamespace:
+    """What the DataModule reads of a Trainer while training (ranks, accumulation, the epoch)."""
+    return SimpleNamespace(
+        training=True, current_epoch=0, world_size=1, global_rank=0, accumulate_grad_batches=accumulate, **more
+    )
+
+
+def test_training_batches_pair_chosen_and_rejected_rows_and_count_the_pairs_of_a_step(tmp_path):
+    dm = pref_data(folder(tmp_path / "t", preference_rows(60, system=True)), batch_size=5)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert len(batches) == len(dm.train_dataset(*dm._cache("train"))[0])
+    for x, y, step_pairs in batches:
+        assert x.shape == y.shape and x.shape[0] == 10 and step_pairs == 5  # one device, no accumulation
+        (x_chosen, y_chosen), (x_rejected, y_rejected) = split_pair_batch(x, y)
+        for i in range(5):
+            p = prompt_length(y_chosen[i])
+            assert prompt_length(y_rejected[i]) == p and torch.equal(x_chosen[i, :p], x_rejected[i, :p])
+            assert not torch.equal(y_chosen[i], y_rejected[i])
+    dm.trainer = fake_trainer(accumulate=3)
+    assert {int(s) for *_, s in dm.train_dataloader()} == {15}  # the pairs of the whole optimizer step
+
+
+def test_training_resumes_mid_epoch_in_the_same_order(tmp_path):
+    path = folder(tmp_path / "r", preference_rows(120))
+
+    def fresh() -> UltraFeedback:
+        dm = pref_data(path)
+        dm.trainer = fake_trainer()
+        return dm
+
+    dm = fresh()
+    straight = list(dm.train_dataloader())
+    assert len(straight) > 10
+    for batch in straight[:7]:  # the training loop takes seven batches, then a checkpoint
+        dm.on_after_batch_transfer(batch, 0)
+    state = dm.state_dict()
+    assert state["batches"] == 7
+    resumed = fresh()
+    resumed.load_state_dict(state)
+    rest = list(resumed.train_dataloader())
+    assert len(rest) == len(straight) - 7
+    for a, b in zip(straight[7:], rest, strict=True):
+        assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    other_seed = pref_data(path, seed=6)
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(straight, other_seed.train_dataloader(), strict=False))
+
+
+def test_evaluation_batches_hold_every_pair_once_in_a_fixed_order(tmp_path):
+    path = folder(tmp_path / "e", preference_rows(10), preference_rows(30, seed=9))
+    dm = pref_data(path, eval_batch_size=4)
+    dm.setup("test")
+    first = [(x.clone(), y.clone()) for x, y in dm.test_dataloader()]
+    assert sum(len(x) for x, _ in first) == 60  # 30 pairs, two rows each
+    again = pref_data(path, eval_batch_size=4)
+    again.setup("test")
+    for (x, y), (x2, y2) in zip(first, again.test_dataloader(), strict=True):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+
+    dm.trainer = fake_trainer(state=SimpleNamespace(fn=TrainerFn.FITTING), limit_val_batches=2)
+    dm.setup("fit")
+    val, train_sample = dm.val_dataloader()  # while fitting: validation, then a fixed sample of training pairs
+    assert len(train_sample) == len(val) == 1  # as many batches as validation has (the one held-out pair)
+    for x, y in train_sample:
+        (_, y_chosen), (_, y_rejected) = split_pair_batch(x, y)
+        assert x.shape[0] == 8 and all(map(prompt_length, y_chosen)) and all(map(prompt_length, y_rejected))
+
+
+ULTRAFEEDBACK = REAL_HUB / "HuggingFaceH4" / "ultrafeedback_binarized"
+
+
+@pytest.mark.skipif(not ULTRAFEEDBACK.is_dir(), reason="no ../shared/data/hub mirror here")
+def test_the_real_mirror_reads_every_row_counts_its_ties_and_batches():
+    dm = UltraFeedback(path=str(ULTRAFEEDBACK), block_size=256, batch_size=4, num_workers=0, val_split="test_prefs")
+    stats = stats_of(dm, "train")
+    assert stats["rows"] == 800
+    assert 60 <= stats["ties"] <= 100  # about a tenth
+    assert stats["pairs"] == 800 - stats["ties"] - stats["skipped"] and stats["skipped"] < 10
+    x, y, step_pairs = next(iter(dm.train_dataloader()))
+    assert x.shape[0] == 8 and x.shape[1] <= 256 and step_pairs == 4
+    assert ((y != IGNORE_INDEX).sum(dim=1) > 0).all()
+    assert np.all(np.asarray([prompt_length(row) for row in y]) <= 128)  # max_prompt_tokens = block_size // 2
