@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data_modules.base import TokenDataModule
-from data_modules.holdout import check_val_fraction, held_out_rows, holdout_part, part_rows, row_keys
+from data_modules.holdout import HeldOutDataModule, held_out_rows, part_rows, row_keys
 from data_modules.token_cache import token_dtype
 from data_modules.windows import LazyArray, ResumableShuffleSampler
 from lightning_gpt.chat import chat_tokenizer, fit_to_length, message_problem
@@ -101,7 +100,7 @@ class ChatBatches(Dataset):
         return (x, y) if step_targets is None else (x, y, torch.tensor(step_targets))
 
 
-class UltraChat200k(TokenDataModule):
+class UltraChat200k(HeldOutDataModule):
     """UltraChat-200k conversations through the chat template; loss on assistant turns only.
 
     Args:
@@ -134,13 +133,12 @@ class UltraChat200k(TokenDataModule):
         self.messages_column = messages_column
         self.required_columns = (messages_column,)
         self.max_bad_fraction = max_bad_fraction
-        self.holds_out = val_split in (None, train_split)
-        self.val_fraction = val_fraction
         super().__init__(
             path=path,
             name=name,
             train_split=train_split,
-            val_split=val_split or train_split,
+            val_split=val_split,
+            val_fraction=val_fraction,
             test_split=test_split,
             **kwargs,
         )
@@ -149,20 +147,10 @@ class UltraChat200k(TokenDataModule):
     def build_tokenizer(self) -> Tokenizer:
         return chat_tokenizer()
 
-    def check_arguments(self) -> None:
-        super().check_arguments()
-        check_val_fraction(self.val_fraction, self.holds_out, self.splits["train"])
-
     def cache_variant(self, role: str | None = None) -> tuple[str, ...]:
         # Where long conversations are split depends on block_size; which rows a role holds, on the holdout.
         variant = (f"max_tokens={self.block_size + 1}", f"messages_column={self.messages_column}")
-        part = self.holdout_part(role)
-        return (*variant, f"holdout={self.val_fraction}:{part}") if part else variant
-
-    def holdout_part(self, role: str | None) -> str | None:
-        """Which part of the train split a role's cache holds: "val" (the held-out rows), "train" (the rest), or
-        None (a whole split)."""
-        return holdout_part(self.holds_out, role)
+        return (*variant, *self.holdout_variant(role))
 
     def held_out_rows(self, rows) -> np.ndarray:
         """Which rows of the train split are validation rows: those whose stable hash falls below `val_fraction`.

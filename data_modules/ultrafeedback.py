@@ -18,8 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data_modules.base import TokenDataModule
-from data_modules.holdout import check_val_fraction, held_out_rows, holdout_part, part_rows, row_keys
+from data_modules.holdout import HeldOutDataModule, held_out_rows, part_rows, row_keys
 from data_modules.token_cache import token_dtype
 from data_modules.ultrachat import eval_batches, length_grouped_batches
 from data_modules.windows import LazyArray, ResumableShuffleSampler
@@ -119,7 +118,7 @@ def pair_lengths(base: Path, meta: dict) -> np.ndarray:
     return prompt + np.maximum(chosen, rejected)
 
 
-class UltraFeedback(TokenDataModule):
+class UltraFeedback(HeldOutDataModule):
     """UltraFeedback-binarized preference pairs for DPO: each row's prompt with its chosen and rejected answers.
 
     The prompt is the conversation before the last turn (a system turn allowed), rendered as for chat ending with
@@ -171,13 +170,12 @@ class UltraFeedback(TokenDataModule):
         self.max_prompt_tokens, self.max_answer_tokens = max_prompt_tokens, max_answer_tokens
         self.drop_ties = drop_ties
         self.required_columns = (chosen_column, rejected_column, *(self.score_columns if drop_ties else ()))
-        self.holds_out = val_split in (None, train_split)
-        self.val_fraction = val_fraction
         super().__init__(
             path=path,
             name=name,
             train_split=train_split,
-            val_split=val_split or train_split,
+            val_split=val_split,
+            val_fraction=val_fraction,
             test_split=test_split,
             **kwargs,
         )
@@ -191,7 +189,6 @@ class UltraFeedback(TokenDataModule):
 
     def check_arguments(self) -> None:
         super().check_arguments()
-        check_val_fraction(self.val_fraction, self.holds_out, self.splits["train"])
         if not 2 <= self.prompt_limit <= self.block_size:
             flag = "--data.block_size" if self.max_prompt_tokens is None else "--data.max_prompt_tokens"
             raise UserInputError(
@@ -213,8 +210,7 @@ class UltraFeedback(TokenDataModule):
             f"columns={self.chosen_column},{self.rejected_column}",
             f"drop_ties={self.drop_ties}",
         )
-        part = holdout_part(self.holds_out, role)
-        return (*variant, f"holdout={self.val_fraction}:{part}") if part else variant
+        return (*variant, *self.holdout_variant(role))
 
     def held_out_rows(self, rows) -> np.ndarray:
         """Which rows of the train split are validation rows (see `data_modules.holdout`); a row without prompt_id
@@ -246,7 +242,7 @@ class UltraFeedback(TokenDataModule):
         stats = self.encode_stats
         stats.update(rows=0, pairs=0, skipped=0, skip_reasons={}, ties=0, prompts_cut=0, answers_cut=0)
         stats["ties_dropped"] = self.drop_ties
-        part = holdout_part(self.holds_out, getattr(self, "encode_role", None))
+        part = self.holdout_part(getattr(self, "encode_role", None))
         keep = None
         if part:
             keep, stats["holdout"] = part_rows(self.held_out_rows(rows), part, self.val_fraction)
