@@ -47,15 +47,29 @@ class GPTCLI(LightningCLI):
             load_checkpoint_file(self.config[self.config.subcommand].get("ckpt_path"))
             raise
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            # jsonargparse builds the model (a subclass-mode argument) inside a type check, and a refusal of its
+            # settings comes back wrapped in its own ValueError: pass ours on as it was raised.
+            cause = err
+            while cause is not None and not isinstance(cause, UserInputError):
+                cause = cause.__cause__ or cause.__context__
+            raise (cause or err) from None
+
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
         use_safe_checkpoint_io(trainer)  # also when --trainer.plugins replaced the default plugin list
         return trainer
 
     def add_arguments_to_parser(self, parser) -> None:
+        # A config without model.class_path trains the plain language model (pretraining, SFT); the DPO and reward
+        # configs name their subclass of it.
+        parser.set_defaults({"model": {"class_path": "lightning_gpt.lit_module.GPTModule"}})
         # The model's context length sets the data windows; the data's tokenizer sets the vocabulary.
-        parser.link_arguments("model.block_size", "data.init_args.block_size")
-        parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
+        parser.link_arguments("model.init_args.block_size", "data.init_args.block_size")
+        parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
@@ -113,20 +127,28 @@ class KeepEarlierConfigs(SaveConfigCallback):
         super().setup(trainer, pl_module, stage)
 
 
+def build_cli(args: list[str] | None = None, run: bool = True) -> GPTCLI:
+    """The CLI over GPTModule or a subclass of it (`model.class_path`: DPO, the reward model) and any DataModule;
+    with run=False it only parses and builds the objects (tests)."""
+    return GPTCLI(
+        GPTModule,
+        TokenDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=KeepEarlierConfigs,
+        trainer_defaults={"callbacks": [CheckpointOnSigterm()]},
+        parser_kwargs={"description": DESCRIPTION},
+        args=args,
+        run=run,
+    )
+
+
 def run(args: list[str] | None = None) -> GPTCLI:
     """Runs the CLI and returns it (tests read its trainer and model). User errors exit with code 2, a SIGTERM with
     143 after saving, a non-finite loss with 1: each with one line on stderr, no traceback."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return GPTCLI(
-            GPTModule,
-            TokenDataModule,
-            subclass_mode_data=True,
-            save_config_callback=KeepEarlierConfigs,
-            trainer_defaults={"callbacks": [CheckpointOnSigterm()]},
-            parser_kwargs={"description": DESCRIPTION},
-            args=args,
-        )
+        return build_cli(args)
     except UserInputError as err:
         print(f"lightning-gpt: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from collections.abc import Iterable
@@ -63,7 +64,9 @@ def load_checkpoint(path: str, device: str = "auto") -> tuple[GPT, Tokenizer]:
     device = resolve_device(device)
     checkpoint = load_checkpoint_file(path, map_location=device)
     try:
-        settings = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+        # A DPO or reward checkpoint has settings of its own (beta, ...): the language model needs only GPTModule's.
+        known = inspect.signature(GPTModule).parameters
+        settings = {k: v for k, v in checkpoint["hyper_parameters"].items() if k in known}
         module = GPTModule(**{**settings, "init_from": None, "compile": False})
         module.load_state_dict(checkpoint["state_dict"])
     except (KeyError, TypeError, RuntimeError) as err:  # a torch file, but not a GPTModule's checkpoint

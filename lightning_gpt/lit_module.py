@@ -115,22 +115,29 @@ class GPTModule(L.LightningModule):
             loss = nll_sum * scale / step_targets
         else:  # batches made by hand (benchmarks): the micro-batch's own mean
             loss = nll_sum / n_targets.clamp(min=1)
-        self._track(nll_sum.detach(), n_targets)
+        self._track(torch.stack([nll_sum.detach(), n_targets]), nll_sum.detach() / n_targets.clamp(min=1))
         self.tokens_seen += x.numel() * self.trainer.world_size
         return loss
 
-    def _track(self, nll_sum: torch.Tensor, n_targets: torch.Tensor) -> None:
-        """Adds a micro-batch to the step's sums and remembers the first non-finite loss, all on the device."""
-        if self._step_sums is None or self._step_sums.device != nll_sum.device:
-            self._step_sums = torch.zeros(2, dtype=torch.float64, device=nll_sum.device)
-            self._first_nonfinite = torch.full((2,), -1.0, dtype=torch.float64, device=nll_sum.device)
-        self._step_sums += torch.stack([nll_sum.double(), n_targets.double()])
-        first = (~torch.isfinite(nll_sum)) & (self._first_nonfinite[0] < 0)
+    def _track(self, sums: torch.Tensor, loss: torch.Tensor) -> None:
+        """Adds a micro-batch's sums (what `step_metrics` turns into the logged numbers) to the step's, and
+        remembers the first non-finite `loss` (the micro-batch's mean), all on the device."""
+        if self._step_sums is None or self._step_sums.shape != sums.shape or self._step_sums.device != sums.device:
+            self._step_sums = torch.zeros(sums.shape, dtype=torch.float64, device=sums.device)
+        if self._first_nonfinite is None or self._first_nonfinite.device != sums.device:
+            self._first_nonfinite = torch.full((2,), -1.0, dtype=torch.float64, device=sums.device)
+        self._step_sums += sums.double()
+        first = (~torch.isfinite(loss)) & (self._first_nonfinite[0] < 0)
         # torch.full passes the step as a kernel argument; torch.tensor(step, device=cuda) would copy from the host
         # and wait for the stream: a sync per micro-batch.
-        step = torch.full((), float(self.trainer.global_step), dtype=torch.float64, device=nll_sum.device)
-        here = torch.stack([step, (nll_sum / n_targets.clamp(min=1)).double()])
+        step = torch.full((), float(self.trainer.global_step), dtype=torch.float64, device=sums.device)
+        here = torch.stack([step, loss.double()])
         self._first_nonfinite = torch.where(first, here, self._first_nonfinite)
+
+    def step_metrics(self, sums: torch.Tensor) -> dict[str, float]:
+        """The logged numbers of an optimizer step from its sums over every micro-batch and rank (see `_track`):
+        the first is train_loss."""
+        return {"train_loss": float(sums[0] / sums[1])}
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -146,15 +153,14 @@ class GPTModule(L.LightningModule):
         sync of the training loop, every log_every_n_steps."""
         flags = (self._first_nonfinite[:1] >= 0).double()
         sums = self.trainer.strategy.reduce(torch.cat([self._step_sums, flags]), reduce_op="sum")
-        if sums[2] > 0:
+        if sums[-1] > 0:
             raise TrainingStopped(self._nonfinite_message())
-        train_loss = float(sums[0] / sums[1])
         # Written to the loggers now, not at the end of the batch as self.log would: a SIGTERM stop at this step
         # raises before that, and the step's loss would be missing from the curve. Numbered as Lightning does.
-        metrics = {"train_loss": train_loss, "tokens_seen": float(self.tokens_seen)}
+        metrics = {**self.step_metrics(sums[:-1]), "tokens_seen": float(self.tokens_seen)}
         for logger in self.loggers:
             logger.log_metrics(metrics, step=self.trainer.global_step)
-        self.log("train_loss", train_loss, prog_bar=True, logger=False)
+        self.log("train_loss", metrics["train_loss"], prog_bar=True, logger=False)
 
     def on_validation_start(self) -> None:
         # A validation (and its samples and checkpoints) after a non-finite loss would only spread it: stop first.

@@ -6,10 +6,9 @@ import pytest
 import torch
 import yaml
 
-from data_modules.base import TokenDataModule
-from lightning_gpt.__main__ import GPTCLI, run
+from lightning_gpt.__main__ import run
+from lightning_gpt.cli import build_cli
 from lightning_gpt.errors import UserInputError
-from lightning_gpt.lit_module import GPTModule
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -25,7 +24,7 @@ def smoke_args(command, data_dir, *extra):
 
 def parse_only(args):
     try:
-        return GPTCLI(GPTModule, TokenDataModule, subclass_mode_data=True, run=False, args=args)
+        return build_cli(args, run=False)
     except UserInputError as err:  # run() turns these into one line and exit code 2
         pytest.fail(str(err))
 
@@ -88,8 +87,9 @@ def test_print_config_prints_the_merged_config(wikitext_dir, capsys):
         run(smoke_args("fit", wikitext_dir, "--print_config"))
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["preset"] == "tiny"
-    assert printed["model"]["block_size"] == 128
+    assert printed["model"]["class_path"] == "lightning_gpt.lit_module.GPTModule"  # the default model class
+    assert printed["model"]["init_args"]["preset"] == "tiny"
+    assert printed["model"]["init_args"]["block_size"] == 128
     assert printed["trainer"]["accelerator"] == "cpu"
     assert printed["data"]["init_args"]["path"] == str(wikitext_dir)
 
