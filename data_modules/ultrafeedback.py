@@ -98,18 +98,29 @@ class PairBatches(Dataset):
         return ids[:p], ids[p : p + c], ids[p + c :]
 
     def __getitem__(self, key: int | tuple[int, int]):
+        """Batch `key` as (x, y); a training sampler's key (index, step_pairs) gives (x, y, step_pairs, pair_ids),
+        pair_ids (B,) being the pairs' indices in this dataset (for reference log-probabilities computed ahead)."""
         index, step_pairs = key if isinstance(key, tuple) else (key, None)
         pairs = self.batches[index]
-        width = int((self.prompt[pairs] + np.maximum(self.chosen[pairs], self.rejected[pairs])).max()) - 1
-        x = torch.full((2 * len(pairs), width), self.pad_id, dtype=torch.long)
-        y = torch.full((2 * len(pairs), width), IGNORE_INDEX, dtype=torch.long)
-        for row, pair in enumerate(pairs):
-            prompt, chosen, rejected = (torch.from_numpy(ids) for ids in self.pair(int(pair)))
-            for at, answer in ((row, chosen), (len(pairs) + row, rejected)):
-                sequence = torch.cat([prompt, answer])
-                x[at, : len(sequence) - 1] = sequence[:-1]
-                y[at, len(prompt) - 1 : len(sequence) - 1] = answer  # each answer token predicted from before it
-        return (x, y) if step_pairs is None else (x, y, torch.tensor(step_pairs))
+        parts = [self.pair(int(pair)) for pair in pairs]
+        x, y = answer_rows([(p, c) for p, c, _ in parts] + [(p, r) for p, _, r in parts], self.pad_id)
+        if step_pairs is None:
+            return x, y
+        return x, y, torch.tensor(step_pairs), torch.from_numpy(np.asarray(pairs, dtype=np.int64))
+
+
+def answer_rows(prompts_and_answers: list[tuple], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x, y (N, L) of N (prompt ids, answer ids) sequences, right-padded with `pad_id`: x is each sequence but
+    its last token, y the next token where that is an answer token, IGNORE_INDEX elsewhere. L is the longest
+    sequence's length - 1. Preference batches, reward scoring and generated pairs share this layout."""
+    width = max(len(prompt) + len(answer) for prompt, answer in prompts_and_answers) - 1
+    x = torch.full((len(prompts_and_answers), width), pad_id, dtype=torch.long)
+    y = torch.full((len(prompts_and_answers), width), IGNORE_INDEX, dtype=torch.long)
+    for row, (prompt, answer) in enumerate(prompts_and_answers):
+        sequence = torch.cat([torch.as_tensor(prompt, dtype=torch.long), torch.as_tensor(answer, dtype=torch.long)])
+        x[row, : len(sequence) - 1] = sequence[:-1]
+        y[row, len(prompt) - 1 : len(sequence) - 1] = sequence[len(prompt) :]  # each answer token from before it
+    return x, y
 
 
 def pair_lengths(base: Path, meta: dict) -> np.ndarray:

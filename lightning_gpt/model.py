@@ -213,6 +213,26 @@ class GPT(nn.Module):
         one LayerCache per layer, attn_mask (B, 1, T, S) the slots each token may attend to, and last_only
         computes logits for the last position alone, (B, 1, padded_vocab): a long prompt's other logits are unused.
         """
+        x = self.hidden_states(idx, positions, caches, attn_mask)  # (B, T, C)
+        if last_only:
+            x = x[:, -1:]
+        logits = self.lm_head(x)  # (B, T, padded_vocab)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction=reduction
+        )
+        return logits, loss
+
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        caches: list[LayerCache] | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """idx: (B, T) token ids. Returns the final, normalised hidden states (B, T, C), what the language-model
+        head reads (and a reward model's scalar head). The other arguments are forward's."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than the model's block_size {self.config.block_size}")
@@ -223,15 +243,7 @@ class GPT(nn.Module):
             cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # (B, 1, T, hs)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, caches[i] if caches is not None else None, attn_mask)
-        if last_only:
-            x = x[:, -1:]
-        logits = self.lm_head(self.norm(x))  # (B, T, padded_vocab)
-        if targets is None:
-            return logits, None
-        loss = F.cross_entropy(
-            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction=reduction
-        )
-        return logits, loss
+        return self.norm(x)
 
     def new_caches(self, batch: int, max_len: int) -> list[LayerCache]:
         c, weight = self.config, self.tok_emb.weight

@@ -251,15 +251,19 @@ def test_training_batches_pair_chosen_and_rejected_rows_and_count_the_pairs_of_a
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     assert len(batches) == len(dm.train_dataset(*dm._cache("train"))[0])
-    for x, y, step_pairs in batches:
+    seen = []
+    for x, y, step_pairs, pair_ids in batches:
         assert x.shape == y.shape and x.shape[0] == 10 and step_pairs == 5  # one device, no accumulation
+        seen += pair_ids.tolist()
         (x_chosen, y_chosen), (x_rejected, y_rejected) = split_pair_batch(x, y)
         for i in range(5):
             p = prompt_length(y_chosen[i])
             assert prompt_length(y_rejected[i]) == p and torch.equal(x_chosen[i, :p], x_rejected[i, :p])
             assert not torch.equal(y_chosen[i], y_rejected[i])
+    n_pairs = len(dm.train_dataset(*dm._cache("train"))[0].prompt)
+    assert len(set(seen)) == len(seen) >= n_pairs - 5 and set(seen) <= set(range(n_pairs))  # each pair once, by index
     dm.trainer = fake_trainer(accumulate=3)
-    assert {int(s) for *_, s in dm.train_dataloader()} == {15}  # the pairs of the whole optimizer step
+    assert {int(batch[2]) for batch in dm.train_dataloader()} == {15}  # the pairs of the whole optimizer step
 
 
 def test_training_resumes_mid_epoch_in_the_same_order(tmp_path):
@@ -317,7 +321,7 @@ def test_the_real_mirror_reads_every_row_counts_its_ties_and_batches():
     assert stats["rows"] == 800
     assert 60 <= stats["ties"] <= 100  # about a tenth
     assert stats["pairs"] == 800 - stats["ties"] - stats["skipped"] and stats["skipped"] < 10
-    x, y, step_pairs = next(iter(dm.train_dataloader()))
+    x, y, step_pairs, _ = next(iter(dm.train_dataloader()))
     assert x.shape[0] == 8 and x.shape[1] <= 256 and step_pairs == 4
     assert ((y != IGNORE_INDEX).sum(dim=1) > 0).all()
     assert np.all(np.asarray([prompt_length(row) for row in y]) <= 128)  # max_prompt_tokens = block_size // 2
