@@ -1,7 +1,8 @@
 """Callbacks that Lightning does not ship; everything else comes from lightning.pytorch.callbacks."""
 
+from callbacks.last_checkpoint import KeepLastCheckpoint
 from callbacks.sigterm import CheckpointOnSigterm
 from callbacks.text_samples import GenerateSamples
 from callbacks.train_val_gap import TrainValGapEarlyStopping
 
-__all__ = ["CheckpointOnSigterm", "GenerateSamples", "TrainValGapEarlyStopping"]
+__all__ = ["CheckpointOnSigterm", "GenerateSamples", "KeepLastCheckpoint", "TrainValGapEarlyStopping"]

@@ -204,6 +204,7 @@ class GPT(nn.Module):
         attn_mask: torch.Tensor | None = None,
         last_only: bool = False,
         reduction: str = "mean",
+        select: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx, targets: (B, T) token ids, T <= block_size. Returns logits (B, T, padded_vocab) and the
         cross-entropy over targets that are not IGNORE_INDEX (None without targets): their mean, or with
@@ -212,11 +213,15 @@ class GPT(nn.Module):
         For generation (lightning_gpt/generate.py): positions (B, T) gives each token's rotary position, caches
         one LayerCache per layer, attn_mask (B, 1, T, S) the slots each token may attend to, and last_only
         computes logits for the last position alone, (B, 1, padded_vocab): a long prompt's other logits are unused.
+        select (B, T) bool computes logits only where it is True, (n, padded_vocab) in row-major order (preference
+        training scores answer tokens only; the prompt's logits would be most of the work).
         """
         x = self.hidden_states(idx, positions, caches, attn_mask)  # (B, T, C)
         if last_only:
             x = x[:, -1:]
-        logits = self.lm_head(x)  # (B, T, padded_vocab)
+        if select is not None:
+            x, targets = x[select], None if targets is None else targets[select]  # (n, C), (n,)
+        logits = self.lm_head(x)  # (B, T, padded_vocab), or (n, padded_vocab)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(

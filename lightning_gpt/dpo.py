@@ -1,0 +1,319 @@
+"""Direct preference optimisation: the chat model learns from preference pairs, against a frozen copy of itself."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from lightning_gpt.checkpoint import load_pretrained
+from lightning_gpt.errors import UserInputError
+from lightning_gpt.lit_module import GPTModule
+from lightning_gpt.model import GPT
+from lightning_gpt.preference_losses import LOSS_TYPES, answer_logps, answer_positions, dpo_losses, entropy_and_kl
+
+log = logging.getLogger(__name__)
+
+# Per-pair means logged at validation and test (TRL's names, with the stage in front), then per-token ones.
+PAIR_METRICS = (
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+)
+TOKEN_METRICS = ("entropy", "kl")
+# The device-side sums of a training step (GPTModule._track), in this order.
+STEP_SUMS = (
+    "loss",
+    "pairs",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+    "entropy",
+    "chosen_tokens",
+    "kl",
+    "kl_tokens",
+)
+
+
+class DPOModule(GPTModule):
+    """DPO (or IPO) on preference pairs, from a chat model: the policy starts from `init_from` and a frozen copy of
+    those weights is the reference. Batches come from `data_modules.UltraFeedback`: (2B, L) rows, the chosen
+    answers first, then the rejected ones; only answer tokens are scored.
+
+    Logged (TRL's names; `val_` / `test_` in front at validation and test): the loss, rewards/chosen and
+    rewards/rejected (beta times the log-probability ratio of an answer between policy and reference),
+    rewards/margins (chosen minus rejected), rewards/accuracies (the share of pairs whose chosen reward is the
+    larger), logps/chosen and logps/rejected (the policy's summed log-probabilities of the answers), entropy (the
+    policy's mean next-token entropy on the chosen answers) and kl (its mean per-token KL to the reference there;
+    in training only while the reference runs live, i.e. without precompute_reference).
+
+    Args:
+        beta: strength of the pull towards the reference: the inverse temperature of the implicit reward.
+        loss_type: "sigmoid" (DPO) or "ipo" (on per-token mean log-probabilities, as in TRL).
+        label_smoothing: the chance that a pair's preference is wrong (conservative DPO; sigmoid only).
+        precompute_reference: compute the reference's log-probabilities of every training pair once, before the
+            first step (and keep them in the checkpoint), instead of a reference forward pass in every step.
+        **kwargs: GPTModule's arguments (model shape, optimizer, schedule, init_from: the chat model to align).
+    """
+
+    def __init__(
+        self,
+        beta: float = 0.1,
+        loss_type: str = "sigmoid",
+        label_smoothing: float = 0.0,
+        precompute_reference: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not beta > 0:
+            raise UserInputError(f"--model.beta must be positive, got {beta}.")
+        if loss_type not in LOSS_TYPES:
+            raise UserInputError(f"--model.loss_type must be one of {', '.join(LOSS_TYPES)}, not {loss_type!r}.")
+        if not 0 <= label_smoothing < 0.5:
+            raise UserInputError(f"--model.label_smoothing must be in [0, 0.5), got {label_smoothing}.")
+        if label_smoothing and loss_type != "sigmoid":
+            raise UserInputError("--model.label_smoothing applies to --model.loss_type sigmoid only; set it to 0.")
+        # The reference stays out of the module tree (a list hides it): it is in no state dict, so the checkpoint
+        # holds the policy alone and works with generate/chat; the optimizer and DDP never see it.
+        self._reference: list[GPT] = []
+        self._reference_logps: torch.Tensor | None = None  # (training pairs, 2): chosen, rejected
+        self._reference_fingerprint: float | None = None
+        self.eval_metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict({_key(name): MeanMetric() for name in (*PAIR_METRICS, *TOKEN_METRICS)})
+                for stage in ("val", "test")
+            }
+        )
+
+    # --- the reference model ------------------------------------------------------------------------------------
+
+    def reference_model(self) -> GPT:
+        """The frozen reference (eval mode, no gradients), on this module's device; built on first use."""
+        if not self._reference:
+            self._reference = [self._build_reference()]
+        reference = self._reference[0]
+        weight = next(self.model.parameters())
+        if reference.tok_emb.weight.device != weight.device or reference.tok_emb.weight.dtype != weight.dtype:
+            reference.to(device=weight.device, dtype=weight.dtype)
+        return reference
+
+    def _build_reference(self) -> GPT:
+        path = self.hparams.init_from
+        if not path:
+            raise UserInputError(
+                "DPO needs the chat model it starts from, as policy and as reference: pass --model.init_from "
+                "SFT.ckpt (a checkpoint of lightning-gpt fit -c configs/sft_ultrachat.yaml)."
+            )
+        reference = GPT(self.config)
+        # From the file, also in a fresh run where the policy was just loaded from it: a resumed policy has moved
+        # on, and a policy in bf16-true weights is not the file's float32.
+        load_pretrained(reference, path)
+        fingerprint = weights_fingerprint(reference)
+        if self._reference_fingerprint is not None and fingerprint != self._reference_fingerprint:
+            raise UserInputError(
+                f"--model.init_from {path} is not the model this run started from (its weights changed since): the "
+                "reference would differ. Put the original file back at that path."
+            )
+        self._reference_fingerprint = fingerprint
+        reference.requires_grad_(False).eval()
+        if self.hparams.compile:
+            reference.compile()
+        return reference
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()  # loads init_from into the policy on a fresh run
+        self.reference_model()
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if not self.hparams.precompute_reference:
+            self._reference_logps = None
+        elif self._reference_logps is None:
+            self._reference_logps = self._precompute_reference_logps()
+        else:  # restored from the checkpoint
+            self._reference_logps = self._reference_logps.to(self.device)
+
+    @torch.no_grad()
+    def _precompute_reference_logps(self) -> torch.Tensor:
+        """The reference's log-probabilities of both answers of every training pair, (pairs, 2), from the very
+        batches training will see (so equal to what the live reference gives); each rank computes a share."""
+        dataset = self.trainer.train_dataloader.dataset
+        if not hasattr(dataset, "batches"):
+            raise UserInputError(
+                "--model.precompute_reference needs preference pairs from data_modules.UltraFeedback; set it to "
+                "false for other data."
+            )
+        reference, rank, world = self.reference_model(), self.trainer.global_rank, self.trainer.world_size
+        logps = torch.zeros(len(dataset.prompt), 2, device=self.device)
+        started = time.monotonic()
+        log.info("computing the reference log-probabilities of %d training pairs", len(logps))
+        with self.trainer.precision_plugin.forward_context():
+            for index in range(rank, len(dataset), world):
+                x, y = (t.to(self.device) for t in dataset[index])
+                pairs = torch.as_tensor(dataset.batches[index], device=self.device)
+                select, targets, rows = answer_positions(y)
+                sums, _ = answer_logps(reference(x, select=select)[0], targets, rows, len(y))  # (2B,)
+                logps[pairs] = torch.stack(sums.chunk(2), dim=1).float()  # (B, 2)
+        logps = self.trainer.strategy.reduce(logps, reduce_op="sum")
+        log.info("reference log-probabilities done in %.1f s", time.monotonic() - started)
+        return logps
+
+    # --- the loss ---------------------------------------------------------------------------------------------
+
+    def pair_terms(self, x: torch.Tensor, y: torch.Tensor, pair_ids: torch.Tensor | None = None):
+        """x, y (2B, L): a batch of pairs. Returns the PairTerms, the policy's summed answer log-probabilities
+        (2B,), and the chosen answers' summed entropy, KL (None without a live reference) and token count."""
+        n_rows, half = x.shape[0], x.shape[0] // 2
+        select, targets, rows = answer_positions(y)  # logits only where an answer token is predicted
+        logits, _ = self.model(x, select=select)  # (n, V)
+        logps, lengths = answer_logps(logits, targets, rows, n_rows)  # (2B,) each
+        reference_logits = None
+        if pair_ids is not None and self._reference_logps is not None:
+            reference_logps = self._reference_logps[pair_ids].T.flatten()  # (2B,): chosen, then rejected
+        else:
+            with torch.no_grad():
+                reference_logits, _ = self.reference_model()(x, select=select)  # (n, V)
+                reference_logps, _ = answer_logps(reference_logits, targets, rows, n_rows)
+        policy, reference = logps, reference_logps
+        if self.hparams.loss_type == "ipo":  # IPO compares per-token means, so long answers do not dominate
+            policy, reference = policy / lengths.clamp(min=1), reference / lengths.clamp(min=1)
+        terms = dpo_losses(
+            policy[:half],
+            policy[half:],
+            reference[:half],
+            reference[half:],
+            beta=self.hparams.beta,
+            loss_type=self.hparams.loss_type,
+            label_smoothing=self.hparams.label_smoothing,
+        )
+        chosen = int(lengths[:half].sum())  # the chosen rows' tokens come first (row-major order): a host sync
+        chosen_reference = reference_logits[:chosen] if reference_logits is not None else None
+        entropy, kl = entropy_and_kl(logits[:chosen], chosen_reference)
+        return terms, logps.detach(), (entropy, kl, lengths[:half].sum())
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """batch: (x, y) or (x, y, step_pairs[, pair_ids]); step_pairs is the number of pairs in this micro-batch's
+        whole optimizer step (every accumulated micro-batch, every rank): the loss is their mean."""
+        x, y = batch[0], batch[1]
+        live_reference = not (len(batch) > 3 and self._reference_logps is not None)
+        # Forward and backward of the policy, plus the reference's forward when it runs live.
+        self.flops_per_batch = int(
+            self.model.flops_per_token(x.shape[1]) * x.numel() * (4 / 3 if live_reference else 1)
+        )
+        terms, logps, (entropy, kl, tokens) = self.pair_terms(x, y, batch[3] if len(batch) > 3 else None)
+        half = x.shape[0] // 2
+        if len(batch) > 2:
+            step_pairs = batch[2].flatten()[0].clamp(min=1)
+            # As GPTModule does with targets: undo Lightning's division by the accumulation and DDP's average.
+            loss = terms.losses.sum() * self.trainer.accumulate_grad_batches * self.trainer.world_size / step_pairs
+        else:
+            loss = terms.losses.mean()
+        zero = torch.zeros((), device=x.device)
+        sums = torch.stack(
+            [
+                terms.losses.detach().sum(),
+                torch.full((), float(half), device=x.device),
+                terms.chosen_rewards.sum(),
+                terms.rejected_rewards.sum(),
+                (terms.chosen_rewards > terms.rejected_rewards).float().sum(),
+                logps[:half].sum(),
+                logps[half:].sum(),
+                entropy,
+                tokens.float(),
+                zero if kl is None else kl,
+                zero if kl is None else tokens.float(),
+            ]
+        )
+        self._track(sums, terms.losses.detach().mean())
+        self.tokens_seen += x.numel() * self.trainer.world_size
+        return loss
+
+    def step_metrics(self, sums: torch.Tensor) -> dict[str, float]:
+        s = dict(zip(STEP_SUMS, sums.tolist(), strict=True))
+        pairs = max(s["pairs"], 1.0)
+        metrics = {
+            "train_loss": s["loss"] / pairs,
+            "rewards/chosen": s["rewards/chosen"] / pairs,
+            "rewards/rejected": s["rewards/rejected"] / pairs,
+            "rewards/margins": (s["rewards/chosen"] - s["rewards/rejected"]) / pairs,
+            "rewards/accuracies": s["rewards/accuracies"] / pairs,
+            "logps/chosen": s["logps/chosen"] / pairs,
+            "logps/rejected": s["logps/rejected"] / pairs,
+            "entropy": s["entropy"] / max(s["chosen_tokens"], 1.0),
+        }
+        if s["kl_tokens"] > 0:
+            metrics["kl"] = s["kl"] / s["kl_tokens"]
+        return metrics
+
+    # --- validation and test ------------------------------------------------------------------------------------
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx == 1:  # the fixed sample of training pairs: train_eval_loss, for the train/val gap
+            terms, _, _ = self.pair_terms(batch[0], batch[1])
+            self.train_eval_nll.update(terms.losses.mean(), weight=len(terms.losses))
+            return
+        self._eval_step(batch, "val")
+
+    def _eval_step(self, batch, stage: str) -> None:
+        terms, logps, (entropy, kl, tokens) = self.pair_terms(batch[0], batch[1])
+        half = batch[0].shape[0] // 2
+        values = {
+            "loss": terms.losses,
+            "rewards/chosen": terms.chosen_rewards,
+            "rewards/rejected": terms.rejected_rewards,
+            "rewards/margins": terms.chosen_rewards - terms.rejected_rewards,
+            "rewards/accuracies": (terms.chosen_rewards > terms.rejected_rewards).float(),
+            "logps/chosen": logps[:half],
+            "logps/rejected": logps[half:],
+        }
+        metrics = self.eval_metrics[stage]
+        for name, value in values.items():
+            metrics[_key(name)].update(value)  # per-pair values: a mean over pairs
+        n = tokens.clamp(min=1).float()
+        metrics[_key("entropy")].update(entropy / n, weight=n)  # a mean over the chosen answers' tokens
+        metrics[_key("kl")].update(kl / n, weight=n)
+
+    def _log_eval(self, stage: str) -> None:
+        for name in (*PAIR_METRICS, *TOKEN_METRICS):
+            metric = self.eval_metrics[stage][_key(name)]
+            if metric.update_called:
+                self.log(f"{stage}_{name}", metric.compute(), prog_bar=name == "loss")
+            metric.reset()
+
+    # --- checkpoints ------------------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["dpo_reference"] = {"fingerprint": self._reference_fingerprint}
+        if self._reference_logps is not None:
+            checkpoint["dpo_reference"]["logps"] = self._reference_logps.cpu()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("dpo_reference", {})
+        self._reference_fingerprint = state.get("fingerprint")
+        self._reference_logps = state.get("logps")
+
+
+def _key(name: str) -> str:
+    """A metric's name as a module key (no dots or slashes)."""
+    return name.replace("/", "_")
+
+
+@torch.no_grad()
+def weights_fingerprint(model: nn.Module) -> float:
+    """A number that changes when the weights do: over the tensors, their sums and sums of squares, each tensor
+    weighted by its place, in float64 (cheap, and all it needs to tell two checkpoints apart; not a hash)."""
+    total = 0.0
+    for i, tensor in enumerate(model.state_dict().values(), start=1):
+        total += i * float(tensor.sum(dtype=torch.float64)) + float(tensor.square().sum(dtype=torch.float64)) / i
+    return total

@@ -1,0 +1,234 @@
+"""DPO: the loss and its metrics against hand computations, what is scored, the reference (live or computed ahead),
+the real config with the smoke overlay, and an exact resume."""
+
+import math
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_gpt.__main__ import run
+from lightning_gpt.chat import chat_tokenizer
+from lightning_gpt.commands import load_checkpoint
+from lightning_gpt.dpo import DPOModule
+from lightning_gpt.errors import UserInputError
+from lightning_gpt.lit_module import GPTModule
+from lightning_gpt.model import IGNORE_INDEX
+from lightning_gpt.preference_losses import answer_logps, answer_positions, dpo_losses, initial_loss
+from tests.test_real_configs import REPO, scalars
+from tests.test_training import LossRecorder, StopAt, trainer
+from tests.test_ultrafeedback import folder, pref_data, preference_rows
+
+DPO_CONFIG = str(REPO / "configs" / "dpo_ultrafeedback.yaml")
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+SHAPE = {"preset": "tiny", "n_layer": 1, "n_embd": 32, "block_size": 64}
+
+
+def sft_checkpoint(path, seed: int = 0, **shape) -> str:
+    """A chat model's checkpoint as `fit` writes it (weights and hyperparameters), with random weights."""
+    torch.manual_seed(seed)
+    module = GPTModule(**{**SHAPE, **shape, "vocab_size": chat_tokenizer().vocab_size})
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return str(path)
+
+
+def dpo_module(init_from: str, **overrides) -> DPOModule:
+    args = {**SHAPE, "vocab_size": chat_tokenizer().vocab_size, "learning_rate": 1e-2, "warmup_steps": 2}
+    module = DPOModule(init_from=init_from, **{**args, **overrides})
+    module.model.load_state_dict(module.reference_model().state_dict())  # what on_fit_start does in a fresh run
+    return module
+
+
+@pytest.fixture
+def pairs_dir(tmp_path):
+    return folder(tmp_path / "prefs", preference_rows(64, seed=3))
+
+
+def first_batch(dm):
+    dm.setup("fit")
+    return next(iter(dm.train_dataloader()))
+
+
+def test_the_loss_and_rewards_match_a_hand_computation():
+    pc, pr, rc, rr = (torch.tensor([v]) for v in (-3.0, -5.0, -4.0, -4.5))
+    h = (-3.0 + 5.0) - (-4.0 + 4.5)  # 1.5
+    terms = dpo_losses(pc, pr, rc, rr, beta=0.5)
+    assert terms.losses.item() == pytest.approx(math.log(1 + math.exp(-0.5 * h)))
+    assert terms.chosen_rewards.item() == pytest.approx(0.5) and terms.rejected_rewards.item() == pytest.approx(-0.25)
+    smoothed = dpo_losses(pc, pr, rc, rr, beta=0.5, label_smoothing=0.1).losses.item()
+    assert smoothed == pytest.approx(0.9 * math.log(1 + math.exp(-0.75)) + 0.1 * math.log(1 + math.exp(0.75)))
+    assert dpo_losses(pc, pr, rc, rr, beta=0.5, loss_type="ipo").losses.item() == pytest.approx((h - 1.0) ** 2)
+
+
+def test_answer_log_probabilities_are_sums_over_the_answer_tokens_alone():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6, 11)
+    targets = torch.full((3, 6), IGNORE_INDEX)
+    targets[0, 2:5] = torch.tensor([1, 2, 3])
+    targets[1, 0:6] = torch.arange(6)
+    targets[2, 5] = 10
+    select, answer_targets, rows = answer_positions(targets)
+    sums, counts = answer_logps(logits[select], answer_targets, rows, 3)
+    by_hand = [
+        sum(F.log_softmax(logits[r, t], -1)[targets[r, t]] for t in range(6) if targets[r, t] != IGNORE_INDEX)
+        for r in range(3)
+    ]
+    torch.testing.assert_close(sums, torch.stack(by_hand))
+    assert counts.tolist() == [3, 6, 1]
+
+
+def test_prompt_tokens_are_never_scored(pairs_dir):
+    dm = pref_data(pairs_dir)
+    x, y, _, pair_ids = first_batch(dm)
+    dataset = dm.train_dataset(*dm._cache("train"))[0]
+    half = len(pair_ids)
+    select, targets, rows = answer_positions(y)
+    for row in range(2 * half):
+        prompt, chosen, rejected = dataset.pair(int(pair_ids[row % half]))
+        answer = chosen if row < half else rejected
+        scored = select[row].nonzero()[:, 0]
+        # Exactly the positions that predict an answer token (the <|end|> included), and the answer's ids there.
+        assert scored.tolist() == list(range(len(prompt) - 1, len(prompt) + len(answer) - 1))
+        assert targets[rows == row].tolist() == answer.tolist()
+
+
+def test_at_the_start_the_loss_is_ln2_the_rewards_zero_and_no_pair_counts_as_won(pairs_dir, tmp_path):
+    dm = pref_data(pairs_dir)
+    x, y, *_ = first_batch(dm)
+    init = sft_checkpoint(tmp_path / "sft.ckpt")
+    for loss_type, smoothing in (("sigmoid", 0.0), ("sigmoid", 0.2), ("ipo", 0.0)):
+        module = dpo_module(init, beta=0.25, loss_type=loss_type, label_smoothing=smoothing).eval()
+        terms, _, (entropy, kl, tokens) = module.pair_terms(x, y)
+        expected = initial_loss(0.25, loss_type)
+        assert expected == (math.log(2) if loss_type == "sigmoid" else 4.0)
+        torch.testing.assert_close(terms.losses, torch.full_like(terms.losses, expected))
+        assert not terms.chosen_rewards.any() and not terms.rejected_rewards.any()
+        # rewards/accuracies counts pairs whose chosen reward is strictly larger: none while they are equal.
+        assert not (terms.chosen_rewards > terms.rejected_rewards).any()
+        assert abs(float(kl)) < 1e-5 and float(entropy) > 0 and tokens == (y[: len(y) // 2] != IGNORE_INDEX).sum()
+
+
+def test_one_joint_pass_gives_the_log_probabilities_of_each_sequence_alone(pairs_dir, tmp_path):
+    dm = pref_data(pairs_dir)
+    x, y, *_ = first_batch(dm)
+    module = dpo_module(sft_checkpoint(tmp_path / "sft.ckpt")).eval()
+    _, joint, _ = module.pair_terms(x, y)
+    alone = []
+    for row in range(len(x)):  # each sequence by itself, without the padding of the batch
+        length = int((y[row] != IGNORE_INDEX).nonzero().max()) + 1
+        xr, yr = x[row : row + 1, :length], y[row : row + 1, :length]
+        select, targets, rows = answer_positions(yr)
+        alone.append(answer_logps(module.model(xr, select=select)[0], targets, rows, 1)[0][0])
+    torch.testing.assert_close(joint, torch.stack(alone), rtol=0, atol=2e-5)
+
+
+def test_precomputed_reference_log_probabilities_give_the_live_losses(pairs_dir, tmp_path):
+    init = sft_checkpoint(tmp_path / "sft.ckpt")
+    losses = {}
+    for precompute in (False, True):
+        L.seed_everything(0)
+        dm = pref_data(pairs_dir, batch_size=4)
+        recorder = LossRecorder()
+        module = DPOModule(
+            **SHAPE, vocab_size=dm.vocab_size, init_from=init, learning_rate=1e-2, warmup_steps=2,
+            precompute_reference=precompute,
+        )  # fmt: skip
+        trainer(tmp_path / str(precompute), 6, [recorder], accumulate_grad_batches=2).fit(module, dm)
+        losses[precompute] = recorder.losses
+        if precompute:  # the stored values are the live reference's on each training pair
+            dataset = dm.trainer.train_dataloader.dataset
+            x, y = dataset[0]
+            select, targets, rows = answer_positions(y)
+            live, _ = answer_logps(module.reference_model()(x, select=select)[0], targets, rows, len(x))
+            torch.testing.assert_close(module._reference_logps[dataset.batches[0]].T.flatten(), live)
+    assert len(losses[True]) == 12 and losses[False][0] != losses[False][-1]
+    torch.testing.assert_close(losses[True], losses[False], rtol=0, atol=1e-6)
+
+
+def test_resume_continues_exactly_with_accumulation_and_precomputed_reference(pairs_dir, tmp_path):
+    init = sft_checkpoint(tmp_path / "sft.ckpt")
+    settings = {"accumulate_grad_batches": 2, "limit_val_batches": 2, "val_check_interval": 4}
+
+    def fresh():
+        L.seed_everything(0)
+        dm = pref_data(pairs_dir, batch_size=4, num_workers=2)
+        module = DPOModule(
+            **SHAPE, vocab_size=dm.vocab_size, init_from=init, learning_rate=1e-2, warmup_steps=2,
+            precompute_reference=True,
+        )  # fmt: skip
+        return dm, module
+
+    straight = LossRecorder()
+    dm, module = fresh()
+    trainer(tmp_path / "a", 10, [straight], **settings).fit(module, dm)
+    assert dm.trainer.num_training_batches < 20  # the run crosses an epoch boundary
+
+    first, second = LossRecorder(), LossRecorder()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=4)
+    dm, module = fresh()
+    trainer(tmp_path / "b", 10, [first, StopAt(4), ckpt], enable_checkpointing=True, **settings).fit(module, dm)
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert saved["dpo_reference"]["logps"].shape == (len(dm.trainer.train_dataloader.dataset.prompt), 2)
+    assert not any(key.startswith("reference") for key in saved["state_dict"])  # the policy alone
+    dm, module = fresh()
+    trainer(tmp_path / "b", 10, [second], **settings).fit(module, dm, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    torch.testing.assert_close(first.losses + second.losses, straight.losses, rtol=0, atol=1e-6)
+
+
+def test_a_changed_reference_file_is_refused_on_resume(pairs_dir, tmp_path):
+    init = sft_checkpoint(tmp_path / "sft.ckpt")
+    dm = pref_data(pairs_dir)
+    module = DPOModule(**SHAPE, vocab_size=dm.vocab_size, init_from=init)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer(tmp_path, 2, [ckpt], enable_checkpointing=True).fit(module, dm)
+    sft_checkpoint(tmp_path / "sft.ckpt", seed=1)  # another model at the same path
+    module = DPOModule(**SHAPE, vocab_size=dm.vocab_size, init_from=init)
+    with pytest.raises(UserInputError, match="--model.init_from .*sft.ckpt is not the model this run started from"):
+        trainer(tmp_path, 4).fit(module, dm, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"beta": 0.0}, "--model.beta must be positive"),
+        ({"loss_type": "hinge"}, "--model.loss_type must be one of sigmoid, ipo"),
+        ({"loss_type": "ipo", "label_smoothing": 0.1}, "--model.label_smoothing applies to"),
+        ({"label_smoothing": 0.5}, r"--model.label_smoothing must be in \[0, 0.5\)"),
+    ],
+)
+def test_bad_dpo_settings_name_the_flag(setting, message):
+    with pytest.raises(UserInputError, match=message):
+        DPOModule(**SHAPE, **setting)
+
+
+def test_dpo_without_a_chat_model_to_start_from_is_refused(pairs_dir, tmp_path):
+    dm = pref_data(pairs_dir)
+    with pytest.raises(UserInputError, match="--model.init_from SFT.ckpt"):
+        trainer(tmp_path, 2).fit(DPOModule(**SHAPE, vocab_size=dm.vocab_size), dm)
+
+
+@pytest.mark.slow
+def test_the_dpo_config_with_the_smoke_overlay_trains_logs_and_writes_a_chat_checkpoint(
+    pairs_dir, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    init = sft_checkpoint(tmp_path / "sft.ckpt", n_layer=2, n_embd=64, block_size=128)  # smoke.yaml's model
+    args = ["fit", "-c", DPO_CONFIG, "-c", SMOKE, "--data.path", str(pairs_dir), "--model.init_from", init]
+    # The config's accumulation (4) and workers, shrunk: 8 steps of 2 batches, a validation every 4 steps.
+    short = ["--trainer.max_steps", "8", "--trainer.accumulate_grad_batches", "2", "--data.num_workers", "2"]
+    cli = run([*args, *short, "--trainer.val_check_interval", "8", "--trainer.log_every_n_steps", "2"])
+    assert isinstance(cli.model, DPOModule) and cli.trainer.global_step == 8
+    events = tmp_path / "runs" / "dpo_ultrafeedback" / "smoke"
+    for tag in ("train_loss", "rewards/chosen", "rewards/margins", "rewards/accuracies", "logps/rejected", "kl"):
+        assert sorted(scalars(events, tag)) == [1, 3, 5, 7], tag
+    assert scalars(events, "train_loss")[1] == pytest.approx(math.log(2), abs=0.02)  # the first step's pairs
+    for tag in ("val_loss", "val_rewards/accuracies", "val_logps/chosen", "val_entropy", "val_kl", "train_eval_loss"):
+        assert len(scalars(events, tag)) == 2, tag
+    # The checkpoint is a chat model's: generate, chat and evaluate-chat load it unchanged.
+    model, tokenizer = load_checkpoint(str(events / "checkpoints" / "last.ckpt"), device="cpu")
+    assert tokenizer.vocab_size == chat_tokenizer().vocab_size and model.config.n_embd == 64
+    policy = {k.removeprefix("model."): v for k, v in cli.model.state_dict().items() if k.startswith("model.")}
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, policy[key])
