@@ -13,6 +13,7 @@ from lightning_gpt.__main__ import main
 from lightning_gpt.chat import END_OF_TURN, chat_tokenizer, render_prompt
 from lightning_gpt.lit_module import GPTModule
 from lightning_gpt.reward_model import RewardModule, load_reward_model
+from tests.conftest import REAL_HUB
 from tests.test_reward_model import TINY, save_module
 from tests.test_ultrafeedback import folder, preference_rows
 
@@ -79,13 +80,19 @@ def test_a_run_interrupted_or_partly_deleted_resumes_to_the_same_output(setup, t
         make_pairs.make_pairs_command(argv(setup, out))
     assert len(list((out / make_pairs.WORK).glob("shard-*.json"))) == 1 and not (out / TRAIN).exists()
     monkeypatch.setattr(make_pairs, "save_shard", real_save)
+    made, real_make = [], make_pairs.make_shard
+    monkeypatch.setattr(
+        make_pairs, "make_shard", lambda prompts, *rest: made.append(prompts) or real_make(prompts, *rest)
+    )
     assert make_pairs.make_pairs_command(argv(setup, out))["pairs"] == 6
     assert {name: (out / name).read_bytes() for name in expected} == expected
+    assert len(made) == 2  # the shard saved before the kill was not redone
 
     (out / make_pairs.WORK / "shard-00001.json").unlink()  # part of the output lost: only that part is redone
     (out / TRAIN).unlink()
     assert make_pairs.make_pairs_command(argv(setup, out))["pairs"] == 6
     assert {name: (out / name).read_bytes() for name in expected} == expected
+    assert len(made) == 3
 
 
 def test_ties_and_identical_answers_give_no_pair():
@@ -127,3 +134,11 @@ def test_bad_input_is_one_line_naming_the_flag(change, message, setup, tmp_path,
 
 def test_the_chat_tokenizer_ends_answers(setup):
     assert chat_tokenizer().token_id(END_OF_TURN) in make_pairs.chat_stop_ids(chat_tokenizer())
+
+
+@pytest.mark.skipif(not (REAL_HUB / "HuggingFaceH4" / "ultrafeedback_binarized").is_dir(), reason="no local mirror")
+def test_the_real_mirror_gives_one_prompt_per_prompt_id_ending_with_a_user_turn():
+    rows = make_pairs.load_split(str(REAL_HUB / "HuggingFaceH4" / "ultrafeedback_binarized"), "train_prefs")
+    prompts, _ = make_pairs.read_prompts(rows, chat_tokenizer(), limit=50, max_tokens=512)
+    assert len(prompts) == 50 and len({p.prompt_id for p in prompts}) == 50
+    assert all(p.turns[-1]["role"] == "user" and len(p.ids) <= 512 for p in prompts)
