@@ -1,4 +1,5 @@
-"""`lightning-gpt generate`, `chat` and `evaluate-chat`: using a trained checkpoint, outside the Trainer."""
+"""`lightning-gpt generate`, `chat`, `evaluate-chat` and `make-pairs`: using trained checkpoints, outside the
+Trainer."""
 
 from __future__ import annotations
 
@@ -314,4 +315,16 @@ def evaluate_chat_command(argv: list[str]) -> dict:
     return result
 
 
-COMMANDS = {"generate": generate_command, "chat": chat_command, "evaluate-chat": evaluate_chat_command}
+def make_pairs_command(argv: list[str]) -> dict:
+    """On-policy preference pairs: see lightning_gpt/make_pairs.py (imported here on use: it imports this module)."""
+    from lightning_gpt.make_pairs import make_pairs_command as make_pairs
+
+    return make_pairs(argv)
+
+
+COMMANDS = {
+    "generate": generate_command,
+    "chat": chat_command,
+    "evaluate-chat": evaluate_chat_command,
+    "make-pairs": make_pairs_command,
+}

@@ -30,8 +30,13 @@ def parse_only(args):
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name != "smoke.yaml"))
-def test_every_config_parses_alone_and_with_smoke(config, wikitext_dir, ultrachat_dir):
-    data_dir = ultrachat_dir if "ultrachat" in config else wikitext_dir
+def test_every_config_parses_alone_and_with_smoke(config, wikitext_dir, ultrachat_dir, tmp_path):
+    from tests.test_ultrafeedback import folder, preference_rows  # here: that module imports this one
+
+    if "ultrafeedback" in config:  # preference pairs (reward model, DPO)
+        data_dir = folder(tmp_path / "ultrafeedback", preference_rows(24))
+    else:
+        data_dir = ultrachat_dir if "ultrachat" in config else wikitext_dir
     for extra in (["--trainer.accelerator", "cpu"], ["-c", SMOKE]):
         cli = parse_only(["-c", str(CONFIGS / config), *extra, "--data.path", str(data_dir)])
         assert cli.datamodule.block_size == cli.model.config.block_size

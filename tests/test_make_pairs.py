@@ -1,0 +1,144 @@
+"""`lightning-gpt make-pairs`: sampled answers scored into pairs that UltraFeedback loads, resumable, clear errors."""
+
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from data_modules import UltraFeedback
+from data_modules.ultrafeedback import answer_rows
+from lightning_gpt import make_pairs
+from lightning_gpt.__main__ import main
+from lightning_gpt.chat import END_OF_TURN, chat_tokenizer, render_prompt
+from lightning_gpt.lit_module import GPTModule
+from lightning_gpt.reward_model import RewardModule, load_reward_model
+from tests.conftest import REAL_HUB
+from tests.test_reward_model import TINY, save_module
+from tests.test_ultrafeedback import folder, preference_rows
+
+TRAIN = "default/train_prefs-00000-of-00001.parquet"
+
+
+@pytest.fixture
+def setup(tmp_path) -> dict:
+    """A tiny policy, a tiny reward model and an UltraFeedback-like source folder."""
+    torch.manual_seed(0)
+    return {
+        "policy": save_module(GPTModule(**TINY), tmp_path / "policy.ckpt"),
+        "reward": save_module(RewardModule(**TINY), tmp_path / "reward.ckpt"),
+        "data": folder(tmp_path / "source", preference_rows(12, seed=1), preference_rows(5, seed=2)),
+    }
+
+
+def argv(setup: dict, out, *extra) -> list[str]:
+    return ["--ckpt_path", setup["policy"], "--reward_ckpt", setup["reward"], "--data_path", str(setup["data"]),
+            "--num_prompts", "6", "--num_candidates", "3", "--max_new_tokens", "6", "--batch_size", "6",
+            "--shard_size", "2", "--top_p", "1", "--out", str(out), "--device", "cpu", *extra]  # fmt: skip
+
+
+def test_pairs_are_the_best_and_worst_answer_and_ultrafeedback_trains_on_them(setup, tmp_path):
+    summary = make_pairs.make_pairs_command(argv(setup, tmp_path / "pairs"))
+    assert summary["prompts"] == 6 and summary["pairs"] == 6 and summary["copied_split"] == "test_prefs"
+    rows = pq.read_table(tmp_path / "pairs" / TRAIN).to_pylist()
+    source = {row["prompt_id"]: row for row in preference_rows(12, seed=1)[:6]}
+    assert [row["prompt_id"] for row in rows] == list(source)  # the first 6 prompts, once each
+    reward, tokenizer = load_reward_model(setup["reward"], "cpu")
+    end = tokenizer.token_id(END_OF_TURN)
+    for row in rows:
+        assert row["chosen"][:-1] == row["rejected"][:-1] == source[row["prompt_id"]]["chosen"][:-1]
+        assert row["score_chosen"] > row["score_rejected"] and row["chosen"][-1] != row["rejected"][-1]
+        prompt = render_prompt(tokenizer, row["chosen"][:-1])
+        sides = [(prompt, [*tokenizer.encode(side[-1]["content"]), end]) for side in (row["chosen"], row["rejected"])]
+        with torch.inference_mode():  # the scores are the reward model's for the pair as it will be trained on
+            rescored = reward.rewards(*answer_rows(sides, tokenizer.eot_id)).tolist()
+        assert rescored == pytest.approx([row["score_chosen"], row["score_rejected"]], abs=1e-5)
+    copied = pq.read_table(tmp_path / "pairs" / "default/test_prefs-00000-of-00001.parquet").to_pylist()
+    assert copied == preference_rows(5, seed=2)
+
+    dm = UltraFeedback(path=str(tmp_path / "pairs"), block_size=64, batch_size=2, num_workers=0, val_fraction=0.2)
+    dm.setup("fit")
+    x, y, step_pairs, _ = next(iter(dm.train_dataloader()))
+    assert x.shape[0] == 4 and int(step_pairs) == 2
+
+
+def test_a_run_interrupted_or_partly_deleted_resumes_to_the_same_output(setup, tmp_path, monkeypatch):
+    make_pairs.make_pairs_command(argv(setup, tmp_path / "straight"))
+    expected = {name: (tmp_path / "straight" / name).read_bytes() for name in (TRAIN, "README.md")}
+
+    saved, real_save = [], make_pairs.save_shard
+
+    def killed_after_one(path, shard):
+        if saved:
+            raise KeyboardInterrupt
+        saved.append(path)
+        real_save(path, shard)
+
+    monkeypatch.setattr(make_pairs, "save_shard", killed_after_one)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        make_pairs.make_pairs_command(argv(setup, out))
+    assert len(list((out / make_pairs.WORK).glob("shard-*.json"))) == 1 and not (out / TRAIN).exists()
+    monkeypatch.setattr(make_pairs, "save_shard", real_save)
+    made, real_make = [], make_pairs.make_shard
+    monkeypatch.setattr(
+        make_pairs, "make_shard", lambda prompts, *rest: made.append(prompts) or real_make(prompts, *rest)
+    )
+    assert make_pairs.make_pairs_command(argv(setup, out))["pairs"] == 6
+    assert {name: (out / name).read_bytes() for name in expected} == expected
+    assert len(made) == 2  # the shard saved before the kill was not redone
+
+    (out / make_pairs.WORK / "shard-00001.json").unlink()  # part of the output lost: only that part is redone
+    (out / TRAIN).unlink()
+    assert make_pairs.make_pairs_command(argv(setup, out))["pairs"] == 6
+    assert {name: (out / name).read_bytes() for name in expected} == expected
+    assert len(made) == 3
+
+
+def test_ties_and_identical_answers_give_no_pair():
+    prompt = make_pairs.Prompt("p", [{"role": "user", "content": "Hi."}], [1, 2])
+    assert make_pairs.pick_pair(prompt, ["A.", "A.", "A."], [1.0, 2.0, 3.0]) == "all answers the same"
+    assert make_pairs.pick_pair(prompt, ["A.", "B."], [1.5, 1.5]) == "best and worst scores tie"
+    assert make_pairs.pick_pair(prompt, ["A.", " ", ""], [1.0, 2.0, 3.0]) == "fewer than 2 non-empty answers"
+    pair = make_pairs.pick_pair(prompt, ["A.", "B.", "C."], [0.5, 2.0, -1.0])
+    assert (pair["chosen"][-1]["content"], pair["rejected"][-1]["content"]) == ("B.", "C.")
+    assert (pair["score_chosen"], pair["score_rejected"]) == (2.0, -1.0)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["--num_prompts", "0"], "--num_prompts must be at least 1"),
+        (["--num_candidates", "1"], "--num_candidates must be at least 2"),
+        (["--split", "nope"], "--split 'nope'"),
+        (["--data_path", "./missing"], "--data_path ./missing: no such folder"),
+        (["--ckpt_path", "missing.ckpt"], "--ckpt_path missing.ckpt is not a readable"),
+        (["--ckpt_path", "REWARD"], "is a reward model's checkpoint; pass the policy"),
+        (["--reward_ckpt", "POLICY"], "is not a reward model's checkpoint"),
+        (["--seed", "1"], "holds a make-pairs run with other settings ("),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_flag(change, message, setup, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "pairs"
+    if change[0] == "--seed":  # an earlier run's folder, resumed with another seed and policy
+        make_pairs.claim_out(out, {"seed": 0, "policy_sha256": "an older policy"})
+    change = [{"REWARD": setup["reward"], "POLICY": setup["policy"]}.get(value, value) for value in change]
+    monkeypatch.setattr(sys, "argv", ["lightning-gpt", "make-pairs", *argv(setup, out), *change])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after datasets' progress bars, if any
+    assert exit_info.value.code == 2 and last.startswith("lightning-gpt: error:") and message in last, err
+    assert "Traceback" not in err
+
+
+def test_the_chat_tokenizer_ends_answers(setup):
+    assert chat_tokenizer().token_id(END_OF_TURN) in make_pairs.chat_stop_ids(chat_tokenizer())
+
+
+@pytest.mark.skipif(not (REAL_HUB / "HuggingFaceH4" / "ultrafeedback_binarized").is_dir(), reason="no local mirror")
+def test_the_real_mirror_gives_one_prompt_per_prompt_id_ending_with_a_user_turn():
+    rows = make_pairs.load_split(str(REAL_HUB / "HuggingFaceH4" / "ultrafeedback_binarized"), "train_prefs")
+    prompts, _ = make_pairs.read_prompts(rows, chat_tokenizer(), limit=50, max_tokens=512)
+    assert len(prompts) == 50 and len({p.prompt_id for p in prompts}) == 50
+    assert all(p.turns[-1]["role"] == "user" and len(p.ids) <= 512 for p in prompts)
