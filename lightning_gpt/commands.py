@@ -64,6 +64,11 @@ def load_checkpoint(path: str, device: str = "auto") -> tuple[GPT, Tokenizer]:
 
     device = resolve_device(device)
     checkpoint = load_checkpoint_file(path, map_location=device)
+    if "score_head.weight" in checkpoint.get("state_dict", {}):  # lightning_gpt.reward_model's head
+        raise UserInputError(
+            f"--ckpt_path {path} is a reward model's checkpoint, which scores answers but does not write them; pass "
+            "a language model's (pretraining, SFT or DPO)."
+        )
     try:
         # A DPO or reward checkpoint has settings of its own (beta, ...): the language model needs only GPTModule's.
         known = inspect.signature(GPTModule).parameters

@@ -29,7 +29,7 @@ from lightning_gpt.commands import chat_stop_ids, checked_settings, load_checkpo
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.generate import SamplingSettings, generate
 from lightning_gpt.model import GPT
-from lightning_gpt.reward_model import SCORE_HEAD, RewardModule, load_reward_model
+from lightning_gpt.reward_model import RewardModule, load_reward_model
 from lightning_gpt.tokenizer import Tokenizer
 
 WORK = ".make-pairs"  # the shards and the settings of a run, inside --out
@@ -322,14 +322,7 @@ def source_test_rows(args: argparse.Namespace) -> list[dict] | None:
 
 
 def load_models(args: argparse.Namespace, device: str) -> Models:
-    try:
-        policy, tokenizer = load_checkpoint(args.ckpt_path, device)
-    except UserInputError as err:
-        if SCORE_HEAD not in str(err):
-            raise
-        raise UserInputError(
-            f"--ckpt_path {args.ckpt_path} is a reward model's checkpoint; pass the policy (an SFT or DPO model)."
-        ) from None
+    policy, tokenizer = load_checkpoint(args.ckpt_path, device)
     if END_OF_TURN not in tokenizer.special_tokens:
         raise UserInputError(f"--ckpt_path {args.ckpt_path} has no chat tokens; make-pairs needs a chat model.")
     reward, _ = load_reward_model(args.reward_ckpt, device)

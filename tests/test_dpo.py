@@ -17,6 +17,7 @@ from lightning_gpt.errors import UserInputError
 from lightning_gpt.lit_module import GPTModule
 from lightning_gpt.model import IGNORE_INDEX
 from lightning_gpt.preference_losses import answer_logps, answer_positions, dpo_losses, initial_loss
+from lightning_gpt.reward_model import RewardModule
 from tests.test_real_configs import REPO, scalars
 from tests.test_training import LossRecorder, StopAt, trainer
 from tests.test_ultrafeedback import folder, pref_data, preference_rows
@@ -215,7 +216,10 @@ def test_the_dpo_config_with_the_smoke_overlay_trains_logs_and_writes_a_chat_che
 ):
     monkeypatch.chdir(tmp_path)
     init = sft_checkpoint(tmp_path / "sft.ckpt", n_layer=2, n_embd=64, block_size=128)  # smoke.yaml's model
+    reward = RewardModule(**{**SHAPE, "vocab_size": chat_tokenizer().vocab_size})
+    torch.save({"state_dict": reward.state_dict(), "hyper_parameters": dict(reward.hparams)}, tmp_path / "rm.ckpt")
     args = ["fit", "-c", DPO_CONFIG, "-c", SMOKE, "--data.path", str(pairs_dir), "--model.init_from", init]
+    args += ["--trainer.callbacks.reward_ckpt", str(tmp_path / "rm.ckpt"), "--trainer.callbacks.max_new_tokens", "8"]
     # The config's accumulation (4) and workers, shrunk: 8 steps of 2 batches, a validation every 4 steps.
     short = ["--trainer.max_steps", "8", "--trainer.accumulate_grad_batches", "2", "--data.num_workers", "2"]
     cli = run([*args, *short, "--trainer.val_check_interval", "8", "--trainer.log_every_n_steps", "2"])
@@ -224,7 +228,8 @@ def test_the_dpo_config_with_the_smoke_overlay_trains_logs_and_writes_a_chat_che
     for tag in ("train_loss", "rewards/chosen", "rewards/margins", "rewards/accuracies", "logps/rejected", "kl"):
         assert sorted(scalars(events, tag)) == [1, 3, 5, 7], tag
     assert scalars(events, "train_loss")[1] == pytest.approx(math.log(2), abs=0.02)  # the first step's pairs
-    for tag in ("val_loss", "val_rewards/accuracies", "val_logps/chosen", "val_entropy", "val_kl", "train_eval_loss"):
+    validations = ("val_loss", "val_rewards/accuracies", "val_logps/chosen", "val_entropy", "val_kl", "train_eval_loss")
+    for tag in (*validations, "samples/reward", "samples/kl", "samples/entropy", "samples/length"):
         assert len(scalars(events, tag)) == 2, tag
     # The checkpoint is a chat model's: generate, chat and evaluate-chat load it unchanged.
     model, tokenizer = load_checkpoint(str(events / "checkpoints" / "last.ckpt"), device="cpu")

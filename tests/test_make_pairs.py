@@ -113,7 +113,7 @@ def test_ties_and_identical_answers_give_no_pair():
         (["--split", "nope"], "--split 'nope'"),
         (["--data_path", "./missing"], "--data_path ./missing: no such folder"),
         (["--ckpt_path", "missing.ckpt"], "--ckpt_path missing.ckpt is not a readable"),
-        (["--ckpt_path", "REWARD"], "is a reward model's checkpoint; pass the policy"),
+        (["--ckpt_path", "REWARD"], "is a reward model's checkpoint, which scores answers"),
         (["--reward_ckpt", "POLICY"], "is not a reward model's checkpoint"),
         (["--seed", "1"], "holds a make-pairs run with other settings ("),
     ],
