@@ -106,11 +106,14 @@ def _temp_beside(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """`path` holds its old content or `data` (text is written as UTF-8), never a part of it: a temporary file
+    beside it, fsynced, then renamed over it. Its folder is made if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temp_beside(path)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -161,7 +164,7 @@ def write_cache(base: Path, chunks: Iterable[dict[str, np.ndarray]], dtypes: dic
         "format": CACHE_FORMAT,
         "arrays": {n: {"dtype": np.dtype(d).name, "length": lengths[n]} for n, d in dtypes.items()},
     }
-    _atomic_write_text(meta_path(base), json.dumps(meta, indent=2))
+    write_atomic(meta_path(base), json.dumps(meta, indent=2))
     return meta
 
 

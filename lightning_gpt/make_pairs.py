@@ -11,10 +11,8 @@ files as one that was not (on the same device).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
-import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -29,12 +27,9 @@ from lightning_gpt.commands import chat_stop_ids, checked_settings, load_checkpo
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.generate import SamplingSettings, generate
 from lightning_gpt.model import GPT
+from lightning_gpt.pair_folder import COLUMNS, claim_out, file_digest, save_shard, write_dataset
 from lightning_gpt.reward_model import RewardModule, load_reward_model
 from lightning_gpt.tokenizer import Tokenizer
-
-WORK = ".make-pairs"  # the shards and the settings of a run, inside --out
-CONFIG = "default"  # the dataset's config name, as in the hub mirrors
-COLUMNS = ("prompt", "prompt_id", "chosen", "rejected", "messages", "score_chosen", "score_rejected")
 
 
 @dataclass
@@ -215,34 +210,6 @@ def make_shard(prompts: list[Prompt], models: Models, n: int, batch_size: int, s
     }
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """`path` holds its old content or `data`, never a part: a temp file beside it, fsynced, renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        with open(temp, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-
-
-def save_shard(path: Path, shard: dict) -> None:
-    write_atomic(path, json.dumps(shard, ensure_ascii=False).encode())
-
-
-def file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def run_settings(args: argparse.Namespace, prompts: list[Prompt]) -> dict:
     """What decides a run's output: a resume must match it."""
     keys = ("data_path", "split", "num_prompts", "num_candidates", "max_new_tokens", "temperature", "top_p")
@@ -253,58 +220,6 @@ def run_settings(args: argparse.Namespace, prompts: list[Prompt]) -> dict:
         "reward_sha256": file_digest(args.reward_ckpt),
         "prompt_ids_sha256": hashlib.sha256("\n".join(p.prompt_id for p in prompts).encode()).hexdigest(),
     }
-
-
-def claim_out(out: Path, settings: dict) -> Path:
-    """The work folder of --out: a new one, or that of an earlier run with the same settings (a resume)."""
-    work = out / WORK
-    saved = work / "settings.json"
-    if saved.is_file():
-        earlier = json.loads(saved.read_text())
-        changed = sorted(key for key in settings.keys() | earlier.keys() if settings.get(key) != earlier.get(key))
-        if changed:
-            raise UserInputError(
-                f"--out {out} holds a make-pairs run with other settings ({', '.join(changed)} differ): pass the "
-                f"same flags to resume it, another --out, or delete {work} to start over."
-            )
-        return work
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserInputError(f"--out {out} exists and is not a make-pairs output; pass a new folder.")
-    write_atomic(saved, json.dumps(settings, indent=1).encode())
-    return work
-
-
-def pair_schema():
-    import pyarrow as pa
-
-    turns = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-    return pa.schema(
-        [("prompt", pa.string()), ("prompt_id", pa.string()), ("chosen", turns), ("rejected", turns)]
-        + [("messages", turns), ("score_chosen", pa.float64()), ("score_rejected", pa.float64())]
-    )
-
-
-def write_dataset(out: Path, splits: dict[str, list[dict]], settings: dict) -> None:
-    """One parquet file per split and the README whose YAML header declares them (the hub's layout)."""
-    import io
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    entries = []
-    for split, rows in splits.items():
-        buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows, schema=pair_schema()), buffer)
-        write_atomic(out / CONFIG / f"{split}-00000-of-00001.parquet", buffer.getvalue())
-        entries.append(f"  - split: {split}\n    path: {CONFIG}/{split}-*")
-    header = f"---\nconfigs:\n- config_name: {CONFIG}\n  data_files:\n" + "\n".join(entries) + "\n---\n"
-    text = (
-        "\nPreference pairs made by `lightning-gpt make-pairs`: the best (chosen) and the worst (rejected) of the "
-        "policy's sampled answers to each prompt, by the reward model's score. Settings:\n\n```json\n"
-        + json.dumps(settings, indent=1)
-        + "\n```\n"
-    )
-    write_atomic(out / "README.md", (header + text).encode())
 
 
 def source_test_rows(args: argparse.Namespace) -> list[dict] | None:

@@ -8,7 +8,7 @@ import torch
 
 from data_modules import UltraFeedback
 from data_modules.ultrafeedback import answer_rows
-from lightning_gpt import make_pairs
+from lightning_gpt import make_pairs, pair_folder
 from lightning_gpt.__main__ import main
 from lightning_gpt.chat import END_OF_TURN, chat_tokenizer, render_prompt
 from lightning_gpt.lit_module import GPTModule
@@ -66,7 +66,7 @@ def test_a_run_interrupted_or_partly_deleted_resumes_to_the_same_output(setup, t
     make_pairs.make_pairs_command(argv(setup, tmp_path / "straight"))
     expected = {name: (tmp_path / "straight" / name).read_bytes() for name in (TRAIN, "README.md")}
 
-    saved, real_save = [], make_pairs.save_shard
+    saved, real_save = [], pair_folder.save_shard
 
     def killed_after_one(path, shard):
         if saved:
@@ -78,7 +78,7 @@ def test_a_run_interrupted_or_partly_deleted_resumes_to_the_same_output(setup, t
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         make_pairs.make_pairs_command(argv(setup, out))
-    assert len(list((out / make_pairs.WORK).glob("shard-*.json"))) == 1 and not (out / TRAIN).exists()
+    assert len(list((out / pair_folder.WORK).glob("shard-*.json"))) == 1 and not (out / TRAIN).exists()
     monkeypatch.setattr(make_pairs, "save_shard", real_save)
     made, real_make = [], make_pairs.make_shard
     monkeypatch.setattr(
@@ -88,7 +88,7 @@ def test_a_run_interrupted_or_partly_deleted_resumes_to_the_same_output(setup, t
     assert {name: (out / name).read_bytes() for name in expected} == expected
     assert len(made) == 2  # the shard saved before the kill was not redone
 
-    (out / make_pairs.WORK / "shard-00001.json").unlink()  # part of the output lost: only that part is redone
+    (out / pair_folder.WORK / "shard-00001.json").unlink()  # part of the output lost: only that part is redone
     (out / TRAIN).unlink()
     assert make_pairs.make_pairs_command(argv(setup, out))["pairs"] == 6
     assert {name: (out / name).read_bytes() for name in expected} == expected
@@ -121,7 +121,7 @@ def test_ties_and_identical_answers_give_no_pair():
 def test_bad_input_is_one_line_naming_the_flag(change, message, setup, tmp_path, monkeypatch, capsys):
     out = tmp_path / "pairs"
     if change[0] == "--seed":  # an earlier run's folder, resumed with another seed and policy
-        make_pairs.claim_out(out, {"seed": 0, "policy_sha256": "an older policy"})
+        pair_folder.claim_out(out, {"seed": 0, "policy_sha256": "an older policy"})
     change = [{"REWARD": setup["reward"], "POLICY": setup["policy"]}.get(value, value) for value in change]
     monkeypatch.setattr(sys, "argv", ["lightning-gpt", "make-pairs", *argv(setup, out), *change])
     with pytest.raises(SystemExit) as exit_info:
