@@ -237,3 +237,33 @@ def test_the_dpo_config_with_the_smoke_overlay_trains_logs_and_writes_a_chat_che
     policy = {k.removeprefix("model."): v for k, v in cli.model.state_dict().items() if k.startswith("model.")}
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, policy[key])
+
+
+def test_accumulated_micro_batches_give_the_gradient_of_the_mean_over_all_pairs_of_the_step(pairs_dir, tmp_path):
+    module = dpo_module(sft_checkpoint(tmp_path / "sft.ckpt"), dropout=0.0)
+    module.model.train()
+    module.trainer = L.Trainer(accelerator="cpu", accumulate_grad_batches=2, logger=False)
+    dm = pref_data(pairs_dir, batch_size=2)
+    dm.setup("fit")
+    loader = iter(dm.train_dataloader())
+    first, second = next(loader), next(loader)
+    # Two micro-batches of 2 pairs (one with fewer tokens than the other), as Lightning runs them: each loss
+    # divided by the accumulation, the gradients summed.
+    for x, y, _, pair_ids in (first, second):
+        module._reference_logps = None
+        loss = module.training_step((x, y, torch.tensor(4), pair_ids), 0)
+        (loss / 2).backward()
+    accumulated = [p.grad.clone() for p in module.model.parameters()]
+    module.model.zero_grad()
+    # The same 4 pairs in one batch: chosen rows first, then the rejected ones, padded to one width.
+    width = max(first[0].shape[1], second[0].shape[1])
+
+    def pad(t, value):
+        return F.pad(t, (0, width - t.shape[1]), value=value)
+
+    halves = [(pad(b[0], dm.tokenizer.eot_id), pad(b[1], IGNORE_INDEX)) for b in (first, second)]
+    x = torch.cat([halves[0][0][:2], halves[1][0][:2], halves[0][0][2:], halves[1][0][2:]])
+    y = torch.cat([halves[0][1][:2], halves[1][1][:2], halves[0][1][2:], halves[1][1][2:]])
+    module.training_step((x, y), 0).backward()  # no step count: the batch's own mean
+    for got, expected in zip(accumulated, (p.grad for p in module.model.parameters()), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
