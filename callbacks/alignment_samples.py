@@ -3,12 +3,11 @@ works: their mean reward (rising), their KL to the reference (small) and the pol
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import lightning as L
 import numpy as np
 import torch
 
+from callbacks.text_samples import sampling_from
 from data_modules.ultrafeedback import answer_rows
 from lightning_gpt.chat import END_OF_TURN
 from lightning_gpt.generate import SamplingSettings, generate
@@ -106,14 +105,9 @@ class AlignmentSamples(L.Callback):
         room = pl_module.model.config.block_size - max(len(p) for p in prompts)
         if self.reward_model is not None:
             self.reward_model.to(pl_module.device)
-        policy = pl_module.model
-        was_training = policy.training
-        policy.eval()
-        bf16 = "bf16" in str(trainer.precision)
-        autocast = torch.autocast(pl_module.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-        with autocast:
+        with sampling_from(trainer, pl_module):
             self.last_metrics = sample_metrics(
-                policy,
+                pl_module.model,
                 pl_module.reference_model(),
                 prompts,
                 end_id=tokenizer.token_id(END_OF_TURN),
@@ -123,7 +117,6 @@ class AlignmentSamples(L.Callback):
                 batch_size=self.batch_size,
                 seed=self.seed,
             )
-        policy.train(was_training)
         step = trainer.fit_loop.epoch_loop._batches_that_stepped  # the step Lightning logs val_loss at
         for logger in trainer.loggers:
             logger.log_metrics({f"samples/{k}": v for k, v in self.last_metrics.items()}, step=step)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 
 import lightning as L
@@ -12,6 +13,21 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning_gpt.chat import render_prompt
 from lightning_gpt.commands import chat_stop_ids, is_chat
 from lightning_gpt.generate import SamplingSettings, generate
+
+
+@contextmanager
+def sampling_from(trainer: L.Trainer, pl_module: L.LightningModule) -> Iterator[None]:
+    """The module's model in eval mode (no dropout) under the run's bf16 autocast, if any, then back in the mode
+    it was in: generating from the model being trained."""
+    model = pl_module.model
+    was_training = model.training
+    model.eval()
+    bf16 = "bf16" in str(trainer.precision)
+    try:
+        with torch.autocast(pl_module.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
+            yield
+    finally:
+        model.train(was_training)
 
 
 class GenerateSamples(L.Callback):
@@ -52,14 +68,8 @@ class GenerateSamples(L.Callback):
             prompts = [tokenizer.encode(p) for p in self.prompts]
             stops = (tokenizer.eot_id,)
         settings = replace(self.settings, stop_ids=stops)
-        model = pl_module.model
-        was_training = model.training
-        model.eval()
-        bf16 = "bf16" in str(trainer.precision)
-        autocast = torch.autocast(pl_module.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-        with autocast:
-            outputs = generate(model, prompts, settings)
-        model.train(was_training)
+        with sampling_from(trainer, pl_module):
+            outputs = generate(pl_module.model, prompts, settings)
         self.last_samples = [tokenizer.decode(o) for o in outputs]
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):

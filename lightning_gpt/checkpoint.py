@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import torch
@@ -54,3 +55,25 @@ def load_pretrained(model: GPT, path: str) -> None:
         )
     model.load_state_dict(found)
     log.info("initialised from %s (vocabulary %d -> %d)", path, old_vocab, new_vocab)
+
+
+def module_from_checkpoint(module_class, checkpoint: dict, problem: str):
+    """A `module_class` (GPTModule or a subclass) with the checkpoint's model settings and weights, for use outside
+    the Trainer: only GPTModule's settings are read (a DPO checkpoint's beta and the like are training settings),
+    nothing is loaded from init_from and nothing is compiled.
+
+    Raises:
+        UserInputError: `problem` (which names the file and its flag), its "{reason}" replaced by why, when the file
+            is a torch file but not such a module's checkpoint.
+    """
+    from lightning_gpt.lit_module import GPTModule  # it imports this module
+
+    try:
+        known = inspect.signature(GPTModule).parameters
+        settings = {k: v for k, v in checkpoint["hyper_parameters"].items() if k in known}
+        module = module_class(**{**settings, "init_from": None, "compile": False})
+        module.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, TypeError, RuntimeError, UserInputError) as err:
+        # replace, not format: the file's path may hold braces
+        raise UserInputError(problem.replace("{reason}", f"{type(err).__name__}: {str(err)[:160]}")) from None
+    return module

@@ -4,7 +4,6 @@ Trainer."""
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 from collections.abc import Iterable
@@ -13,6 +12,7 @@ from dataclasses import replace
 import torch
 
 from lightning_gpt.chat import END_OF_TURN, SYSTEM, USER, chat_tokenizer, message_problem, render_prompt
+from lightning_gpt.checkpoint import module_from_checkpoint
 from lightning_gpt.checkpoint_io import load_checkpoint_file
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.generate import SamplingSettings, generate, stream, trim_at_stop
@@ -69,17 +69,10 @@ def load_checkpoint(path: str, device: str = "auto") -> tuple[GPT, Tokenizer]:
             f"--ckpt_path {path} is a reward model's checkpoint, which scores answers but does not write them; pass "
             "a language model's (pretraining, SFT or DPO)."
         )
-    try:
-        # A DPO or reward checkpoint has settings of its own (beta, ...): the language model needs only GPTModule's.
-        known = inspect.signature(GPTModule).parameters
-        settings = {k: v for k, v in checkpoint["hyper_parameters"].items() if k in known}
-        module = GPTModule(**{**settings, "init_from": None, "compile": False})
-        module.load_state_dict(checkpoint["state_dict"])
-    except (KeyError, TypeError, RuntimeError) as err:  # a torch file, but not a GPTModule's checkpoint
-        raise UserInputError(
-            f"--ckpt_path {path} is not a lightning-gpt checkpoint ({type(err).__name__}: {str(err)[:160]}); pass a "
-            "checkpoint written by lightning-gpt fit."
-        ) from None
+    problem = (
+        f"--ckpt_path {path} is not a lightning-gpt checkpoint ({{reason}}); pass one written by lightning-gpt fit."
+    )
+    module = module_from_checkpoint(GPTModule, checkpoint, problem + ".")
     model = module.model.eval()
     if device.startswith("cuda"):
         model = model.to(torch.bfloat16)

@@ -6,14 +6,13 @@ scores any (prompt, answer) rows collated by `data_modules.ultrafeedback.answer_
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
 from lightning_gpt.bradley_terry import bradley_terry
 from lightning_gpt.chat import chat_tokenizer
+from lightning_gpt.checkpoint import module_from_checkpoint
 from lightning_gpt.checkpoint_io import load_checkpoint_file
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.lit_module import GPTModule
@@ -143,15 +142,8 @@ def load_reward_model(path: str, device: str = "cpu") -> tuple[RewardModule, Tok
             f"--reward_ckpt {path} is not a reward model's checkpoint (it holds no score head); pass one written by "
             "lightning-gpt fit -c configs/reward_ultrafeedback.yaml."
         )
-    try:
-        known = inspect.signature(GPTModule).parameters
-        settings = {k: v for k, v in checkpoint["hyper_parameters"].items() if k in known}
-        module = RewardModule(**{**settings, "init_from": None, "compile": False})
-        module.load_state_dict(state)
-    except (KeyError, TypeError, RuntimeError, UserInputError) as err:
-        raise UserInputError(
-            f"--reward_ckpt {path} is not a usable reward checkpoint ({type(err).__name__}: {str(err)[:160]})."
-        ) from None
+    problem = f"--reward_ckpt {path} is not a usable reward checkpoint ({{reason}})."
+    module = module_from_checkpoint(RewardModule, checkpoint, problem)
     module = module.to(device).eval()
     if device.startswith("cuda"):
         module = module.to(torch.bfloat16)
