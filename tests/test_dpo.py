@@ -148,17 +148,17 @@ def test_precomputed_reference_log_probabilities_give_the_live_losses(pairs_dir,
     torch.testing.assert_close(losses[True], losses[False], rtol=0, atol=1e-6)
 
 
-def test_resume_continues_exactly_with_accumulation_and_precomputed_reference(pairs_dir, tmp_path):
+@pytest.mark.parametrize("stage", ["dpo", "reward"])
+def test_resume_continues_exactly_with_accumulation_and_workers(stage, pairs_dir, tmp_path):
+    """DPO (with the reference log-probabilities computed ahead, kept in the checkpoint) and the reward model."""
     init = sft_checkpoint(tmp_path / "sft.ckpt")
     settings = {"accumulate_grad_batches": 2, "limit_val_batches": 2, "val_check_interval": 4}
 
     def fresh():
         L.seed_everything(0)
         dm = pref_data(pairs_dir, batch_size=4, num_workers=2)
-        module = DPOModule(
-            **SHAPE, vocab_size=dm.vocab_size, init_from=init, learning_rate=1e-2, warmup_steps=2,
-            precompute_reference=True,
-        )  # fmt: skip
+        args = {**SHAPE, "vocab_size": dm.vocab_size, "init_from": init, "learning_rate": 1e-2, "warmup_steps": 2}
+        module = DPOModule(**args, precompute_reference=True) if stage == "dpo" else RewardModule(**args)
         return dm, module
 
     straight = LossRecorder()
@@ -170,9 +170,10 @@ def test_resume_continues_exactly_with_accumulation_and_precomputed_reference(pa
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=4)
     dm, module = fresh()
     trainer(tmp_path / "b", 10, [first, StopAt(4), ckpt], enable_checkpointing=True, **settings).fit(module, dm)
-    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
-    assert saved["dpo_reference"]["logps"].shape == (len(dm.trainer.train_dataloader.dataset.prompt), 2)
-    assert not any(key.startswith("reference") for key in saved["state_dict"])  # the policy alone
+    if stage == "dpo":
+        saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+        assert saved["dpo_reference"]["logps"].shape == (len(dm.trainer.train_dataloader.dataset.prompt), 2)
+        assert not any(key.startswith("reference") for key in saved["state_dict"])  # the policy alone
     dm, module = fresh()
     trainer(tmp_path / "b", 10, [second], **settings).fit(module, dm, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     torch.testing.assert_close(first.losses + second.losses, straight.losses, rtol=0, atol=1e-6)
