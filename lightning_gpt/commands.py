@@ -1,4 +1,4 @@
-"""`lightning-gpt generate`, `chat`, `evaluate-chat` and `make-pairs`: using trained checkpoints, outside the
+"""`lightning-gpt generate`, `chat`, `evaluate-chat`, `make-pairs` and `export`: using trained checkpoints, outside the
 Trainer."""
 
 from __future__ import annotations
@@ -320,9 +320,17 @@ def make_pairs_command(argv: list[str]) -> dict:
     return make_pairs(argv)
 
 
+def export_command(argv: list[str]):
+    """A Hugging Face model folder: see lightning_gpt/export.py (imported here on use: it needs transformers)."""
+    from lightning_gpt.export import export_command as export
+
+    return export(argv)
+
+
 COMMANDS = {
     "generate": generate_command,
     "chat": chat_command,
     "evaluate-chat": evaluate_chat_command,
     "make-pairs": make_pairs_command,
+    "export": export_command,
 }
