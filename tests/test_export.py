@@ -1,0 +1,180 @@
+"""lightning-gpt export: the Hugging Face folder computes, tokenizes, renders chats and generates like the project."""
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: nothing may reach the hub
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+from lightning_gpt.__main__ import main  # noqa: E402
+from lightning_gpt.chat import chat_tokenizer, render_conversation, render_prompt  # noqa: E402
+from lightning_gpt.commands import chat_stop_ids  # noqa: E402
+from lightning_gpt.export import export  # noqa: E402
+from lightning_gpt.generate import SamplingSettings, generate  # noqa: E402
+from lightning_gpt.lit_module import GPTModule  # noqa: E402
+from lightning_gpt.tokenizer import Tokenizer  # noqa: E402
+
+TEXTS = [
+    "The cat sat on the mat.",
+    "Ünïcödé: naïve café, 日本語, emoji 🙂 and \u200b zero-width",
+    "runs   of    spaces\t\ttabs\n\n\nand newlines  \n ",
+    "<|endoftext|>",
+    "a literal <|endoftext|> inside text, and <|user|> too",
+    "  leading and trailing spaces  ",
+    "numbers 1234567 and 3.14159, it's they're we'll",
+]
+SPECIAL_TEXTS = [t for t in TEXTS if "<|" in t]
+CONVERSATIONS = {
+    "no system": [{"role": "user", "content": "Hi there!"}],
+    "system": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is a cat?"}],
+    "multi-turn": [
+        {"role": "system", "content": "You answer in French."},
+        {"role": "user", "content": "Hello, how are you?"},
+        {"role": "assistant", "content": "Très bien,  merci !\n"},
+        {"role": "user", "content": " And now?  "},
+    ],
+}
+
+
+def tiny_checkpoint(path, vocab_size: int) -> GPTModule:
+    """A tiny model with sharpened random weights (so rotary, norm and layout mistakes move the logits), saved the
+    way lightning-gpt fit saves one."""
+    module = GPTModule(preset="tiny", vocab_size=vocab_size, block_size=64, n_layer=2, n_embd=64)
+    with torch.no_grad():
+        for name, param in module.model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.uniform_(0.5, 1.5)
+            elif "qkv" in name:
+                param.mul_(15)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return module.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict:
+    """A chat and a plain (GPT-2 vocabulary) checkpoint, each exported once: {name: (module, folder)}."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("export")
+    out = {}
+    for name, vocab in (("chat", chat_tokenizer().vocab_size), ("plain", Tokenizer().vocab_size)):
+        module = tiny_checkpoint(root / f"{name}.ckpt", vocab)
+        out[name] = (module, export(str(root / f"{name}.ckpt"), str(root / name)))
+    return out
+
+
+def hf_model(folder):
+    return transformers.AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+
+
+def hf_tokenizer(folder):
+    return transformers.AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("name", ["chat", "plain"])
+def test_logits_match_in_float32(exported, name):
+    module, folder = exported[name]
+    config = module.model.config
+    ids = torch.randint(0, config.vocab_size, (2, config.block_size), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours, _ = module.model(ids)
+        theirs = hf_model(folder)(ids).logits
+    assert theirs.shape == (2, config.block_size, config.vocab_size)  # the padded rows are cut
+    torch.testing.assert_close(theirs, ours[..., : config.vocab_size], atol=1e-4, rtol=0)
+    hf = json.loads((folder / "config.json").read_text())
+    assert hf["rms_norm_eps"] == config.norm_eps and hf["tie_word_embeddings"] is True
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+
+
+@pytest.mark.parametrize("name", ["chat", "plain"])
+def test_tokenizer_encodes_like_the_project(exported, name):
+    ours = chat_tokenizer() if name == "chat" else Tokenizer()
+    theirs = hf_tokenizer(exported[name][1])
+    assert len(theirs) == ours.vocab_size
+    for text in TEXTS:
+        expected = ours.encode(text)
+        # Special-token strings in text are ordinary text, as in the project; a chat tokenizer needs them matched
+        # for its template, so it gives the project's ids on such text only with split_special_tokens=True.
+        assert theirs(text, split_special_tokens=True)["input_ids"] == expected, text
+        if name == "plain" or text not in SPECIAL_TEXTS:
+            assert theirs(text)["input_ids"] == expected, text
+            assert theirs.encode(text) == expected, text
+        assert theirs.decode(expected) == ours.decode(expected)
+    assert theirs.convert_tokens_to_ids("<|endoftext|>") == ours.eot_id
+
+
+@pytest.mark.parametrize("conversation", CONVERSATIONS)
+def test_chat_template_renders_like_the_project(exported, conversation):
+    messages = CONVERSATIONS[conversation]
+    ours, theirs = chat_tokenizer(), hf_tokenizer(exported["chat"][1])
+    prompt = theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert prompt == render_prompt(ours, messages)
+    answered = [*messages, {"role": "assistant", "content": "Sure: one, two  three.\n"}]
+    rendered = theirs.apply_chat_template(answered, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids, mask = render_conversation(ours, answered)
+    assert rendered["input_ids"] == ids
+    assert rendered["assistant_masks"] == mask  # {% generation %} marks what the project trains on
+
+
+@pytest.mark.parametrize("name", ["chat", "plain"])
+def test_greedy_generation_matches(exported, name):
+    module, folder = exported[name]
+    ours = chat_tokenizer() if name == "chat" else Tokenizer()
+    if name == "chat":
+        prompt, stop_ids = render_prompt(ours, CONVERSATIONS["system"]), chat_stop_ids(ours)
+    else:
+        prompt, stop_ids = ours.encode("The cat sat on the"), (ours.eot_id,)
+    settings = SamplingSettings(max_new_tokens=12, temperature=0, stop_ids=stop_ids)
+    expected = generate(module.model, [prompt], settings)[0]
+    model = hf_model(folder)
+    assert set(model.generation_config.eos_token_id) == set(stop_ids)
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=12)[0, len(prompt) :].tolist()
+    stop = next((i for i, t in enumerate(out) if t in stop_ids), len(out))  # generate() leaves the stop id out
+    assert out[:stop] == expected
+    assert len(expected) >= 3  # the comparison is not vacuous
+
+
+def test_export_command_refuses_a_non_empty_out(tmp_path, capsys, monkeypatch):
+    module = tiny_checkpoint(tmp_path / "m.ckpt", Tokenizer().vocab_size)
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    monkeypatch.setattr(sys, "argv", ["lightning-gpt", "export", "--ckpt_path", str(tmp_path / "m.ckpt")])
+    sys.argv += ["--out", str(out)]
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--out" in err and "not empty" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "m.ckpt"]  # no temporary folder left behind
+    assert (out / "keep.txt").read_text() == "mine"
+    # An empty folder is fine, and --dtype bfloat16 writes bfloat16 weights.
+    (out / "keep.txt").unlink()
+    sys.argv += ["--dtype", "bfloat16"]
+    main()
+    model = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert model.dtype == torch.bfloat16
+    torch.testing.assert_close(
+        model.model.embed_tokens.weight.float(),
+        module.model.tok_emb.weight[: module.model.config.vocab_size].bfloat16().float(),
+    )
+
+
+def test_export_without_transformers_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now raises ImportError
+    from lightning_gpt.errors import UserInputError
+
+    with pytest.raises(UserInputError, match=r'pip install -e "\.\[hf\]"'):
+        export(str(tmp_path / "missing.ckpt"), str(tmp_path / "hf"))
+    assert not (tmp_path / "hf").exists()
