@@ -51,7 +51,7 @@ def hf_state_dict(model: GPT, dtype: torch.dtype = torch.float32) -> dict[str, t
         for name, hf in LAYER_NAMES.items():
             out[f"model.layers.{i}.{hf}"] = ours[prefix + name]
         q, k, v = ours[prefix + "attn.qkv.weight"].split(c.n_embd, dim=0)  # each (C, C): rows are outputs
-        for hf, weight in zip(QKV_NAMES, (q, k, v)):
+        for hf, weight in zip(QKV_NAMES, (q, k, v), strict=True):
             out[f"model.layers.{i}.{hf}"] = weight
     return {name: t.detach().to(dtype).contiguous() for name, t in out.items()}
 
@@ -109,7 +109,9 @@ def check_out_dir(out: str) -> Path:
     """--out must not exist, or be an empty folder: export never writes over anything."""
     path = Path(out)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise UserInputError(f"--out {out} already exists and is not empty; pass a new folder (export never overwrites).")
+        raise UserInputError(
+            f"--out {out} already exists and is not empty; pass a new folder (export never overwrites)."
+        )
     if not path.parent.exists():
         raise UserInputError(f"--out {out}: its parent folder {path.parent} does not exist; create it first.")
     return path
@@ -122,8 +124,7 @@ def export(ckpt_path: str, out: str, dtype: str = "float32") -> Path:
         import transformers  # noqa: F401
     except ImportError as err:
         raise UserInputError(
-            f"lightning-gpt export needs transformers and safetensors ({err.name} is missing): "
-            'pip install -e ".[hf]"'
+            f'lightning-gpt export needs transformers and safetensors ({err.name} is missing): pip install -e ".[hf]"'
         ) from None
     from safetensors.torch import save_file
 
