@@ -13,8 +13,10 @@ only when called with split_special_tokens=True.
 
 from __future__ import annotations
 
+from importlib import resources
+
 from lightning_gpt.chat import ASSISTANT, END_OF_TURN, ROLE_TOKENS, USER
-from lightning_gpt.tokenizer import END_OF_TEXT, GPT2_PATTERN, Tokenizer, _load_ranks
+from lightning_gpt.tokenizer import END_OF_TEXT, GPT2_PATTERN, GPT2_VOCAB_FILE, Tokenizer, _load_ranks
 
 # lightning_gpt/chat.py::render_conversation and render_prompt, in Jinja. The {% generation %} block marks what the
 # project's loss mask marks (the assistant's text and its <|end|>), for return_assistant_tokens_mask=True.
@@ -38,6 +40,7 @@ assert all(ROLE_TOKENS[role] == f"<|{role}|>" for role in ROLE_TOKENS)  # the te
 
 def hf_tokenizer(tokenizer: Tokenizer, chat: bool, max_length: int):
     """A `PreTrainedTokenizerFast` with `tokenizer`'s ids, plus CHAT_TEMPLATE when `chat`."""
+    from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
@@ -48,9 +51,11 @@ def hf_tokenizer(tokenizer: Tokenizer, chat: bool, max_length: int):
         def load_tiktoken_bpe(_path: str) -> dict[bytes, int]:
             return ranks  # tiktoken's own loader would copy the file into its download cache
 
+    vocab_file = str(resources.files("lightning_gpt").joinpath("assets").joinpath(GPT2_VOCAB_FILE))
+    backend = ShippedVocabulary(vocab_file=vocab_file, pattern=GPT2_PATTERN).converted()
     # Added after the 50,256 BPE ranks, in id order: <|endoftext|> 50256, then the chat tokens from 50257.
     specials = sorted(tokenizer.special_tokens, key=tokenizer.special_tokens.get)
-    backend = ShippedVocabulary(pattern=GPT2_PATTERN, extra_special_tokens=specials).converted()
+    backend.add_special_tokens([AddedToken(name, normalized=False, special=True) for name in specials])
     for name, expected in tokenizer.special_tokens.items():
         if backend.token_to_id(name) != expected:
             raise RuntimeError(f"exported tokenizer gives {name} id {backend.token_to_id(name)}, not {expected}")
