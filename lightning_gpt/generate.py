@@ -135,20 +135,25 @@ def stream(
         prompts = [p[-limit:] for p in prompts]
     device = model.tok_emb.weight.device
     B, P = len(prompts), max(len(p) for p in prompts)
-    total = min(config.block_size, P + settings.max_new_tokens)
-    if P + settings.max_new_tokens > config.block_size:
+    # Each row's own budget: its positions start at 0 at its first real token, so a short prompt batched with a
+    # long one may still fill the whole context (the same answer as alone, whatever the batch).
+    budgets = [min(settings.max_new_tokens, config.block_size - len(p)) for p in prompts]
+    if min(budgets) < settings.max_new_tokens:
         warnings.warn(
             f"prompt + max_new_tokens exceeds the context of {config.block_size} tokens: generation stops "
-            f"after {total - P} new tokens",
+            f"after {min(budgets)} new tokens for the longest prompt",
             stacklevel=2,
         )
+    total = P + max(budgets)  # slots; a row's positions stay below block_size
+    budget = torch.tensor(budgets, device=device)  # (B,)
     pad = torch.tensor([P - len(p) for p in prompts], device=device)  # (B,)
     seq = torch.zeros(B, total, dtype=torch.long, device=device)  # left-padded prompts, then the output
     for row, prompt in enumerate(prompts):
         seq[row, P - len(prompt) : P] = torch.tensor(prompt, device=device)
     slots = torch.arange(total, device=device)
     valid = slots[None, :] >= pad[:, None]  # (B, total)
-    positions = (slots[None, :] - pad[:, None]).clamp(min=0)  # (B, total)
+    # (B, total); a finished row's later slots are clamped into the table (their tokens are never used).
+    positions = (slots[None, :] - pad[:, None]).clamp(0, config.block_size - 1)
     generator = None
     if settings.seed is not None:
         generator = torch.Generator(device=device).manual_seed(settings.seed)
@@ -158,20 +163,22 @@ def stream(
     stop_ids = torch.tensor(settings.stop_ids or [-1], device=device)
     filled = P  # slots of `seq` known so far
     while filled < total and running.any():
-        start = caches[0].length if use_cache else 0  # with a cache, only the slots it has not seen yet
+        if use_cache:  # only the slots the cache has not seen yet, attending to every slot so far
+            start = caches[0].length
+            mask = _attention_mask(valid[:, :filled], start, filled - start)
+        else:  # every slot again, at most a context's worth: a running row's tokens all lie in the last block_size
+            start = max(0, filled - config.block_size)
+            mask = _attention_mask(valid[:, start:filled], 0, filled - start)
         # .forward, not __call__: a model compiled in place for training would recompile at every new cache length.
         logits, _ = model.forward(
-            seq[:, start:filled],
-            positions=positions[:, start:filled],
-            caches=caches,
-            attn_mask=_attention_mask(valid[:, :filled], start, filled - start),
-            last_only=True,
+            seq[:, start:filled], positions=positions[:, start:filled], caches=caches, attn_mask=mask, last_only=True
         )
         seen = torch.where(valid[:, :filled], seq[:, :filled], -1)
         token = next_token(logits[:, -1, : config.vocab_size], seen, settings, generator)  # (B,)
         seq[:, filled] = token
         filled += 1
         stopped = torch.isin(token, stop_ids) & running
+        full = running & ~stopped & (budget <= filled - P)  # this token is the row's last
         out = []
         for row in running.nonzero().flatten().tolist():
             if stopped[row]:
@@ -181,7 +188,7 @@ def stream(
             if settings.stop_strings and decode is not None:
                 tail = decode(new_tokens[row][-32:])
                 stopped[row] = any(s in tail for s in settings.stop_strings)
-        running &= ~stopped
+        running &= ~(stopped | full)
         if out:
             yield out
 

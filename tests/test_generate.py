@@ -109,6 +109,18 @@ def test_generation_stops_when_the_context_is_full(model):
     assert len(out) == 4
 
 
+def test_a_short_prompt_gets_the_same_answer_batched_with_a_long_one(model):
+    """The batch shares one cache, but not one length budget: evaluate-chat's scores must not depend on its
+    --batch_size."""
+    short, long = [1, 2, 3], list(range(1, 55))  # 64 positions: the long prompt leaves room for 10 new tokens
+    with pytest.warns(UserWarning, match="exceeds the context"):
+        together = generate(model, [short, long], greedy(max_new_tokens=30))
+        alone = [generate(model, [prompt], greedy(max_new_tokens=30))[0] for prompt in (short, long)]
+        uncached = generate(model, [short, long], greedy(max_new_tokens=30), use_cache=False)
+    assert [len(out) for out in together] == [30, 10] and together == alone == uncached
+    assert together[0] == reference_greedy(model, short, 30)
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
