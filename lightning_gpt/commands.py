@@ -281,7 +281,7 @@ def evaluate_chat_command(argv: list[str]) -> dict:
     if not is_chat(tokenizer):
         raise UserInputError(f"--ckpt_path {args.ckpt_path} has no chat tokens; evaluate-chat needs a chat model.")
     settings = replace(settings, stop_ids=chat_stop_ids(tokenizer))
-    rows = load_hf_split(args.data_path, None, args.split)
+    rows = load_hf_split(args.data_path, None, args.split, flag="--data_path")
     where = f"--data_path {args.data_path} split {args.split!r}"
     if "messages" not in rows.column_names:
         raise UserInputError(

@@ -84,9 +84,9 @@ def load_split(path: str, split: str, flag: str = "--split"):
     from data_modules.hf_loading import load_hf_split
 
     try:
-        return load_hf_split(path, None, split)
+        return load_hf_split(path, None, split, flag="--data_path")
     except UserInputError as err:
-        message = str(err).replace("--data.path", "--data_path")
+        message = str(err)
         raise UserInputError(f"{flag} {split!r}: {message}" if "Unknown split" in message else message) from None
 
 

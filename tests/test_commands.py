@@ -184,3 +184,41 @@ def test_test_reports_word_perplexity_and_bits_per_byte(wikitext_dir, tmp_path):
     total_nll = metrics["test_loss"] * stats["targets"]
     assert metrics["test_word_ppl"] == pytest.approx(torch.tensor(total_nll / stats["words"]).exp().item(), rel=1e-4)
     assert metrics["test_bpb"] == pytest.approx(total_nll / (0.6931471805599453 * stats["bytes"]), rel=1e-4)
+
+
+def test_evaluate_chat_scores_do_not_depend_on_the_batch_size(checkpoints, capsys):
+    """Answers up to 60 new tokens in a 64-token context: batched prompts must not share one length budget."""
+    scores = set()
+    for batch_size in ("1", "5", "12"):
+        argv = ["--data_path", checkpoints["chat_data"], "--num_samples", "12", "--max_new_tokens", "60"]
+        result = commands.evaluate_chat_command(evaluate_chat(checkpoints, *argv, "--batch_size", batch_size))
+        scores.add(round(result["rougeL_fmeasure"], 9))
+    assert len(scores) == 1
+
+
+def test_an_unreachable_hub_turns_on_offline_mode_and_the_error_names_the_flag(checkpoints, monkeypatch):
+    """No HF_HUB_OFFLINE and a hub that refuses connections: datasets runs offline (a cached dataset would still
+    load; others fail at once instead of after half a minute of retries), and the one line names --data_path."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    import datasets
+    from huggingface_hub import constants
+
+    from data_modules.hf_loading import hub_reachable, offline_unless_hub_reachable
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert not hub_reachable()
+    with offline_unless_hub_reachable():
+        assert datasets.config.HF_HUB_OFFLINE and constants.HF_HUB_OFFLINE
+    assert not constants.HF_HUB_OFFLINE  # restored
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    command = [sys.executable, "-m", "lightning_gpt", "evaluate-chat", "--ckpt_path", checkpoints["chat"]]
+    done = subprocess.run([*command, "--data_path", "Some/dataset"], env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("lightning-gpt: error: could not reach the Hugging Face hub") and "--data_path DIR" in last
