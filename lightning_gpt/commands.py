@@ -1,5 +1,5 @@
-"""`lightning-gpt generate`, `chat`, `evaluate-chat`, `make-pairs` and `export`: using trained checkpoints, outside the
-Trainer."""
+"""`lightning-gpt generate`, `chat`, `evaluate-chat`, `make-pairs`, `export` and `serve`: using trained checkpoints,
+outside the Trainer."""
 
 from __future__ import annotations
 
@@ -327,10 +327,18 @@ def export_command(argv: list[str]):
     return export(argv)
 
 
+def serve_command(argv: list[str]) -> None:
+    """An OpenAI-compatible HTTP server: see lightning_gpt/serve.py (imported here on use: it needs FastAPI)."""
+    from lightning_gpt.serve import serve_command as serve
+
+    serve(argv)
+
+
 COMMANDS = {
     "generate": generate_command,
     "chat": chat_command,
     "evaluate-chat": evaluate_chat_command,
     "make-pairs": make_pairs_command,
     "export": export_command,
+    "serve": serve_command,
 }

@@ -1,0 +1,296 @@
+"""`lightning-gpt serve`: an OpenAI-compatible HTTP server over a checkpoint.
+
+    lightning-gpt serve --ckpt_path chat.ckpt [--host 127.0.0.1] [--port 8000]
+
+Routes: `POST /v1/chat/completions` (chat checkpoints: the messages rendered by lightning_gpt.chat's template),
+`POST /v1/completions` (any checkpoint: the prompt as plain text, as `lightning-gpt generate` continues it) and
+`GET /v1/models`; both POST routes stream (server-sent events, `data: {...}` chunks then `data: [DONE]`) when asked.
+The tokens come from `lightning_gpt.generate.stream`, the function `generate` and `chat` use: no second copy of the
+sampling code, and greedy answers equal `lightning-gpt generate`'s.
+
+Why FastAPI + uvicorn and not LitServe (which litgpt serves with): LitServe 0.2.19's `OpenAISpec` always reports
+finish_reason "stop", reports usage only if predict yields counts, and runs several processes that are left
+orphaned on SIGTERM. FastAPI checks requests with pydantic models (lightning_gpt.openai_schema), uvicorn is one
+process that stops cleanly on Ctrl+C / SIGTERM, and tests can start it as a real server.
+
+Queueing: one model, one request generating at a time. Requests wait on an asyncio lock, which wakes them in
+arrival order, and each runs `stream` on its own prompt alone, so no request can see another's tokens and a seeded
+request samples the same answer whoever else is waiting. (Batching requests into one `stream` call would share one
+set of sampling settings and one random generator between them; it is left for later.) The model's forward steps
+run in a worker thread, so the server keeps accepting requests and sending streamed tokens meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from lightning_gpt.chat import render_prompt
+from lightning_gpt.commands import chat_stop_ids, is_chat, load_checkpoint
+from lightning_gpt.errors import UserInputError
+from lightning_gpt.generate import SamplingSettings, stream, trim_at_stop
+from lightning_gpt.model import GPT
+from lightning_gpt.openai_schema import (
+    APIError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    SamplingFields,
+    chat_chunk,
+    chat_response,
+    completion_response,
+    completion_usage_chunk,
+    model_list,
+    new_id,
+)
+from lightning_gpt.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+PARAMS = {"max_new_tokens": "max_tokens"}  # SamplingSettings' field names that OpenAI spells otherwise
+
+
+class Answer:
+    """The text of the tokens generated so far, released in pieces that are final: an incomplete UTF-8 character,
+    or an ending that may be the start of a stop string, is held back until the next token settles it."""
+
+    def __init__(self, tokenizer: Tokenizer, settings: SamplingSettings) -> None:
+        self.tokenizer, self.settings = tokenizer, settings
+        self.tokens: list[int] = []
+        self.sent = 0
+
+    def add(self, token: int) -> str:
+        self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens)
+        if text.endswith("\ufffd") or self.stopped(text):
+            return ""
+        stops = self.settings.stop_strings
+        held = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        return self._release(text[: len(text) - held])
+
+    def rest(self) -> str:
+        """What is left to send once generation has ended."""
+        return self._release(self.text())
+
+    def _release(self, final: str) -> str:
+        piece = final[self.sent :]
+        self.sent = max(self.sent, len(final))
+        return piece
+
+    def stopped(self, text: str) -> bool:
+        return any(s in text for s in self.settings.stop_strings)
+
+    def text(self) -> str:
+        return trim_at_stop(self.tokenizer.decode(self.tokens), self.settings.stop_strings)
+
+    def finish_reason(self) -> str:
+        """`length` when max_tokens (or the end of the context) cut the answer, `stop` for a stop token or string."""
+        ran_out = len(self.tokens) >= self.settings.max_new_tokens
+        return "length" if ran_out and not self.stopped(self.tokenizer.decode(self.tokens)) else "stop"
+
+
+class Engine:
+    """The model, and the queue in front of it (see the module docstring)."""
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer, name: str) -> None:
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.context = model.config.block_size
+        self.stop_ids = chat_stop_ids(tokenizer) if is_chat(tokenizer) else (tokenizer.eot_id,)
+        self.lock = asyncio.Lock()
+
+    def settings(self, prompt: list[int], request: SamplingFields, max_tokens: int | None) -> SamplingSettings:
+        """The request's sampling settings, checked against the prompt's length and the model's context.
+
+        Raises:
+            APIError: naming the request field at fault.
+        """
+        if request.n != 1:
+            raise APIError(f"n must be 1 (this server writes one answer per request), got {request.n}.", "n")
+        room = self.context - len(prompt)
+        if room < 1:
+            raise APIError(
+                f"the prompt is {len(prompt)} tokens, which fills this model's context of {self.context} tokens; "
+                "send a shorter one.",
+                "messages" if isinstance(request, ChatCompletionRequest) else "prompt",
+                "context_length_exceeded",
+            )
+        if max_tokens is not None and max_tokens > room:
+            raise APIError(
+                f"max_tokens {max_tokens} is beyond the context: the prompt takes {len(prompt)} of this model's "
+                f"{self.context} tokens, which leaves {room}.",
+                "max_tokens",
+                "context_length_exceeded",
+            )
+        values = {
+            "max_new_tokens": max_tokens or room,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "seed": request.seed,
+            "stop_ids": self.stop_ids,
+            "stop_strings": request.stop_strings(),
+        }
+        try:
+            return SamplingSettings(**values)
+        except ValueError as err:  # the message starts with the field's name
+            name = str(err).split()[0]
+            raise APIError(str(err).replace(name, PARAMS.get(name, name), 1), PARAMS.get(name, name)) from None
+
+    async def tokens(self, prompt: list[int], settings: SamplingSettings) -> AsyncIterator[int]:
+        """The answer's tokens as they are generated, once this request's turn has come."""
+        async with self.lock:
+            steps = stream(self.model, [prompt], settings, decode=self.tokenizer.decode)
+            while (pairs := await asyncio.to_thread(next, steps, None)) is not None:
+                yield pairs[0][1]
+
+    async def answer(self, prompt: list[int], settings: SamplingSettings) -> Answer:
+        answer = Answer(self.tokenizer, settings)
+        async for token in self.tokens(prompt, settings):
+            answer.add(token)
+        return answer
+
+    async def pieces(self, prompt: list[int], answer: Answer) -> AsyncIterator[str]:
+        """The answer's new text as tokens arrive; the last piece is the text held back until the end."""
+        async for token in self.tokens(prompt, answer.settings):
+            piece = answer.add(token)
+            if piece:
+                yield piece
+        yield answer.rest()
+
+
+def sse(events: AsyncIterator[dict]):
+    """A server-sent-events response: each dict as a `data:` line, then `data: [DONE]`. An error after the stream
+    has started can no longer change the status, so it is sent as an OpenAI error event."""
+    from fastapi.responses import StreamingResponse
+
+    async def lines() -> AsyncIterator[str]:
+        try:
+            async for event in events:
+                yield f"data: {json.dumps(event)}\n\n"
+        except Exception as err:
+            log.exception("generation failed")
+            yield f"data: {json.dumps(APIError(f'generation failed: {err}', status=500).body())}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(lines(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def build_app(model: GPT, tokenizer: Tokenizer, name: str):
+    """The FastAPI application serving `model`."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    engine = Engine(model, tokenizer, name)
+    app = FastAPI(title="lightning-gpt", description=__doc__)
+
+    @app.exception_handler(APIError)
+    async def refused(_: Request, err: APIError) -> JSONResponse:
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(_: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0]
+        where = first["loc"][1:]  # after "body": the field's path, or a position in text that is not JSON
+        param = ".".join(str(part) for part in where) if where and isinstance(where[0], str) else None
+        message = f"{param}: {first['msg']}" if param else f"request body: {first['msg']}"
+        return JSONResponse(APIError(message, param, first["type"]).body(), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, err: HTTPException) -> JSONResponse:
+        return JSONResponse(APIError(str(err.detail), status=err.status_code).body(), status_code=err.status_code)
+
+    @app.exception_handler(Exception)
+    async def bug(_: Request, err: Exception) -> JSONResponse:
+        log.exception("request failed")
+        return JSONResponse(APIError(f"internal error: {err}", status=500).body(), status_code=500)
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return model_list(name, engine.context)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: ChatCompletionRequest):
+        if not is_chat(tokenizer):
+            raise APIError(
+                f"{name} is a pretrained checkpoint without chat tokens, so it has no chat template; use "
+                "/v1/completions, or serve a fine-tuned (SFT or DPO) checkpoint.",
+                "model",
+                "model_not_chat",
+            )
+        problem = request.problem()
+        if problem:
+            raise APIError(*problem)
+        prompt = render_prompt(tokenizer, [m.model_dump() for m in request.messages])
+        settings = engine.settings(prompt, request, request.max_completion_tokens or request.max_tokens)
+        rid = new_id("chatcmpl")
+        if not request.stream:
+            answer = await engine.answer(prompt, settings)
+            return chat_response(rid, name, answer.text(), answer.finish_reason(), (len(prompt), len(answer.tokens)))
+
+        async def events() -> AsyncIterator[dict]:
+            yield chat_chunk(rid, name, {"role": "assistant", "content": ""})
+            answer = Answer(tokenizer, settings)
+            async for piece in engine.pieces(prompt, answer):
+                if piece:
+                    yield chat_chunk(rid, name, {"content": piece})
+            yield chat_chunk(rid, name, {}, answer.finish_reason())
+            if request.stream_options and request.stream_options.include_usage:
+                yield chat_chunk(rid, name, {}, counts=(len(prompt), len(answer.tokens)))
+
+        return sse(events())
+
+    @app.post("/v1/completions")
+    async def completions(request: CompletionRequest):
+        text = request.text()
+        if not text:
+            raise APIError("prompt is empty; give some text to continue.", "prompt")
+        prompt = tokenizer.encode(text)
+        settings = engine.settings(prompt, request, request.max_tokens)
+        rid = new_id("cmpl")
+        if not request.stream:
+            answer = await engine.answer(prompt, settings)
+            counts = (len(prompt), len(answer.tokens))
+            return completion_response(rid, name, answer.text(), answer.finish_reason(), counts)
+
+        async def events() -> AsyncIterator[dict]:
+            answer = Answer(tokenizer, settings)
+            async for piece in engine.pieces(prompt, answer):
+                if piece:
+                    yield completion_response(rid, name, piece, None)
+            yield completion_response(rid, name, "", answer.finish_reason())
+            if request.stream_options and request.stream_options.include_usage:
+                yield completion_usage_chunk(rid, name, (len(prompt), len(answer.tokens)))
+
+        return sse(events())
+
+    return app
+
+
+def serve_command(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="lightning-gpt serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by lightning-gpt fit")
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept connections from other machines")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--model_name", default=None, help="the name /v1/models lists (default: the file's stem)")
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        raise UserInputError(f"--port must be in 0..65535, got {args.port}")
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as err:
+        raise UserInputError(
+            f'lightning-gpt serve needs FastAPI and uvicorn ({err}); install them with: pip install -e ".[serve]"'
+        ) from None
+    model, tokenizer = load_checkpoint(args.ckpt_path, args.device)
+    app = build_app(model, tokenizer, args.model_name or Path(args.ckpt_path).stem)
+    # uvicorn shuts down on SIGINT / SIGTERM, then raises the signal again: SIGTERM ends the process (exit 143),
+    # Ctrl+C comes back as a KeyboardInterrupt, after the shutdown, and ends it with exit 0.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=5)

@@ -1,0 +1,247 @@
+"""lightning-gpt serve as a client meets it: real server processes, the official openai client, tiny random models.
+
+Greedy answers are compared with lightning_gpt.generate.generate on the same prompt, so the server neither changes
+the sampling nor mixes concurrent requests up.
+"""
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+openai = pytest.importorskip("openai")
+
+from lightning_gpt.__main__ import main  # noqa: E402
+from lightning_gpt.chat import chat_tokenizer, render_prompt  # noqa: E402
+from lightning_gpt.commands import chat_stop_ids, load_checkpoint  # noqa: E402
+from lightning_gpt.generate import SamplingSettings, generate  # noqa: E402
+from lightning_gpt.lit_module import GPTModule  # noqa: E402
+
+CONVERSATION = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Name a colour."},
+    {"role": "assistant", "content": "Red."},
+    {"role": "user", "content": "Another one?"},
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(ckpt: str, log_path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "lightning_gpt", "serve", "--ckpt_path", ckpt, "--port", str(port)]
+    with open(log_path, "w") as log:  # the child keeps its own copy of the file descriptor
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log_path, timeout: float = 60) -> None:
+    client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=2)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the server exited: {log_path.read_text()}"
+        try:
+            client.models.list()
+            return
+        except openai.APIConnectionError:
+            time.sleep(0.2)
+    raise AssertionError(f"the server did not answer in {timeout} s: {log_path.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """A chat and a plain (pretraining-vocabulary) server, each a real process, and their models for reference."""
+    root = tmp_path_factory.mktemp("serve")
+    torch.manual_seed(0)
+    out = {}
+    for kind, vocab in (("chat", chat_tokenizer().vocab_size), ("plain", 50257)):
+        module = GPTModule(preset="tiny", vocab_size=vocab, block_size=64, n_layer=1, n_embd=32)
+        with torch.no_grad():  # at the usual small init, greedy decoding repeats the last token whatever the prompt
+            for name, weight in module.named_parameters():
+                if weight.dim() == 2 and "emb" not in name:
+                    weight.normal_(0, 0.2)
+        path = str(root / f"{kind}.ckpt")
+        torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+        out[kind] = {"ckpt": path, "log": root / f"{kind}.log"}
+    try:
+        for server in out.values():  # both start at once: most of a start is importing torch and lightning
+            server["proc"], server["url"] = start(server["ckpt"], server["log"])
+        for server in out.values():
+            wait_ready(server["proc"], server["url"], server["log"])
+            server["model"], server["tokenizer"] = load_checkpoint(server["ckpt"], "cpu")
+            server["client"] = openai.OpenAI(base_url=server["url"], api_key="none", max_retries=0, timeout=60)
+        yield out
+    finally:
+        for server in out.values():
+            if "proc" in server and server["proc"].poll() is None:
+                server["proc"].kill()
+                server["proc"].wait()
+
+
+def greedy(server: dict, prompt: list[int], max_tokens: int, stop_ids: tuple[int, ...]) -> list[int]:
+    settings = SamplingSettings(max_new_tokens=max_tokens, temperature=0, stop_ids=stop_ids)
+    return generate(server["model"], [prompt], settings)[0]
+
+
+def chat_reference(server: dict, messages: list[dict], max_tokens: int) -> tuple[str, list[int], list[int]]:
+    """(text, prompt ids, answer ids) of the greedy answer that `lightning-gpt chat` would give."""
+    tokenizer = server["tokenizer"]
+    prompt = render_prompt(tokenizer, messages)
+    ids = greedy(server, prompt, max_tokens, chat_stop_ids(tokenizer))
+    return tokenizer.decode(ids), prompt, ids
+
+
+def test_models_lists_the_checkpoint(servers):
+    models = servers["chat"]["client"].models.list().data
+    assert [m.id for m in models] == ["chat"]
+
+
+def test_chat_greedy_answer_is_generates_with_length_finish_and_real_usage(servers):
+    server = servers["chat"]
+    text, prompt, ids = chat_reference(server, CONVERSATION, 12)
+    reply = server["client"].chat.completions.create(model="chat", messages=CONVERSATION, max_tokens=12, temperature=0)
+    assert reply.choices[0].message.content == text
+    assert reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].finish_reason == ("length" if len(ids) == 12 else "stop")
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (len(prompt), len(ids))
+    assert reply.usage.total_tokens == len(prompt) + len(ids)
+
+
+def test_chat_stream_sends_the_same_answer_in_pieces(servers):
+    server = servers["chat"]
+    text, prompt, ids = chat_reference(server, CONVERSATION, 12)
+    chunks = list(
+        server["client"].chat.completions.create(
+            model="chat",
+            messages=CONVERSATION,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(pieces) == text
+    assert len(pieces) > 1  # sent as generated, not as one block at the end
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["length" if len(ids) == 12 else "stop"]
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (len(prompt), len(ids))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_stop_string_cuts_the_answer(servers, stream):
+    server = servers["chat"]
+    text, _, _ = chat_reference(server, CONVERSATION, 20)
+    stop = text[5:8]
+    kwargs = {"model": "chat", "messages": CONVERSATION, "max_tokens": 20, "temperature": 0, "stop": [stop]}
+    if stream:
+        chunks = server["client"].chat.completions.create(stream=True, **kwargs)
+        pieces, finish = [], None
+        for c in chunks:
+            pieces.append(c.choices[0].delta.content or "")
+            finish = c.choices[0].finish_reason or finish
+        answer = "".join(pieces)
+    else:
+        reply = server["client"].chat.completions.create(**kwargs)
+        answer, finish = reply.choices[0].message.content, reply.choices[0].finish_reason
+    assert answer == text[: text.index(stop)]
+    assert finish == "stop"
+
+
+def test_a_seed_fixes_the_sampled_answer(servers):
+    client = servers["chat"]["client"]
+    answers = {
+        client.chat.completions.create(
+            model="chat", messages=CONVERSATION, max_tokens=10, temperature=1.0, top_p=0.9, seed=7
+        )
+        .choices[0]
+        .message.content
+        for _ in range(2)
+    }
+    assert len(answers) == 1
+
+
+def test_completions_on_a_pretrained_checkpoint(servers):
+    server = servers["plain"]
+    tokenizer = server["tokenizer"]
+    prompt = tokenizer.encode("The cat sat on")
+    ids = greedy(server, prompt, 10, (tokenizer.eot_id,))
+    reply = server["client"].completions.create(model="plain", prompt="The cat sat on", max_tokens=10, temperature=0)
+    assert reply.choices[0].text == tokenizer.decode(ids)
+    assert reply.choices[0].finish_reason == ("length" if len(ids) == 10 else "stop")
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (len(prompt), len(ids))
+    chunks = server["client"].completions.create(
+        model="plain", prompt="The cat sat on", max_tokens=10, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].text for c in chunks) == tokenizer.decode(ids)
+
+
+@pytest.mark.parametrize(
+    ("kind", "request_args", "message", "param"),
+    [
+        ("chat", {"messages": [{"role": "tool", "content": "hi"}]}, "role 'tool' is unknown", "messages"),
+        ("chat", {"messages": []}, "messages is empty", "messages"),
+        ("chat", {"messages": CONVERSATION, "max_tokens": 1000}, "max_tokens 1000 is beyond the context", "max_tokens"),
+        ("chat", {"messages": CONVERSATION, "temperature": -1}, "temperature", "temperature"),
+        ("plain", {"messages": CONVERSATION}, "pretrained checkpoint without chat tokens", "model"),
+    ],
+)
+def test_bad_requests_get_an_openai_error_and_the_server_lives_on(servers, kind, request_args, message, param):
+    client = servers[kind]["client"]
+    with pytest.raises(openai.BadRequestError, match=message) as err:
+        client.chat.completions.create(model=kind, **request_args)
+    assert err.value.status_code == 400
+    assert set(err.value.body) == {"message", "type", "param", "code"}  # the client unwraps {"error": ...}
+    assert err.value.body["type"] == "invalid_request_error" and err.value.body["param"] == param
+    assert client.models.list().data  # still serving
+
+
+def test_concurrent_requests_each_get_their_own_answer(servers):
+    server = servers["chat"]
+    conversations = [[{"role": "user", "content": f"Question {i}: what is {i} plus {i}?"}] for i in range(8)]
+    references = [chat_reference(server, c, 6 + i) for i, c in enumerate(conversations)]
+
+    def ask(i: int) -> tuple[str, int]:
+        kwargs = {"model": "chat", "messages": conversations[i], "max_tokens": 6 + i, "temperature": 0}
+        if i % 2:  # half of them streamed
+            chunks = list(
+                server["client"].chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs)
+            )
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            return text, chunks[-1].usage.completion_tokens
+        reply = server["client"].chat.completions.create(**kwargs)
+        return reply.choices[0].message.content, reply.usage.completion_tokens
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, range(8)))
+    assert answers == [(text, len(ids)) for text, _, ids in references]
+    assert len({text for text, _, _ in references}) == 8  # the answers differ, so a mix-up would show
+
+
+def test_serve_without_the_extra_says_what_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # makes `import uvicorn` fail
+    monkeypatch.setattr(sys, "argv", ["lightning-gpt", "serve", "--ckpt_path", "missing.ckpt"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert 'pip install -e ".[serve]"' in capsys.readouterr().err
+
+
+def test_sigterm_and_ctrl_c_stop_the_servers_cleanly(servers):
+    """Last: it stops the module's servers."""
+    for kind, sig, codes in (("chat", signal.SIGTERM, (0, -signal.SIGTERM)), ("plain", signal.SIGINT, (0,))):
+        proc = servers[kind]["proc"]
+        proc.send_signal(sig)
+        assert proc.wait(timeout=20) in codes
+        log = servers[kind]["log"].read_text()
+        assert "Traceback" not in log and "Finished server process" in log
