@@ -12,10 +12,11 @@ from dataclasses import replace
 import torch
 
 from lightning_gpt.chat import END_OF_TURN, SYSTEM, USER, chat_tokenizer, message_problem, render_prompt
+from lightning_gpt.chat_repl import HELP, ChatSession, TextStream, run_chat
 from lightning_gpt.checkpoint import module_from_checkpoint
 from lightning_gpt.checkpoint_io import load_checkpoint_file
 from lightning_gpt.errors import UserInputError
-from lightning_gpt.generate import SamplingSettings, generate, stream, trim_at_stop
+from lightning_gpt.generate import SamplingSettings, generate, stream
 from lightning_gpt.model import GPT
 from lightning_gpt.tokenizer import Tokenizer
 
@@ -92,26 +93,6 @@ def chat_stop_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
     return tuple(tokenizer.token_id(t) for t in (END_OF_TURN, USER, SYSTEM)) + (tokenizer.eot_id,)
 
 
-class TextStream:
-    """Prints decoded text as tokens arrive, holding back an incomplete UTF-8 character."""
-
-    def __init__(self, tokenizer: Tokenizer, out=None, stop_strings: tuple[str, ...] = ()) -> None:
-        self.tokenizer, self.out, self.stop_strings = tokenizer, out or sys.stdout, stop_strings
-        self.tokens: list[int] = []
-        self.printed = 0
-
-    def add(self, token: int) -> None:
-        self.tokens.append(token)
-        text = trim_at_stop(self.tokenizer.decode(self.tokens), self.stop_strings)
-        if not text.endswith("\ufffd"):
-            self.out.write(text[self.printed :])
-            self.out.flush()
-            self.printed = len(text)
-
-    def text(self) -> str:
-        return trim_at_stop(self.tokenizer.decode(self.tokens), self.stop_strings)
-
-
 def _sampling_args(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by lightning-gpt fit")
     parser.add_argument("--max_new_tokens", type=int, default=max_new_tokens)
@@ -168,20 +149,11 @@ def generate_command(argv: list[str]) -> None:
     sys.stdout.write("\n")
 
 
-def fit_history(tokenizer: Tokenizer, messages: list[dict], budget: int) -> list[dict]:
-    """The most recent turns whose prompt fits in `budget` tokens, the system turn always kept."""
-    system = messages[:1] if messages and messages[0]["role"] == "system" else []
-    turns = messages[len(system) :]
-    while len(turns) > 1 and len(render_prompt(tokenizer, system + turns)) > budget:
-        turns = turns[2:] if len(turns) > 2 else turns[1:]  # drop the oldest user+assistant exchange
-    return system + turns
-
-
 def chat_command(argv: list[str], lines: Iterable[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="lightning-gpt chat",
-        description="Chat with a fine-tuned model. Commands: /reset clears the history, /quit exits. When stdin is "
-        "not a terminal, each line is one user message and each answer is printed on its own line.",
+        description=f"Chat with a fine-tuned model. {HELP} When stdin is not a terminal, each line is one user message "
+        "and each answer is printed on its own line.",
     )
     _sampling_args(parser, max_new_tokens=256)
     parser.add_argument("--system", default=None, help="a system message that opens the conversation")
@@ -193,35 +165,8 @@ def chat_command(argv: list[str], lines: Iterable[str] | None = None) -> None:
             f"--ckpt_path {args.ckpt_path} is a pretraining checkpoint without chat tokens; "
             "fine-tune it first (configs/sft_ultrachat.yaml) or use lightning-gpt generate."
         )
-    settings = replace(settings, stop_ids=chat_stop_ids(tokenizer))
-    interactive = lines is None and sys.stdin.isatty()
-    source = iter(lines if lines is not None else sys.stdin)
-    opening = [{"role": "system", "content": args.system}] if args.system else []
-    messages = list(opening)
-    budget = model.config.block_size - min(settings.max_new_tokens, model.config.block_size // 2)
-    if interactive:
-        print("Chatting. /reset clears the history, /quit exits.", file=sys.stderr)
-    while True:
-        if interactive:
-            print("you> ", end="", flush=True, file=sys.stderr)
-        line = next(source, None)
-        if line is None:
-            break
-        text = line.strip()
-        if text == "/quit":
-            break
-        if text == "/reset":
-            messages = list(opening)
-            continue
-        if not text:
-            continue
-        messages = fit_history(tokenizer, messages + [{"role": "user", "content": text}], budget)
-        printer = TextStream(tokenizer, stop_strings=settings.stop_strings)
-        for pairs in stream(model, [render_prompt(tokenizer, messages)], settings, decode=tokenizer.decode):
-            printer.add(pairs[0][1])
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-        messages.append({"role": "assistant", "content": printer.text() or " "})
+    session = ChatSession(model, tokenizer, replace(settings, stop_ids=chat_stop_ids(tokenizer)), system=args.system)
+    run_chat(session, lines, interactive=lines is None and sys.stdin.isatty())
 
 
 def opening_turns(

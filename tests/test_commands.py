@@ -11,7 +11,7 @@ from torchmetrics.text import ROUGEScore
 
 from callbacks import GenerateSamples
 from data_modules import UltraChat200k, WikiText103
-from lightning_gpt import commands
+from lightning_gpt import chat_repl, commands
 from lightning_gpt.__main__ import main
 from lightning_gpt.chat import chat_tokenizer, render_prompt
 from lightning_gpt.generate import SamplingSettings, generate
@@ -110,7 +110,7 @@ def test_chat_history_keeps_the_system_turn_and_drops_the_oldest_exchange():
     for i in range(6):
         messages += [{"role": "user", "content": f"question {i} " * 5}, {"role": "assistant", "content": "answer " * 5}]
     messages.append({"role": "user", "content": "last"})
-    kept = commands.fit_history(tok, messages, budget=60)
+    kept = chat_repl.fit_history(tok, messages, budget=60)
     assert kept[0]["role"] == "system" and kept[-1]["content"] == "last"
     assert len(kept) < len(messages) and kept[1]["role"] == "user"
 

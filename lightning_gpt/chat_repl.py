@@ -1,0 +1,153 @@
+"""The conversation loop of `lightning-gpt chat`: history that fits the context, streamed answers, and the
+slash commands. Interactive (a terminal) it labels the turns and confirms commands on stderr; with stdin piped it
+prints only the answers, one per line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+
+from lightning_gpt.chat import render_prompt
+from lightning_gpt.generate import SamplingSettings, stream, trim_at_stop
+from lightning_gpt.model import GPT
+from lightning_gpt.tokenizer import Tokenizer
+
+HELP = (
+    "/system TEXT sets the system message, /reset clears the conversation, /save FILE writes it as JSON, "
+    "/quit (or Ctrl+D) exits; Ctrl+C stops an answer."
+)
+
+
+class TextStream:
+    """Prints decoded text as tokens arrive, holding back an incomplete UTF-8 character."""
+
+    def __init__(self, tokenizer: Tokenizer, out=None, stop_strings: tuple[str, ...] = ()) -> None:
+        self.tokenizer, self.out, self.stop_strings = tokenizer, out or sys.stdout, stop_strings
+        self.tokens: list[int] = []
+        self.printed = 0
+
+    def add(self, token: int) -> None:
+        self.tokens.append(token)
+        text = trim_at_stop(self.tokenizer.decode(self.tokens), self.stop_strings)
+        if not text.endswith("\ufffd"):
+            self.out.write(text[self.printed :])
+            self.out.flush()
+            self.printed = len(text)
+
+    def text(self) -> str:
+        return trim_at_stop(self.tokenizer.decode(self.tokens), self.stop_strings)
+
+    def shown(self) -> str:
+        """What has been printed so far (an interrupted answer keeps no more than the user saw)."""
+        return self.text()[: self.printed]
+
+
+def fit_history(tokenizer: Tokenizer, messages: list[dict], budget: int) -> list[dict]:
+    """The most recent turns whose prompt fits in `budget` tokens, the system turn always kept."""
+    system = messages[:1] if messages and messages[0]["role"] == "system" else []
+    turns = messages[len(system) :]
+    while len(turns) > 1 and len(render_prompt(tokenizer, system + turns)) > budget:
+        turns = turns[2:] if len(turns) > 2 else turns[1:]  # drop the oldest user+assistant exchange
+    return system + turns
+
+
+class ChatSession:
+    """A conversation with a chat model: `messages` (system turn first, if any) and what the commands do to it."""
+
+    def __init__(
+        self, model: GPT, tokenizer: Tokenizer, settings: SamplingSettings, system: str | None = None, out=None
+    ) -> None:
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+        self.out = out or sys.stdout
+        self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
+        context = model.config.block_size
+        self.budget = context - min(settings.max_new_tokens, context // 2)  # the prompt's share of the context
+
+    def reset(self) -> None:
+        """Forgets every turn but the system message."""
+        self.messages = [m for m in self.messages[:1] if m["role"] == "system"]
+
+    def set_system(self, text: str) -> None:
+        """Sets (or, with empty text, removes) the system message; the turns after it stay."""
+        turns = [m for m in self.messages if m["role"] != "system"]
+        self.messages = ([{"role": "system", "content": text}] if text else []) + turns
+
+    def save(self, path: str) -> Path:
+        target = Path(path).expanduser()
+        target.write_text(json.dumps({"messages": self.messages}, ensure_ascii=False, indent=1) + "\n")
+        return target
+
+    def answer(self, text: str) -> tuple[str, bool]:
+        """Streams the answer to the user's `text` to `out` and adds both turns. Returns (answer, whether it was
+        stopped by Ctrl+C): a stopped answer keeps what was printed, and the conversation goes on."""
+        self.messages = fit_history(self.tokenizer, [*self.messages, {"role": "user", "content": text}], self.budget)
+        prompt = render_prompt(self.tokenizer, self.messages)
+        # Room left in the context: asking for more only makes generate warn at every turn.
+        settings = replace(self.settings, max_new_tokens=min(self.settings.max_new_tokens, self.budget_left(prompt)))
+        printer = TextStream(self.tokenizer, out=self.out, stop_strings=settings.stop_strings)
+        stopped = False
+        try:
+            for pairs in stream(self.model, [prompt], settings, decode=self.tokenizer.decode):
+                printer.add(pairs[0][1])
+        except KeyboardInterrupt:
+            stopped = True
+        self.out.write("\n")
+        self.out.flush()
+        answer = printer.shown() if stopped else printer.text()
+        self.messages.append({"role": "assistant", "content": answer or " "})
+        return answer, stopped
+
+    def budget_left(self, prompt: list[int]) -> int:
+        return max(0, self.model.config.block_size - len(prompt))
+
+
+def run_chat(session: ChatSession, lines: Iterable[str] | None = None, interactive: bool = False, err=None) -> None:
+    """Reads user messages and commands from `lines` (stdin by default) until /quit or their end (Ctrl+D)."""
+    err = err or sys.stderr
+    source = iter(lines if lines is not None else sys.stdin)
+
+    def note(message: str) -> None:
+        if interactive:
+            print(message, file=err, flush=True)
+
+    note(f"Chatting. {HELP}")
+    while True:
+        if interactive:
+            print("you> ", end="", flush=True, file=err)
+        try:
+            line = next(source, None)
+        except KeyboardInterrupt:  # Ctrl+C at the prompt: a fresh line, as a shell does
+            note("")
+            continue
+        if line is None:  # end of input (Ctrl+D)
+            note("")
+            return
+        text = line.strip()
+        command, _, rest = text.partition(" ")
+        if command == "/quit":
+            return
+        if command == "/reset":
+            session.reset()
+            note("(conversation cleared)")
+        elif command == "/system":
+            session.set_system(rest.strip())
+            note(f"(system message {'set' if rest.strip() else 'removed'})")
+        elif command == "/save":
+            if not rest.strip():
+                note("(/save needs a file name: /save chat.json)")
+            else:
+                note(f"(saved to {session.save(rest.strip())})")
+        elif text.startswith("/") and " " not in text:
+            note(f"(unknown command {command}; {HELP})")
+        elif text:
+            if interactive:
+                print("model> ", end="", flush=True, file=err)
+            with warnings.catch_warnings():  # e.g. a long prompt cut from the left: once is enough, not every turn
+                warnings.simplefilter("ignore")
+                _, stopped = session.answer(text)
+            if stopped:
+                note("(answer stopped)")

@@ -1,0 +1,77 @@
+"""The chat loop: commands, labels, Ctrl+C during an answer, Ctrl+D, and no warnings at every turn."""
+
+import io
+import json
+import warnings
+
+import pytest
+import torch
+
+from lightning_gpt.chat import chat_tokenizer
+from lightning_gpt.chat_repl import ChatSession, run_chat
+from lightning_gpt.commands import chat_stop_ids
+from lightning_gpt.generate import SamplingSettings
+from lightning_gpt.model import GPT, GPTConfig
+
+TOKENIZER = chat_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig.from_preset("tiny", vocab_size=TOKENIZER.vocab_size, block_size=64)).eval()
+
+
+def session(model, out=None, max_new_tokens=8, system=None) -> ChatSession:
+    settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=0, stop_ids=chat_stop_ids(TOKENIZER))
+    return ChatSession(model, TOKENIZER, settings, system=system, out=out or io.StringIO())
+
+
+def test_system_save_reset_and_labels_in_a_terminal(model, tmp_path):
+    chat, err = session(model, system="Be brief."), io.StringIO()
+    lines = ["Hi", "/system Answer in French.", "/save " + str(tmp_path / "c.json"), "/nope", "/reset", "/save"]
+    run_chat(chat, lines, interactive=True, err=err)
+    saved = json.loads((tmp_path / "c.json").read_text())["messages"]
+    # The new system message replaced the old one and the exchange stayed; /reset then kept only the system turn.
+    assert [m["role"] for m in saved] == ["system", "user", "assistant"]
+    assert saved[0]["content"] == "Answer in French." and saved[1]["content"] == "Hi"
+    assert chat.messages == [{"role": "system", "content": "Answer in French."}]
+    shown = err.getvalue()
+    assert shown.count("you> ") == len(lines) + 1 and shown.count("model> ") == 1  # + the prompt before Ctrl+D
+    for confirmation in ("(system message set)", "(saved to", "(unknown command /nope", "(conversation cleared)"):
+        assert confirmation in shown
+    assert "(/save needs a file name" in shown
+
+
+class InterruptedOutput(io.StringIO):
+    """A terminal where the user presses Ctrl+C while the second piece of an answer is being printed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = True
+
+    def write(self, text: str) -> int:
+        if self.armed and len(self.getvalue()) > 0 and text != "\n":
+            self.armed = False
+            raise KeyboardInterrupt
+        return super().write(text)
+
+
+def test_ctrl_c_stops_the_answer_and_the_conversation_goes_on(model):
+    out, err = InterruptedOutput(), io.StringIO()
+    chat = session(model, out=out, max_new_tokens=20)
+    run_chat(chat, ["Tell me a long story.", "And another?"], interactive=True, err=err)
+    assert "(answer stopped)" in err.getvalue()
+    roles = [m["role"] for m in chat.messages]
+    assert roles == ["user", "assistant", "user", "assistant"]  # the second message was answered too
+    first = chat.messages[1]["content"]
+    assert first and out.getvalue().startswith(first)  # the stopped answer keeps what was printed
+
+
+def test_a_long_conversation_warns_at_no_turn(model):
+    chat = session(model, max_new_tokens=200)  # more than the 64-token context could ever hold
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_chat(chat, [f"Message number {i} with some words in it." for i in range(6)])
+    assert not caught
+    assert len(chat.messages) >= 2 and chat.messages[-1]["role"] == "assistant"
