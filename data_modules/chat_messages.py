@@ -1,5 +1,6 @@
-"""UltraChat-200k (HuggingFaceH4/ultrachat_200k): conversations rendered through the chat template, batched by
-length with right padding.
+"""Any chat dataset with a `messages` column (a list of {role, content}: an optional system turn, then user and
+assistant turns): conversations rendered through the chat template, batched by length with right padding.
+UltraChat-200k (`data_modules.UltraChat200k`) is one configuration of it.
 
 Why padding and not packing: right-padded causal attention needs no mask beyond `is_causal`, so the flash kernels
 stay on and no conversation can attend to another. Grouping similar lengths keeps the padding small; the fraction
@@ -100,11 +101,11 @@ class ChatBatches(Dataset):
         return (x, y) if step_targets is None else (x, y, torch.tensor(step_targets))
 
 
-class UltraChat200k(HeldOutDataModule):
-    """UltraChat-200k conversations through the chat template; loss on assistant turns only.
+class ChatMessages(HeldOutDataModule):
+    """Conversations of any dataset with a messages column, through the chat template; loss on assistant turns only.
 
     Args:
-        path: Hugging Face dataset id, or a local folder in the hub's layout.
+        path: Hugging Face dataset id (e.g. HuggingFaceH4/no_robots), or a local folder in the hub's layout.
         name: the dataset's config name, if any.
         messages_column: the column holding each conversation as a list of {role, content}.
         max_bad_fraction: fail when more than this fraction of a split's rows is malformed.
@@ -120,14 +121,14 @@ class UltraChat200k(HeldOutDataModule):
 
     def __init__(
         self,
-        path: str = "HuggingFaceH4/ultrachat_200k",
+        path: str,
         name: str | None = None,
         messages_column: str = "messages",
         max_bad_fraction: float = 0.5,
-        train_split: str = "train_sft",
+        train_split: str = "train",
         val_split: str | None = None,
         val_fraction: float = 0.01,
-        test_split: str = "test_sft",
+        test_split: str = "test",
         **kwargs,
     ) -> None:
         self.messages_column = messages_column
