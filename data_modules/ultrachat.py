@@ -1,254 +1,35 @@
-"""UltraChat-200k (HuggingFaceH4/ultrachat_200k): conversations rendered through the chat template, batched by
-length with right padding.
-
-Why padding and not packing: right-padded causal attention needs no mask beyond `is_causal`, so the flash kernels
-stay on and no conversation can attend to another. Grouping similar lengths keeps the padding small; the fraction
-of padded positions is logged as `padding_waste` (docs: README, "Chat fine-tuning").
-"""
+"""UltraChat-200k (HuggingFaceH4/ultrachat_200k): the generic chat DataModule with UltraChat's id and split names."""
 
 from __future__ import annotations
 
-import logging
-import re
-from collections.abc import Iterator
-from pathlib import Path
-
-import numpy as np
-import torch
-from torch.utils.data import Dataset
-
-from data_modules.holdout import HeldOutDataModule, held_out_rows, part_rows, row_keys
-from data_modules.token_cache import token_dtype
-from data_modules.windows import LazyArray, ResumableShuffleSampler
-from lightning_gpt.chat import chat_tokenizer, fit_to_length, message_problem
-from lightning_gpt.errors import UserInputError
-from lightning_gpt.model import IGNORE_INDEX
-from lightning_gpt.tokenizer import Tokenizer
-
-log = logging.getLogger(__name__)
-_WHERE = re.compile(r"^(message|turn) \d+ (\(\w+\) )?(has |is )?")
-EVAL_SEED = 0  # evaluation batches come in one fixed random order, the same at every validation and in every run
+from data_modules.chat_messages import (  # noqa: F401  (also imported from here by older code and tests)
+    ChatBatches,
+    ChatMessages,
+    eval_batches,
+    length_grouped_batches,
+    padding_waste,
+)
 
 
-def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int | None, group: int = 64) -> list[np.ndarray]:
-    """Batches of sample indices with similar lengths. With a seed: samples are shuffled, then sorted by length
-    within groups of `group` batches, so batches stay random but padding stays small. Without: sorted overall."""
-    if seed is None:
-        order = np.argsort(-lengths, kind="stable")
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    order = np.random.default_rng(seed).permutation(len(lengths))
-    batches = []
-    for start in range(0, len(order), group * batch_size):
-        chunk = order[start : start + group * batch_size]
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk) - batch_size + 1, batch_size)]
-    return batches
-
-
-def padding_waste(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
-    """Fraction of the model's input positions that are padding."""
-    real = sum(int((lengths[b] - 1).sum()) for b in batches)
-    padded = sum(len(b) * int(lengths[b].max() - 1) for b in batches)
-    return 1.0 - real / padded if padded else 0.0
-
-
-def eval_batches(lengths: np.ndarray, batch_size: int, seed: int = EVAL_SEED, group: int = 64) -> list[np.ndarray]:
-    """Every sample once, in batches of similar lengths (little padding), the batches in a fixed random order: the
-    first N batches, all that `limit_val_batches` evaluates, are a random sample of all lengths, not the longest."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(lengths))
-    batches = []
-    for start in range(0, len(order), group * batch_size):
-        chunk = order[start : start + group * batch_size]
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
-class ChatBatches(Dataset):
-    """Item b is one whole batch: x (B, L) input ids and y (B, L) targets, L = longest sample in the batch - 1.
-    Targets are IGNORE_INDEX off the loss mask and on padding."""
-
-    def __init__(self, base: Path, meta: dict, lengths: np.ndarray, batches: list[np.ndarray], pad_id: int) -> None:
-        self.tokens, self.mask = LazyArray(base, meta, "tokens"), LazyArray(base, meta, "mask")
-        self.lengths = lengths
-        self.offsets = np.cumsum(self.lengths) - self.lengths
-        self.batches, self.pad_id = batches, pad_id
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def batch_targets(self) -> np.ndarray:
-        """Scored targets of each batch: the loss mask summed over each sample's positions 1..n-1."""
-        scored = self.mask.values.astype(np.int64)
-        per_sample = np.add.reduceat(scored, self.offsets) - scored[self.offsets]  # a sample's first token is no target
-        return np.array([int(per_sample[b].sum()) for b in self.batches], dtype=np.int64)
-
-    def __getitem__(self, key: int | tuple[int, int]):
-        """A batch index gives (x, y); (index, step_targets) from a counting sampler gives (x, y, step_targets)."""
-        index, step_targets = key if isinstance(key, tuple) else (key, None)
-        samples = self.batches[index]
-        width = int(self.lengths[samples].max()) - 1
-        x = torch.full((len(samples), width), self.pad_id, dtype=torch.long)
-        y = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
-        for row, sample in enumerate(samples):
-            start, n = int(self.offsets[sample]), int(self.lengths[sample])
-            ids = torch.from_numpy(self.tokens.values[start : start + n].astype(np.int64))
-            keep = torch.from_numpy(self.mask.values[start + 1 : start + n].astype(bool))
-            x[row, : n - 1] = ids[:-1]
-            y[row, : n - 1] = torch.where(keep, ids[1:], IGNORE_INDEX)
-        return (x, y) if step_targets is None else (x, y, torch.tensor(step_targets))
-
-
-class UltraChat200k(HeldOutDataModule):
+class UltraChat200k(ChatMessages):
     """UltraChat-200k conversations through the chat template; loss on assistant turns only.
 
     Args:
         path: Hugging Face dataset id, or a local folder in the hub's layout.
-        name: the dataset's config name, if any.
-        messages_column: the column holding each conversation as a list of {role, content}.
-        max_bad_fraction: fail when more than this fraction of a split's rows is malformed.
         train_split: the split trained on.
         val_split: the split validated on. None (the default), or the train split itself: validate on
             `val_fraction` of the train split's conversations, held out from training.
-        val_fraction: the share of the train split held out for validation when `val_split` is None or the train
-            split. Rows are picked by a stable hash of `prompt_id` (of the messages where there is none): the same
-            rows in every run, whatever the row order.
         test_split: the split tested on (`test` only; validation never reads it).
-        **kwargs: see `TokenDataModule` (block_size, batch_size, num_workers, cache_dir, seed).
+        **kwargs: see `ChatMessages` (name, messages_column, max_bad_fraction, val_fraction) and `TokenDataModule`
+            (block_size, batch_size, num_workers, cache_dir, seed).
     """
 
     def __init__(
         self,
         path: str = "HuggingFaceH4/ultrachat_200k",
-        name: str | None = None,
-        messages_column: str = "messages",
-        max_bad_fraction: float = 0.5,
         train_split: str = "train_sft",
         val_split: str | None = None,
-        val_fraction: float = 0.01,
         test_split: str = "test_sft",
         **kwargs,
     ) -> None:
-        self.messages_column = messages_column
-        self.required_columns = (messages_column,)
-        self.max_bad_fraction = max_bad_fraction
-        super().__init__(
-            path=path,
-            name=name,
-            train_split=train_split,
-            val_split=val_split,
-            val_fraction=val_fraction,
-            test_split=test_split,
-            **kwargs,
-        )
-        self.padding_waste: float | None = None
-
-    def build_tokenizer(self) -> Tokenizer:
-        return chat_tokenizer()
-
-    def cache_variant(self, role: str | None = None) -> tuple[str, ...]:
-        # Where long conversations are split depends on block_size; which rows a role holds, on the holdout.
-        variant = (f"max_tokens={self.block_size + 1}", f"messages_column={self.messages_column}")
-        return (*variant, *self.holdout_variant(role))
-
-    def held_out_rows(self, rows) -> np.ndarray:
-        """Which rows of the train split are validation rows: those whose stable hash falls below `val_fraction`.
-        Keyed by prompt_id, so that a prompt asked twice stays on one side. At least one row, so that a small split
-        still validates."""
-        return held_out_rows(row_keys(rows, self.messages_column), self.val_fraction)
-
-    def array_dtypes(self) -> dict[str, np.dtype]:
-        return {"tokens": token_dtype(self.vocab_size), "mask": np.dtype(np.uint8), "lengths": np.dtype(np.int32)}
-
-    def encode_rows(self, rows, split: str) -> Iterator[dict[str, np.ndarray]]:
-        stats = self.encode_stats
-        stats.update(rows=0, skipped=0, samples=0, split_conversations=0, dropped_exchanges=0, skip_reasons={})
-        part = self.holdout_part(getattr(self, "encode_role", None))
-        keep = None
-        if part:
-            keep, stats["holdout"] = part_rows(self.held_out_rows(rows), part, self.val_fraction)
-        for batch in rows.iter(batch_size=512):
-            ids: list[int] = []
-            mask: list[int] = []
-            lengths: list[int] = []
-            for messages in batch[self.messages_column]:
-                stats["rows"] += 1
-                if keep is not None and not keep[stats["rows"] - 1]:
-                    continue  # the other part's row
-                problem = message_problem(messages)
-                if problem:
-                    stats["skipped"] += 1
-                    reason = _WHERE.sub("", problem)  # "message 3 (user) has empty content" -> "empty content"
-                    stats["skip_reasons"][reason] = stats["skip_reasons"].get(reason, 0) + 1
-                    stats.setdefault("skip_example", f"row {stats['rows'] - 1}: {problem}")
-                    continue
-                pieces, dropped = fit_to_length(self.tokenizer, messages, self.block_size + 1)
-                stats["dropped_exchanges"] += dropped
-                stats["split_conversations"] += len(pieces) > 1
-                for piece_ids, piece_mask in pieces:
-                    ids += piece_ids
-                    mask += piece_mask
-                    lengths.append(len(piece_ids))
-            stats["samples"] += len(lengths)
-            yield {"tokens": np.array(ids, dtype=np.int64), "mask": np.array(mask), "lengths": np.array(lengths)}
-        if stats["skipped"]:
-            log.warning(
-                "%s split %r: skipped %d of %d malformed rows %s; e.g. %s",
-                self.path,
-                split,
-                stats["skipped"],
-                stats["rows"],
-                stats["skip_reasons"],
-                stats["skip_example"],
-            )
-        used = stats["rows"] - stats.get("holdout", {}).get("excluded_rows", 0)
-        if part == "val" and stats["samples"] == 0:
-            raise UserInputError(
-                f"--data.path {self.path} split {split!r}: the {used} rows held out for validation by "
-                f"--data.val_fraction {self.val_fraction} hold no usable conversation; raise --data.val_fraction or "
-                "set --data.val_split to another split."
-            )
-        if stats["skipped"] > self.max_bad_fraction * used:
-            raise UserInputError(
-                f"--data.path {self.path} split {split!r}: {stats['skipped']} of {used} rows are malformed "
-                f"({stats['skip_example']}); is --data.messages_column {self.messages_column!r} a list of "
-                "{role, content} with roles system/user/assistant? (--data.max_bad_fraction sets the tolerance)"
-            )
-        if stats["split_conversations"] or stats["dropped_exchanges"]:
-            log.warning(
-                "%s split %r: %d conversations longer than %d tokens split at turn boundaries; %d exchanges "
-                "too long even alone were dropped",
-                self.path,
-                split,
-                stats["split_conversations"],
-                self.block_size + 1,
-                stats["dropped_exchanges"],
-            )
-
-    def _lengths(self, meta: dict, base: Path) -> np.ndarray:
-        return np.array(LazyArray(base, meta, "lengths").values, dtype=np.int64)
-
-    def train_dataset(self, base: Path, meta: dict):
-        lengths = self._lengths(meta, base)
-        batches = length_grouped_batches(lengths, self.batch_size, seed=self.seed)
-        self.padding_waste = padding_waste(lengths, batches)
-        log.info(
-            "training batches: %d of %d conversations, %.1f%% of positions are padding",
-            len(batches),
-            self.batch_size,
-            100 * self.padding_waste,
-        )
-        dataset = ChatBatches(base, meta, lengths, batches, pad_id=self.tokenizer.eot_id)
-        sampler = ResumableShuffleSampler(dataset, item_targets=dataset.batch_targets(), **self.sampler_args(1))
-        return dataset, sampler, None
-
-    def train_sample_dataset(self, base: Path, meta: dict, batches: int):
-        lengths = self._lengths(meta, base)
-        sample = eval_batches(lengths, self.eval_batch_size, seed=self.seed + 1)[:batches]  # all lengths
-        return ChatBatches(base, meta, lengths, sample, pad_id=self.tokenizer.eot_id), None
-
-    def eval_dataset(self, base: Path, meta: dict):
-        lengths = self._lengths(meta, base)
-        batches = eval_batches(lengths, self.eval_batch_size)
-        return ChatBatches(base, meta, lengths, batches, pad_id=self.tokenizer.eot_id), None
+        super().__init__(path=path, train_split=train_split, val_split=val_split, test_split=test_split, **kwargs)

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data_modules.chat_messages import eval_batches, length_grouped_batches
 from data_modules.holdout import HeldOutDataModule, held_out_rows, part_rows, row_keys
 from data_modules.token_cache import token_dtype
-from data_modules.ultrachat import eval_batches, length_grouped_batches
 from data_modules.windows import LazyArray, ResumableShuffleSampler
 from lightning_gpt.chat import END_OF_TURN, chat_tokenizer, message_problem, render_prompt
 from lightning_gpt.errors import UserInputError

@@ -104,3 +104,23 @@ def ultrachat_dir(tmp_path) -> Path:
         {"train_sft": synthetic_conversations(120, seed=1), "test_sft": synthetic_conversations(24, seed=2)},
         config="default",
     )
+
+
+def text_documents(n: int, seed: int = 0, paragraphs: int = 3) -> list[str]:
+    """Plain-text documents of a few paragraphs each, line breaks and blank lines inside."""
+    rng = random.Random(seed)
+    return [
+        f"# Note {i}\n\n"
+        + "\n\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 20))) + "." for _ in range(paragraphs))
+        + "\n"
+        for i in range(n)
+    ]
+
+
+def text_folder(root: Path, n: int = 30, seed: int = 0) -> Path:
+    """A folder of your own text: one .txt or .md file per document (in a subfolder for some)."""
+    for i, text in enumerate(text_documents(n, seed)):
+        file = root / ("sub" if i % 3 == 0 else "") / f"doc{i:03d}.{'md' if i % 2 else 'txt'}"
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(text)
+    return root
