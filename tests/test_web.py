@@ -107,7 +107,7 @@ def browser():
 
 
 @pytest.fixture
-def chat_page(server, browser):
+def chat_page(browser, server):  # the browser first: without one, the test skips before a server starts
     page = browser.new_page()
     page.set_default_timeout(30_000)
     page.goto(server)
@@ -145,7 +145,7 @@ def test_web_without_the_extra_says_what_to_install(monkeypatch, capsys):
     assert "lightning-gpt web needs FastAPI and uvicorn" in capsys.readouterr().err
 
 
-def test_the_answer_streams_in_equals_the_apis_and_clear_empties_the_conversation(server, chat_page):
+def test_the_answer_streams_in_equals_the_apis_and_clear_empties_the_conversation(chat_page, server):
     page = chat_page
     page.wait_for_function("() => document.querySelector('#model').textContent.includes('context of 64 tokens')")
     page.fill("#system", SYSTEM)
@@ -176,7 +176,7 @@ def test_the_answer_streams_in_equals_the_apis_and_clear_empties_the_conversatio
     assert len(turns(page)) == 2
 
 
-def test_a_bad_setting_shows_the_apis_error_in_the_page(server, chat_page):
+def test_a_bad_setting_shows_the_apis_error_in_the_page(chat_page, server):
     page = chat_page
     page.fill("#max_tokens", "100000")
     page.fill("#message", "Hello?")
