@@ -1,4 +1,4 @@
-"""Entry point: `lightning-gpt fit|validate|test|generate|chat|evaluate-chat|make-pairs|export|serve ...` (also
+"""Entry point: `lightning-gpt fit|validate|test|generate|chat|evaluate-chat|make-pairs|export|serve|web ...` (also
 `python -m lightning_gpt`)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ __all__ = ["GPTCLI", "main", "run"]
 def main() -> None:
     """The console script: returns nothing, so that the exit code is 0 on success."""
     argv = sys.argv[1:]
-    if argv and argv[0] in COMMANDS:  # generate, chat, evaluate-chat, make-pairs, export, serve: no Trainer
+    if argv and argv[0] in COMMANDS:  # generate, chat, evaluate-chat, make-pairs, export, serve, web: no Trainer
         try:
             COMMANDS[argv[0]](argv[1:])
         except UserInputError as err:

@@ -1,5 +1,5 @@
-"""`lightning-gpt generate`, `chat`, `evaluate-chat`, `make-pairs`, `export` and `serve`: using trained checkpoints,
-outside the Trainer."""
+"""`lightning-gpt generate`, `chat`, `evaluate-chat`, `make-pairs`, `export`, `serve` and `web`: using trained
+checkpoints, outside the Trainer."""
 
 from __future__ import annotations
 
@@ -279,6 +279,13 @@ def serve_command(argv: list[str]) -> None:
     serve(argv)
 
 
+def web_command(argv: list[str]) -> None:
+    """A chat page in the browser over serve's API: see lightning_gpt/web/ (imported here on use: it needs FastAPI)."""
+    from lightning_gpt.web import web_command as web
+
+    web(argv)
+
+
 COMMANDS = {
     "generate": generate_command,
     "chat": chat_command,
@@ -286,4 +293,5 @@ COMMANDS = {
     "make-pairs": make_pairs_command,
     "export": export_command,
     "serve": serve_command,
+    "web": web_command,
 }

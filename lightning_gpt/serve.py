@@ -271,26 +271,46 @@ def build_app(model: GPT, tokenizer: Tokenizer, name: str):
     return app
 
 
-def serve_command(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="lightning-gpt serve", description=__doc__.split("\n\n")[0])
+def server_args(argv: list[str], prog: str, description: str, port: int) -> argparse.Namespace:
+    """The flags `serve` and `web` share."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by lightning-gpt fit")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept connections from other machines")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=port)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--model_name", default=None, help="the name /v1/models lists (default: the file's stem)")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         raise UserInputError(f"--port must be in 0..65535, got {args.port}")
+    return args
+
+
+def load_app(args: argparse.Namespace, command: str = "serve"):
+    """The FastAPI application over the checkpoint that `args` name.
+
+    Raises:
+        UserInputError: without the serve extra, saying how to install it; for a bad --ckpt_path or --device.
+    """
     try:
         import fastapi  # noqa: F401
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError as err:
         raise UserInputError(
-            f'lightning-gpt serve needs FastAPI and uvicorn ({err}); install them with: pip install -e ".[serve]"'
+            f'lightning-gpt {command} needs FastAPI and uvicorn ({err}); install them with: pip install -e ".[serve]"'
         ) from None
     model, tokenizer = load_checkpoint(args.ckpt_path, args.device)
-    app = build_app(model, tokenizer, args.model_name or Path(args.ckpt_path).stem)
+    return build_app(model, tokenizer, args.model_name or Path(args.ckpt_path).stem)
+
+
+def run_server(app, args: argparse.Namespace) -> None:
+    import uvicorn
+
     # uvicorn shuts down on SIGINT / SIGTERM, then raises the signal again: SIGTERM ends the process (exit 143),
     # Ctrl+C comes back as a KeyboardInterrupt, after the shutdown, and ends it with exit 0.
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=5)
+
+
+def serve_command(argv: list[str]) -> None:
+    args = server_args(argv, "lightning-gpt serve", __doc__.split("\n\n")[0], port=8000)
+    run_server(load_app(args), args)
