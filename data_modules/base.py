@@ -221,6 +221,8 @@ class TokenDataModule(L.LightningDataModule):
             meta = read_cache_meta(base, self.tokenizer.fingerprint)
             if meta is None:  # prepare_data did not run here (setup() called by hand, or another node built it)
                 meta = self.build_cache(split, base, role)
+            else:
+                log.info("%s split %r: reusing the token cache %s.*", self.path, split, base)
             self._caches[role] = (base, meta)
         return self._caches[role]
 

@@ -1,0 +1,33 @@
+"""What the console shows: the project's own INFO messages (init_from loaded, a token cache reused or built, SFT
+padding waste), and not Lightning's advertising tips or a deprecation warning that Lightning itself triggers."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+
+PACKAGES = ("lightning_gpt", "data_modules", "callbacks")
+
+
+def _not_a_tip(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip")
+
+
+def configure_console() -> None:
+    """For the console script only (a library import changes no logging). Calling it twice changes nothing more."""
+    for name in PACKAGES:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        if not any(getattr(h, "_lightning_gpt", False) for h in logger.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(message)s"))  # as Lightning's own lines look
+            handler._lightning_gpt = True
+            logger.addHandler(handler)
+    # Lightning's rank-zero messages (fabric's and pytorch's) include one-line adverts for its cloud services.
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        rank_zero = logging.getLogger(name)
+        if _not_a_tip not in rank_zero.filters:
+            rank_zero.addFilter(_not_a_tip)
+    # Raised inside Lightning's own pytree helper with torch 2.13, once per run; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
