@@ -15,6 +15,16 @@ from lightning_gpt.commands import chat_stop_ids, is_chat
 from lightning_gpt.generate import SamplingSettings, generate
 
 
+def markdown_sample(prompt: str, sample: str) -> str:
+    """A sample as TensorBoard shows it: markdown (a chat answer's lists and emphasis render), the prompt in bold,
+    and every line break of the text kept (markdown would join single lines into one paragraph)."""
+
+    def lines(text: str) -> str:
+        return "  \n".join(text.split("\n"))  # two trailing spaces: a hard line break
+
+    return f"**{lines(prompt.strip())}**\n\n{lines(sample)}"
+
+
 @contextmanager
 def sampling_from(trainer: L.Trainer, pl_module: L.LightningModule) -> Iterator[None]:
     """The module's model in eval mode (no dropout) under the run's bf16 autocast, if any, then back in the mode
@@ -74,6 +84,5 @@ class GenerateSamples(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 for i, (prompt, sample) in enumerate(zip(self.prompts, self.last_samples, strict=True)):
-                    # TensorBoard renders text as markdown: a code block keeps the model's words as they are.
-                    shown = f"**{prompt}**\n\n```\n{sample}\n```" if chat else f"```\n{prompt}{sample}\n```"
+                    shown = markdown_sample(prompt, sample)
                     logger.experiment.add_text(f"samples/{i}", shown, global_step=trainer.global_step)

@@ -248,10 +248,10 @@ class DPOModule(GPTModule):
             "rewards/accuracies": s["rewards/accuracies"] / pairs,
             "logps/chosen": s["logps/chosen"] / pairs,
             "logps/rejected": s["logps/rejected"] / pairs,
-            "entropy": s["entropy"] / max(s["chosen_tokens"], 1.0),
+            "train_entropy": s["entropy"] / max(s["chosen_tokens"], 1.0),
         }
         if s["kl_tokens"] > 0:
-            metrics["kl"] = s["kl"] / s["kl_tokens"]
+            metrics["train_kl"] = s["kl"] / s["kl_tokens"]
         return metrics
 
     # --- validation and test ------------------------------------------------------------------------------------

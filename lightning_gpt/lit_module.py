@@ -255,7 +255,9 @@ class GPTModule(L.LightningModule):
         if total == float("inf"):
             raise UserInputError("set --trainer.max_steps or --trainer.max_epochs: the cosine schedule needs an end.")
         optimizer, schedule = self.build_optimizer(int(total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        # The name is LearningRateMonitor's tag for it (else "lr-AdamW").
+        schedule_config = {"scheduler": schedule, "interval": "step", "name": "learning_rate"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule_config}
 
     def build_optimizer(self, total_steps: int):
         """AdamW and its warmup-cosine schedule from this module's hyperparameters (fused on CUDA)."""

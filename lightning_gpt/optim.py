@@ -41,9 +41,10 @@ def adamw_warmup_cosine(
     resumed run is longer than planned.
     """
     params = [p for p in parameters if p.requires_grad]
+    # The names label LearningRateMonitor's curves (learning_rate/decayed, ...) instead of pg1, pg2.
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay, "name": "decayed"},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "name": "not_decayed"},
     ]
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)
 

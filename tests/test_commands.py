@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torchmetrics.text import ROUGEScore
 
 from callbacks import GenerateSamples
+from callbacks.text_samples import markdown_sample
 from data_modules import UltraChat200k, WikiText103
 from lightning_gpt import chat_repl, commands
 from lightning_gpt.__main__ import main
@@ -175,6 +176,14 @@ def test_samples_callback_logs_text_to_tensorboard(wikitext_dir, tmp_path):
     events = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0})
     events.Reload()
     assert {"samples/0/text_summary", "samples/1/text_summary"} <= set(events.Tags()["tensors"])
+
+
+def test_samples_render_as_markdown_with_their_line_breaks():
+    from tensorboard.plugin_util import markdown_to_safe_html  # what TensorBoard's text tab does with them
+
+    html = markdown_to_safe_html(markdown_sample("Write a list.", "Here:\n- one *big*\n- two\nDone."))
+    assert "<strong>Write a list.</strong>" in html and "<em>big</em>" in html  # markdown, not a code block
+    assert "Here:<br" in html and "- two<br" in html and "<pre>" not in html  # each line on its own line
 
 
 def test_test_reports_word_perplexity_and_bits_per_byte(wikitext_dir, tmp_path):

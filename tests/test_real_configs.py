@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lightning_gpt.__main__ import run
 from lightning_gpt.checkpoint_io import SafeCheckpointIO
+from lightning_gpt.tensorboard import tensorboard_tag
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = str(REPO / "configs" / "pretrain_wikitext103.yaml")
@@ -34,15 +35,25 @@ def pretrain(data_dir, version, *extra):
             *extra]  # fmt: skip
 
 
-def scalars(folder: Path, tag: str) -> dict[int, float]:
-    """step -> value of a TensorBoard scalar over every event file in `folder` (a resumed run writes a second)."""
-    values = {}
+def scalars(folder: Path, metric: str) -> dict[int, float]:
+    """step -> value of a logged metric in TensorBoard, over every event file in `folder` (a resumed run writes a
+    second). Looked up by the tag the project's TensorBoard logger gives the metric (`val_loss` -> `loss/val`)."""
+    tag, values = tensorboard_tag(metric), {}
     for events in sorted(folder.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
         accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
         accumulator.Reload()
         if tag in accumulator.Tags()["scalars"]:
             values.update({e.step: e.value for e in accumulator.Scalars(tag)})
     return values
+
+
+def scalar_tags(folder: Path) -> set[str]:
+    tags = set()
+    for events in folder.glob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    return tags
 
 
 def model_weights(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -173,6 +184,10 @@ def test_pretrain_then_sft_in_bf16_with_every_setting_of_the_real_configs(
     assert torch.isfinite(metrics["val_loss"]) and torch.isfinite(metrics["train_eval_loss"])
     run_dir = tmp_path / "runs" / "sft_ultrachat" / "main"
     assert scalars(run_dir, "train_loss").keys() == set(range(6))
+    # Each metric's stages side by side (loss/train, loss/val), the schedule under its name, no hp_metric of -1.
+    tags = scalar_tags(run_dir)
+    assert {"loss/train", "loss/val", "loss/train_eval", "acc/val", "learning_rate/decayed", "tokens_seen"} <= tags
+    assert not {"train_loss", "val_loss", "hp_metric", "lr-AdamW/pg1"} & tags
     samples = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
     samples.Reload()
     assert "samples/0/text_summary" in samples.Tags()["tensors"]  # GenerateSamples ran under bf16
