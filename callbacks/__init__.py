@@ -4,6 +4,7 @@ from callbacks.alignment_samples import AlignmentSamples
 from callbacks.last_checkpoint import KeepLastCheckpoint
 from callbacks.sigterm import CheckpointOnSigterm
 from callbacks.text_samples import GenerateSamples
+from callbacks.throughput import ResumableThroughputMonitor
 from callbacks.train_val_gap import TrainValGapEarlyStopping
 
 __all__ = [
@@ -11,5 +12,6 @@ __all__ = [
     "CheckpointOnSigterm",
     "GenerateSamples",
     "KeepLastCheckpoint",
+    "ResumableThroughputMonitor",
     "TrainValGapEarlyStopping",
 ]

@@ -89,6 +89,9 @@ def test_sigterm_saves_and_the_resume_gives_the_uninterrupted_run(wikitext_dir, 
 
     resumed = run(pretrain(wikitext_dir, "killed", "--ckpt_path", "last"))
     assert resumed.trainer.global_step == 24
+    # The throughput counters go on from the checkpoint: the same count of samples at every logged step.
+    assert scalars(runs / "killed", "train/samples") == scalars(runs / "straight", "train/samples")
+    assert len(scalars(runs / "straight", "train/samples")) >= 20
     # The same loss at every step, to the bit, and the same weights at the end.
     straight_losses, killed_losses = scalars(runs / "straight", "train_loss"), scalars(runs / "killed", "train_loss")
     assert sorted(straight_losses) == list(range(24))  # logged at each optimizer step
