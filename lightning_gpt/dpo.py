@@ -52,9 +52,10 @@ class DPOModule(GPTModule):
     Logged (TRL's names; `val_` / `test_` in front at validation and test): the loss, rewards/chosen and
     rewards/rejected (beta times the log-probability ratio of an answer between policy and reference),
     rewards/margins (chosen minus rejected), rewards/accuracies (the share of pairs whose chosen reward is the
-    larger), logps/chosen and logps/rejected (the policy's summed log-probabilities of the answers), entropy (the
-    policy's mean next-token entropy on the chosen answers) and kl (its mean per-token KL to the reference there;
-    in training only while the reference runs live, i.e. without precompute_reference).
+    larger), logps/chosen and logps/rejected (the policy's summed log-probabilities of the answers), train_entropy
+    and val_entropy (the policy's mean next-token entropy on the chosen answers) and train_kl and val_kl (its mean
+    per-token KL to the reference there; in training only while the reference runs live, i.e. without
+    precompute_reference).
 
     Args:
         beta: strength of the pull towards the reference: the inverse temperature of the implicit reward.
