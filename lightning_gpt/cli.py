@@ -23,7 +23,7 @@ from lightning_gpt.lit_module import GPTModule
 DESCRIPTION = (
     "Train a GPT and turn it into a chat model. Training: fit, validate, test (below); the config's model.class_path "
     "picks the stage's module (language model, DPO, reward model). Using a checkpoint: lightning-gpt "
-    "generate|chat|evaluate-chat|make-pairs --help."
+    "generate|chat|evaluate-chat|make-pairs|serve|web|export --help."
 )
 
 
