@@ -10,6 +10,19 @@ import warnings
 PACKAGES = ("lightning_gpt", "data_modules", "callbacks")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a message comes (a caller may have replaced it since: pytest's capture,
+    a redirect), not to the one there was when the handler was made."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _not_a_tip(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("💡 Tip")
 
@@ -20,7 +33,7 @@ def configure_console() -> None:
         logger = logging.getLogger(name)
         logger.setLevel(logging.INFO)
         if not any(getattr(h, "_lightning_gpt", False) for h in logger.handlers):
-            handler = logging.StreamHandler(sys.stderr)
+            handler = _StderrHandler()
             handler.setFormatter(logging.Formatter("%(message)s"))  # as Lightning's own lines look
             handler._lightning_gpt = True
             logger.addHandler(handler)
