@@ -33,6 +33,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from timing import training_only_trainer  # benchmarks/timing.py (run as scripts)
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_gpt.chat import chat_tokenizer
@@ -143,20 +144,7 @@ def run_side(args) -> dict:
         keys = [(i, len(pair_ids)) for i, (_, _, pair_ids) in enumerate(batches)]  # (x, y, step_pairs, pair_ids)
         loader = DataLoader(dataset, batch_size=None, sampler=keys)
     timer = _StepTimer()
-    trainer = L.Trainer(
-        accelerator=args.device,
-        devices=1,
-        precision=args.precision,
-        max_steps=len(batches),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        gradient_clip_val=1.0,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[timer],
-    )
+    trainer = training_only_trainer(args.device, args.precision, len(batches), [timer])
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: the peak so far
     trainer.fit(module, train_dataloaders=loader)
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -20,6 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.throughput import get_available_flops
+from timing import training_only_trainer  # benchmarks/timing.py (run as scripts)
 
 from lightning_gpt.lit_module import GPTModule
 
@@ -100,20 +101,7 @@ def lightning_loop(args, batches, device) -> list[float]:
     """The same training through Trainer.fit. Returns the seconds between consecutive step starts."""
     module = build_module(args)
     timer = _StepTimer()
-    trainer = L.Trainer(
-        accelerator=device.type,
-        devices=1,
-        precision=args.precision,
-        max_steps=len(batches),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        gradient_clip_val=1.0,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[timer],
-    )
+    trainer = training_only_trainer(device.type, args.precision, len(batches), [timer])
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, pin_memory=device.type == "cuda")
     trainer.fit(module, train_dataloaders=loader)
     return list(np.diff(timer.starts[args.warmup :]))

@@ -228,13 +228,15 @@ def test_concurrent_requests_each_get_their_own_answer(servers):
     assert len({text for text, _, _ in references}) == 8  # the answers differ, so a mix-up would show
 
 
-def test_serve_without_the_extra_says_what_to_install(monkeypatch, capsys):
+@pytest.mark.parametrize("command", ["serve", "web"])
+def test_serve_and_web_without_the_extra_say_what_to_install(command, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # makes `import uvicorn` fail
-    monkeypatch.setattr(sys, "argv", ["lightning-gpt", "serve", "--ckpt_path", "missing.ckpt"])
+    monkeypatch.setattr(sys, "argv", ["lightning-gpt", command, "--ckpt_path", "missing.ckpt"])
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2
-    assert 'pip install -e ".[serve]"' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"lightning-gpt {command} needs FastAPI and uvicorn" in err and 'pip install -e ".[serve]"' in err
 
 
 def test_sigterm_and_ctrl_c_stop_the_servers_cleanly(servers):

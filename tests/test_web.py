@@ -19,7 +19,6 @@ import torch
 
 pytest.importorskip("fastapi")
 
-from lightning_gpt.__main__ import main  # noqa: E402
 from lightning_gpt.chat import chat_tokenizer  # noqa: E402
 from lightning_gpt.commands import COMMANDS  # noqa: E402
 from lightning_gpt.lit_module import GPTModule  # noqa: E402
@@ -134,15 +133,6 @@ def test_web_is_a_command_and_its_page_has_the_controls():
     for control in ("system", "temperature", "top_p", "max_tokens", "message", "send", "clear", "conversation"):
         assert f'id="{control}"' in html
         assert control in ("send", "clear", "conversation") or f'for="{control}"' in html  # every input is labelled
-
-
-def test_web_without_the_extra_says_what_to_install(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "uvicorn", None)  # makes `import uvicorn` fail
-    monkeypatch.setattr(sys, "argv", ["lightning-gpt", "web", "--ckpt_path", "missing.ckpt"])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code == 2
-    assert "lightning-gpt web needs FastAPI and uvicorn" in capsys.readouterr().err
 
 
 def test_the_answer_streams_in_equals_the_apis_and_clear_empties_the_conversation(chat_page, server):
