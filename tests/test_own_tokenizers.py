@@ -1,12 +1,15 @@
 """Tokenizers trained on your own text (`char`, `bpe-N`): Unicode round trips, clear errors, chat tokens, the token
 cache key, and the checkpoint that carries the tokenizer."""
 
+from pathlib import Path
+
 import pytest
 
 from lightning_gpt.chat import CHAT_SPECIAL_TOKENS, chat_tokenizer
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.tokenizer import UNKNOWN, Tokenizer, tokenizer_from_data, train_tokenizer
 
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TEXT = "Hello, world! Привет, мир! 你好，世界！ 😀🚀 naïve café\n" * 20
 
 
@@ -79,3 +82,54 @@ def _plain(value) -> bool:
     if isinstance(value, list):
         return all(_plain(v) for v in value)
     return isinstance(value, (str, int))
+
+
+def _corpus(folder):
+    folder.mkdir()
+    for i in range(24):
+        (folder / f"doc{i}.txt").write_text(f"Document {i}: Привет, мир! 你好 😀. " * 12, encoding="utf-8")
+    return folder
+
+
+def test_the_token_cache_key_follows_the_tokenizer_setting(tmp_path):
+    from data_modules import TextFiles
+
+    corpus = _corpus(tmp_path / "corpus")
+    keys = {}
+    for spec in ("gpt2", "char", "bpe-300", "bpe-400"):
+        dm = TextFiles(path=str(corpus), tokenizer=spec, cache_dir=str(tmp_path / "cache"), block_size=16)
+        keys[spec] = dm.cache_base("train", "train")
+    assert len(set(keys.values())) == 4
+    trained = sorted(p.name for p in (tmp_path / "cache").glob("textfiles-tokenizer-*.json"))
+    assert [name.split("-")[2] for name in trained] == ["bpe", "bpe", "char"]  # cached beside the token caches
+    again = TextFiles(path=str(corpus), tokenizer="char", cache_dir=str(tmp_path / "cache"), block_size=16)
+    assert again.cache_base("train", "train") == keys["char"]  # read back from its cache, the same tokenizer
+    held_out = set(again.tokens("val").tolist()) - set(again.tokens("train").tolist())
+    assert held_out <= {again.tokenizer.token_id(UNKNOWN)}  # trained on the training part: val may hold unknowns
+
+
+def test_the_checkpoint_alone_rebuilds_the_tokenizer(tmp_path, monkeypatch, capsys):
+    from lightning_gpt.__main__ import run
+    from lightning_gpt.commands import generate_command, load_checkpoint
+
+    corpus = _corpus(tmp_path / "corpus")
+    monkeypatch.chdir(tmp_path)
+    cli = run(
+        [
+            *("fit", "-c", str(CONFIGS / "pretrain_text.yaml"), "-c", str(CONFIGS / "smoke.yaml")),
+            *("--data.path", str(corpus), "--data.tokenizer", "char", "--data.cache_dir", str(tmp_path / "cache")),
+            *("--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--model.block_size", "32"),
+        ]
+    )
+    dm = cli.datamodule
+    assert cli.model.model.config.vocab_size >= dm.tokenizer.vocab_size == dm.vocab_size
+    assert "val_bpb" in cli.trainer.callback_metrics  # bytes counted from the text: comparable across tokenizers
+    (ckpt,) = tmp_path.glob("runs/**/last.ckpt")
+    for path in (tmp_path / "cache").iterdir():  # nothing but the checkpoint
+        path.unlink() if path.is_file() else None
+    _, tokenizer = load_checkpoint(str(ckpt), device="cpu")
+    text = (corpus / "doc3.txt").read_text(encoding="utf-8")
+    assert type(tokenizer).__name__ == "CharTokenizer" and tokenizer.decode(tokenizer.encode(text)) == text
+    capsys.readouterr()
+    generate_command(["--ckpt_path", str(ckpt), "--prompt", "Привет", "--max_new_tokens", "5", "--device", "cpu"])
+    assert capsys.readouterr().out.startswith("Привет")
