@@ -75,8 +75,8 @@ class TokenDataModule(L.LightningDataModule):
         self.num_workers, self.seed = num_workers, seed
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
-        self.tokenizer = self.build_tokenizer()
-        self.vocab_size = self.tokenizer.vocab_size  # read by the CLI's link to model.vocab_size
+        self._tokenizer = None
+        self.vocab_size = self.planned_vocab_size()  # read by the CLI's link to model.vocab_size
         self._caches: dict[str, tuple[Path, dict]] = {}
         self._progress = {"epoch": 0, "batches": 0}  # training batches taken this epoch, on this rank
         self._resume: dict | None = None
@@ -85,6 +85,25 @@ class TokenDataModule(L.LightningDataModule):
 
     def build_tokenizer(self) -> Tokenizer:
         return Tokenizer()
+
+    def planned_vocab_size(self) -> int:
+        """The model's vocabulary, known in __init__ (the CLI links it before prepare_data runs)."""
+        return self.tokenizer.vocab_size
+
+    @property
+    def tokenizer(self):
+        """Built on first use: a tokenizer trained on the data is trained (or read from its cache) only then."""
+        if self._tokenizer is None:
+            self._tokenizer = self.build_tokenizer()
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value) -> None:
+        self._tokenizer = value
+
+    def load_rows(self, split: str, scratch: str):
+        """A split's rows, read into the folder `scratch` (removed afterwards)."""
+        return load_hf_split(self.path, self.name, split, scratch)
 
     def array_dtypes(self) -> dict[str, np.dtype]:
         """The arrays a cache holds, with their dtypes."""
@@ -170,8 +189,7 @@ class TokenDataModule(L.LightningDataModule):
         remove_leftovers(self.cache_dir)
         # The pid in the name lets a later run remove this folder if this process is killed.
         with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=f".raw-{owner_tag()}-") as scratch:
-            rows = load_hf_split(self.path, self.name, split, scratch)
-            return self.encode_split(rows, split, base, role)
+            return self.encode_split(self.load_rows(split, scratch), split, base, role)
 
     def encode_split(self, rows, split: str, base: Path, role: str | None = None) -> dict:
         missing = [c for c in self.required_columns if c not in rows.column_names]

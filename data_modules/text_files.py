@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from data_modules.holdout import check_val_fraction, held_out_rows, part_rows
-from data_modules.token_cache import owner_tag, remove_leftovers
 from data_modules.token_stream import TokenStream
 from lightning_gpt.errors import UserInputError
 
@@ -212,17 +210,11 @@ class TextFiles(TokenStream):
             variant.append(f"holdout={self.val_fraction}:{part}")
         return tuple(variant)
 
-    def build_cache(self, split: str, base: Path | None = None, role: str | None = None) -> dict:
+    def load_rows(self, split: str, scratch: str):
         files = self.local_files()
         if files is None:
-            return super().build_cache(split, base, role)
-        role = role or self._first_role(split)
-        base = base or self.cache_base(split, role)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(self.cache_dir)
-        with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=f".raw-{owner_tag()}-") as scratch:
-            rows = load_text_files(files, self.text_column, self.path, scratch)
-            return self.encode_split(rows, split, base, role)
+            return super().load_rows(split, scratch)
+        return load_text_files(files, self.text_column, self.path, scratch)
 
     # --- documents -----------------------------------------------------------------------------------------------
 

@@ -3,6 +3,9 @@ after each, served as windows of `block_size` tokens (WikiText103, TextFiles).""
 
 from __future__ import annotations
 
+import json
+import logging
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -11,9 +14,20 @@ import torch
 from torch.utils.data import Subset
 
 from data_modules.base import TokenDataModule
-from data_modules.token_cache import batched, token_dtype
+from data_modules.token_cache import (
+    batched,
+    cache_key,
+    owner_tag,
+    remove_leftovers,
+    source_fingerprint,
+    token_dtype,
+    write_atomic,
+)
 from data_modules.windows import EvalWindows, LazyArray, ResumableWindowSampler, TrainWindows
 from lightning_gpt.errors import UserInputError
+from lightning_gpt.tokenizer import Tokenizer, parse_tokenizer_spec, tokenizer_from_data, train_tokenizer
+
+log = logging.getLogger(__name__)
 
 
 class TokenStream(TokenDataModule):
@@ -22,6 +36,56 @@ class TokenStream(TokenDataModule):
     byte (`count_text`)."""
 
     text_column: str = "text"
+
+    def __init__(self, *, tokenizer: str = "gpt2", **kwargs) -> None:
+        """
+        Args:
+            tokenizer: gpt2 (GPT-2's BPE, shipped), char (the characters of the training split, plus <|unk|>), or
+                bpe-N (a byte-level BPE of N tokens, trained on the training split with Hugging Face `tokenizers`).
+                A trained one is cached beside the token caches and stored in every checkpoint.
+            **kwargs: see `TokenDataModule`.
+        """
+        self.tokenizer_spec = tokenizer
+        self._spec = parse_tokenizer_spec(tokenizer)
+        super().__init__(**kwargs)
+
+    def planned_vocab_size(self) -> int:
+        kind, size = self._spec
+        # bpe-N: N ids whatever it learns (fewer merges leave rows unused); char: only the data says, so the
+        # characters are read here, when the CLI links the model's vocabulary.
+        return size if kind == "bpe" else self.tokenizer.vocab_size
+
+    def build_tokenizer(self):
+        if self._spec[0] == "gpt2":
+            return Tokenizer()
+        self.check_arguments()
+        path = self.tokenizer_path()
+        if path.is_file():
+            return tokenizer_from_data(json.loads(path.read_text(encoding="utf-8")))
+        split = self.splits["train"]
+        log.info("training the %s tokenizer on %s split %r", self.tokenizer_spec, self.path, split)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(self.cache_dir)
+        with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=f".raw-{owner_tag()}-") as scratch:
+            rows = self.load_rows(split, scratch)
+            self.encode_stats, self.encode_role = {}, "train"  # the training part only: held-out documents excluded
+            tokenizer = train_tokenizer(self.tokenizer_spec, self.documents(rows))
+        write_atomic(path, json.dumps(tokenizer.to_data(), ensure_ascii=False))
+        return tokenizer
+
+    def tokenizer_path(self) -> Path:
+        """Where the tokenizer trained for this data and setting is cached: beside the token caches."""
+        kind = type(self).__name__
+        split = self.splits["train"]
+        key = cache_key(
+            kind,
+            source_fingerprint(self.path),
+            str(self.name),
+            split,
+            self.tokenizer_spec,
+            *self.cache_variant("train"),
+        )
+        return self.cache_dir / f"{kind.lower()}-tokenizer-{self.tokenizer_spec}-{key}.json"
 
     def documents(self, rows) -> Iterator[str]:
         """The documents of a loaded split, in order."""

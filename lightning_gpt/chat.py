@@ -13,16 +13,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lightning_gpt.tokenizer import Tokenizer
+from lightning_gpt.tokenizer import AnyTokenizer, Tokenizer
 
 SYSTEM, USER, ASSISTANT, END_OF_TURN = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
 CHAT_SPECIAL_TOKENS = (SYSTEM, USER, ASSISTANT, END_OF_TURN)
 ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
 
 
-def chat_tokenizer() -> Tokenizer:
-    """GPT-2 BPE plus the four chat tokens (ids 50257-50260: the model's padded vocabulary already has rows there)."""
-    return Tokenizer(extra_special_tokens=CHAT_SPECIAL_TOKENS)
+def chat_tokenizer(base: AnyTokenizer | None = None) -> AnyTokenizer:
+    """`base` (default GPT-2 BPE) plus the four chat tokens, numbered after its own (GPT-2: ids 50257-50260, where
+    the model's padded vocabulary already has rows)."""
+    if base is None:
+        return Tokenizer(extra_special_tokens=CHAT_SPECIAL_TOKENS)
+    return base.with_special_tokens(name for name in CHAT_SPECIAL_TOKENS if name not in base.special_tokens)
 
 
 def message_problem(messages) -> str | None:

@@ -18,7 +18,7 @@ from lightning_gpt.checkpoint_io import load_checkpoint_file
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.generate import SamplingSettings, generate, stream
 from lightning_gpt.model import GPT
-from lightning_gpt.tokenizer import Tokenizer
+from lightning_gpt.tokenizer import Tokenizer, tokenizer_from_data
 
 
 def available_devices() -> list[str]:
@@ -78,7 +78,14 @@ def load_checkpoint(path: str, device: str = "auto") -> tuple[GPT, Tokenizer]:
     if device.startswith("cuda"):
         model = model.to(torch.bfloat16)
     vocab = model.config.vocab_size
-    for tokenizer in (Tokenizer(), chat_tokenizer()):
+    if "tokenizer" in checkpoint:  # written since tokenizers could be trained: the one the model was trained with
+        tokenizer = tokenizer_from_data(checkpoint["tokenizer"])
+        if tokenizer.vocab_size > vocab:
+            raise UserInputError(
+                f"--ckpt_path {path}: its tokenizer has {tokenizer.vocab_size} tokens, more than the model's {vocab}."
+            )
+        return model, tokenizer
+    for tokenizer in (Tokenizer(), chat_tokenizer()):  # older checkpoints: told apart by vocabulary size
         if tokenizer.vocab_size == vocab:
             return model, tokenizer
     raise UserInputError(f"--ckpt_path {path}: a vocabulary of {vocab} tokens matches no known tokenizer.")

@@ -293,6 +293,9 @@ class GPTModule(L.LightningModule):
             raise TrainingStopped(self._nonfinite_message())
         checkpoint["tokens_seen"] = self.tokens_seen
         checkpoint["rng_states"] = collect_rng_states()
+        tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
+        if hasattr(tokenizer, "to_data"):  # plain data: generate, chat and serve rebuild it from the checkpoint alone
+            checkpoint["tokenizer"] = tokenizer.to_data()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         problems = shape_mismatches(self.state_dict(), checkpoint.get("state_dict", {}))
