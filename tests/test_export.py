@@ -178,3 +178,18 @@ def test_export_without_transformers_says_what_to_install(tmp_path, monkeypatch)
     with pytest.raises(UserInputError, match=r'pip install -e "\.\[hf\]"'):
         export(str(tmp_path / "missing.ckpt"), str(tmp_path / "hf"))
     assert not (tmp_path / "hf").exists()
+
+
+def test_a_checkpoint_with_a_trained_tokenizer_is_refused_not_exported_wrong(tmp_path, capsys, monkeypatch):
+    from lightning_gpt.tokenizer import CharTokenizer
+
+    tokenizer = CharTokenizer("abc ")
+    module = GPTModule(preset="tiny", vocab_size=tokenizer.vocab_size, block_size=32)
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    torch.save({**checkpoint, "tokenizer": tokenizer.to_data()}, tmp_path / "char.ckpt")
+    monkeypatch.setattr(sys, "argv", ["lightning-gpt", "export", "--ckpt_path", str(tmp_path / "char.ckpt"),
+                                      "--out", str(tmp_path / "out")])  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2 and "trained with a char tokenizer" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
