@@ -62,10 +62,11 @@ def load_checkpoint(path: str, device: str = "auto") -> tuple[GPT, Tokenizer]:
         UserInputError: for a bad --device or --ckpt_path, with what to do about it.
     """
     from lightning_gpt.lit_module import GPTModule
+    from lightning_gpt.reward_model import SCORE_HEAD
 
     device = resolve_device(device)
     checkpoint = load_checkpoint_file(path, map_location=device)
-    if "score_head.weight" in checkpoint.get("state_dict", {}):  # lightning_gpt.reward_model's head
+    if SCORE_HEAD in checkpoint.get("state_dict", {}):
         raise UserInputError(
             f"--ckpt_path {path} is a reward model's checkpoint, which scores answers but does not write them; pass "
             "a language model's (pretraining, SFT or DPO)."

@@ -70,7 +70,7 @@ def dpo_losses(
     )
 
 
-def initial_loss(beta: float, loss_type: str, label_smoothing: float = 0.0) -> float:
+def initial_loss(beta: float, loss_type: str) -> float:
     """The loss while the policy equals the reference (h = 0): ln 2 for sigmoid, whatever the smoothing."""
     return math.log(2) if loss_type == "sigmoid" else 1 / (4 * beta**2)
 

@@ -124,3 +124,9 @@ def text_folder(root: Path, n: int = 30, seed: int = 0) -> Path:
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_text(text)
     return root
+
+
+def save_module(module, path) -> str:
+    """What a checkpoint of `lightning-gpt fit` holds and what loading it reads: the weights and the settings."""
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return str(path)

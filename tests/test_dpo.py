@@ -18,6 +18,7 @@ from lightning_gpt.lit_module import GPTModule
 from lightning_gpt.model import IGNORE_INDEX
 from lightning_gpt.preference_losses import answer_logps, answer_positions, dpo_losses, initial_loss
 from lightning_gpt.reward_model import RewardModule
+from tests.conftest import save_module
 from tests.test_real_configs import REPO, scalars
 from tests.test_training import LossRecorder, StopAt, trainer
 from tests.test_ultrafeedback import folder, pref_data, preference_rows
@@ -31,8 +32,7 @@ def sft_checkpoint(path, seed: int = 0, **shape) -> str:
     """A chat model's checkpoint as `fit` writes it (weights and hyperparameters), with random weights."""
     torch.manual_seed(seed)
     module = GPTModule(**{**SHAPE, **shape, "vocab_size": chat_tokenizer().vocab_size})
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
-    return str(path)
+    return save_module(module, path)
 
 
 def dpo_module(init_from: str, **overrides) -> DPOModule:
@@ -218,11 +218,13 @@ def test_the_dpo_config_with_the_smoke_overlay_trains_logs_and_writes_a_chat_che
     monkeypatch.chdir(tmp_path)
     init = sft_checkpoint(tmp_path / "sft.ckpt", n_layer=2, n_embd=64, block_size=128)  # smoke.yaml's model
     reward = RewardModule(**{**SHAPE, "vocab_size": chat_tokenizer().vocab_size})
-    torch.save({"state_dict": reward.state_dict(), "hyper_parameters": dict(reward.hparams)}, tmp_path / "rm.ckpt")
+    save_module(reward, tmp_path / "rm.ckpt")
     args = ["fit", "-c", DPO_CONFIG, "-c", SMOKE, "--data.path", str(pairs_dir), "--model.init_from", init]
     args += ["--trainer.callbacks.reward_ckpt", str(tmp_path / "rm.ckpt"), "--trainer.callbacks.max_new_tokens", "8"]
-    # The config's accumulation (4) and workers, shrunk: 8 steps of 2 batches, a validation every 4 steps.
+    # The config's bf16 mixed precision (smoke.yaml sets fp32), accumulation (4) and workers, shrunk: 8 steps of
+    # 2 batches, a validation every 4 steps.
     short = ["--trainer.max_steps", "8", "--trainer.accumulate_grad_batches", "2", "--data.num_workers", "2"]
+    short += ["--trainer.precision", "bf16-mixed"]
     cli = run([*args, *short, "--trainer.val_check_interval", "8", "--trainer.log_every_n_steps", "2"])
     assert isinstance(cli.model, DPOModule) and cli.trainer.global_step == 8
     events = tmp_path / "runs" / "dpo_ultrafeedback" / "smoke"

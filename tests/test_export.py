@@ -18,6 +18,7 @@ from lightning_gpt.export import export  # noqa: E402
 from lightning_gpt.generate import SamplingSettings, generate  # noqa: E402
 from lightning_gpt.lit_module import GPTModule  # noqa: E402
 from lightning_gpt.tokenizer import Tokenizer  # noqa: E402
+from tests.conftest import save_module  # noqa: E402
 
 TEXTS = [
     "The cat sat on the mat.",
@@ -51,7 +52,7 @@ def tiny_checkpoint(path, vocab_size: int) -> GPTModule:
                 param.uniform_(0.5, 1.5)
             elif "qkv" in name:
                 param.mul_(15)
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    save_module(module, path)
     return module.eval()
 
 

@@ -13,8 +13,8 @@ from lightning_gpt.__main__ import main
 from lightning_gpt.chat import END_OF_TURN, chat_tokenizer, render_prompt
 from lightning_gpt.lit_module import GPTModule
 from lightning_gpt.reward_model import RewardModule, load_reward_model
-from tests.conftest import REAL_HUB
-from tests.test_reward_model import TINY, save_module
+from tests.conftest import REAL_HUB, save_module
+from tests.test_reward_model import TINY
 from tests.test_ultrafeedback import folder, preference_rows
 
 TRAIN = "default/train_prefs-00000-of-00001.parquet"

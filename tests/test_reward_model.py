@@ -15,6 +15,7 @@ from lightning_gpt.errors import UserInputError
 from lightning_gpt.lit_module import GPTModule
 from lightning_gpt.model import IGNORE_INDEX
 from lightning_gpt.reward_model import RewardModule, load_reward_model
+from tests.conftest import save_module
 from tests.test_real_configs import scalars
 from tests.test_ultrafeedback import folder, pair_row, sentence, turn
 
@@ -23,12 +24,6 @@ REWARD = str(REPO / "configs" / "reward_ultrafeedback.yaml")
 SMOKE = str(REPO / "configs" / "smoke.yaml")
 CHAT_VOCAB = chat_tokenizer().vocab_size
 TINY = {"preset": "tiny", "vocab_size": CHAT_VOCAB, "block_size": 64, "n_layer": 1, "n_embd": 32}
-
-
-def save_module(module: GPTModule, path: Path) -> str:
-    """What a checkpoint of `lightning-gpt fit` holds and what loading it reads: the weights and the settings."""
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
-    return str(path)
 
 
 def test_bradley_terry_is_the_hand_computation():

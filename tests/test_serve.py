@@ -22,6 +22,7 @@ from lightning_gpt.chat import chat_tokenizer, render_prompt  # noqa: E402
 from lightning_gpt.commands import chat_stop_ids, load_checkpoint  # noqa: E402
 from lightning_gpt.generate import SamplingSettings, generate  # noqa: E402
 from lightning_gpt.lit_module import GPTModule  # noqa: E402
+from tests.conftest import save_module  # noqa: E402
 
 CONVERSATION = [
     {"role": "system", "content": "You are terse."},
@@ -71,7 +72,7 @@ def servers(tmp_path_factory):
                 if weight.dim() == 2 and "emb" not in name:
                     weight.normal_(0, 0.2)
         path = str(root / f"{kind}.ckpt")
-        torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+        save_module(module, path)
         out[kind] = {"ckpt": path, "log": root / f"{kind}.log"}
     try:
         for server in out.values():  # both start at once: most of a start is importing torch and lightning

@@ -23,6 +23,7 @@ from lightning_gpt.chat import chat_tokenizer  # noqa: E402
 from lightning_gpt.commands import COMMANDS  # noqa: E402
 from lightning_gpt.lit_module import GPTModule  # noqa: E402
 from lightning_gpt.web import page  # noqa: E402
+from tests.conftest import save_module  # noqa: E402
 
 SYSTEM = "You are terse."
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -72,7 +73,7 @@ def server(tmp_path_factory):
             if weight.dim() == 2 and "emb" not in name:
                 weight.normal_(0, 0.2)
     ckpt, log_path, port = root / "chat.ckpt", root / "web.log", free_port()
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, ckpt)
+    save_module(module, ckpt)
     cmd = [sys.executable, "-m", "lightning_gpt", "web", "--ckpt_path", str(ckpt), "--port", str(port)]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
