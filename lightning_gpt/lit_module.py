@@ -104,7 +104,7 @@ class GPTModule(L.LightningModule):
         window, on every rank (the training samplers in data_modules/windows.py compute it)."""
         x, y = batch[0], batch[1]
         self.flops_per_batch = self.model.flops_per_token(x.shape[1]) * x.numel()  # forward + backward
-        _, nll_sum = self.model(x, y, reduction="sum")
+        _, nll_sum = self.model(x, y, reduction="sum", with_logits=False)  # logits in chunks, never whole
         n_targets = (y != IGNORE_INDEX).sum()
         if len(batch) > 2:
             step_targets = batch[2].flatten()[0].clamp(min=1)

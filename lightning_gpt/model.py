@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lightning_gpt.chunked_loss import chunked_cross_entropy_sum
 from lightning_gpt.errors import UserInputError
 
 # Targets equal to this carry no loss. Data modules write it; the loss reads it.
@@ -205,7 +206,8 @@ class GPT(nn.Module):
         last_only: bool = False,
         reduction: str = "mean",
         select: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with_logits: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx, targets: (B, T) token ids, T <= block_size. Returns logits (B, T, padded_vocab) and the
         cross-entropy over targets that are not IGNORE_INDEX (None without targets): their mean, or with
         reduction="sum" their sum (training normalises by the targets of a whole optimizer step).
@@ -215,8 +217,15 @@ class GPT(nn.Module):
         computes logits for the last position alone, (B, 1, padded_vocab): a long prompt's other logits are unused.
         select (B, T) bool computes logits only where it is True, (n, padded_vocab) in row-major order (preference
         training scores answer tokens only; the prompt's logits would be most of the work).
+        with_logits=False (training) returns (None, loss) and computes the loss over chunks of rows, so the
+        (B, T, padded_vocab) logits and their gradient never exist whole (lightning_gpt/chunked_loss.py).
         """
         x = self.hidden_states(idx, positions, caches, attn_mask)  # (B, T, C)
+        if not with_logits and targets is not None and not last_only and select is None:
+            total = chunked_cross_entropy_sum(x.flatten(0, 1), self.lm_head.weight, targets.flatten(), IGNORE_INDEX)
+            if reduction == "sum":
+                return None, total
+            return None, total / (targets != IGNORE_INDEX).sum()
         if last_only:
             x = x[:, -1:]
         if select is not None:

@@ -1,0 +1,84 @@
+"""Cross-entropy of the language-model head without the whole logits tensor.
+
+At gpt2-124m's training shape, a micro-batch of 16 x 1,024 tokens has 16,384 x 50,304 logits: 3.3 GB in float32,
+and as much again for their gradient. Here the head's matmul, the softmax and both gradients run over chunks of
+rows, so only one chunk's logits exist at a time. The gradients are computed in the forward pass (the loss is a
+scalar, so the backward pass only scales them): the approach of Liger Kernel's fused linear cross-entropy, in plain
+PyTorch. torch's own `F.cross_entropy` needs the logits whole, and no well-kept library in our dependencies does this.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Rows of logits per chunk: 2,048 x 50,304 float32 logits are 0.4 GB, enough rows to keep the matmuls efficient.
+DEFAULT_CHUNK_ROWS = 2048
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, ignore_index: int, chunk_rows: int):
+        """hidden (N, C), weight (V, C), targets (N,). Returns the summed cross-entropy over targets that are not
+        ignore_index, in float32."""
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        w = weight.to(dtype)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk_rows):
+            h = hidden[start : start + chunk_rows].to(dtype)  # (n, C)
+            t = targets[start : start + chunk_rows]  # (n,)
+            logits = (h @ w.T).float()  # (n, V): the same precision as the head's matmul under autocast
+            scored = t != ignore_index  # (n,)
+            safe = torch.where(scored, t, 0)
+            lse = torch.logsumexp(logits, dim=-1)  # (n,)
+            picked = logits.gather(1, safe[:, None]).squeeze(1)  # (n,)
+            total += ((lse - picked) * scored).sum()
+            # d(sum of losses)/d(logits) = softmax - one_hot(target), on scored rows only.
+            grad_logits = torch.exp(logits - lse[:, None])  # (n, V)
+            grad_logits.scatter_add_(1, safe[:, None], -torch.ones_like(lse)[:, None])
+            grad_logits *= scored[:, None]
+            grad_logits = grad_logits.to(dtype)
+            grad_hidden[start : start + chunk_rows] = (grad_logits @ w).to(hidden.dtype)
+            grad_weight += (grad_logits.T @ h).float()  # (V, C)
+            del logits, grad_logits
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (
+            grad_hidden * grad_total.to(grad_hidden.dtype),
+            grad_weight * grad_total.to(grad_weight.dtype),
+            None,
+            None,
+            None,
+        )
+
+
+@torch.compiler.disable  # a Python loop over chunks; compiling the transformer around it is what pays
+def chunked_cross_entropy_sum(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> torch.Tensor:
+    """Sum over rows of cross_entropy(hidden @ weight.T, targets), skipping targets equal to ignore_index.
+
+    hidden (N, C) and targets (N,); weight (V, C) is the output projection. Equal to
+    `F.cross_entropy((hidden @ weight.T).float(), targets, ignore_index=ignore_index, reduction="sum")`, with the
+    same gradients, but at most chunk_rows x V logits exist at once. Only for training (it computes gradients in
+    the forward pass): without grad it falls back to the plain computation, chunked the same way.
+    """
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, ignore_index, chunk_rows)
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk_rows):
+        logits = F.linear(hidden[start : start + chunk_rows], weight).float()
+        t = targets[start : start + chunk_rows]
+        total += F.cross_entropy(logits, t, ignore_index=ignore_index, reduction="sum")
+    return total
