@@ -86,7 +86,8 @@ class ChatBatches(Dataset):
         return np.array([int(per_sample[b].sum()) for b in self.batches], dtype=np.int64)
 
     def __getitem__(self, key: int | tuple[int, int]):
-        """A batch index gives (x, y); (index, step_targets) from a counting sampler gives (x, y, step_targets)."""
+        """A batch index gives (x, y); (index, step_targets) from a counting sampler gives (x, y, step_targets,
+        real_tokens)."""
         index, step_targets = key if isinstance(key, tuple) else (key, None)
         samples = self.batches[index]
         width = int(self.lengths[samples].max()) - 1
@@ -98,7 +99,11 @@ class ChatBatches(Dataset):
             keep = torch.from_numpy(self.mask.values[start + 1 : start + n].astype(bool))
             x[row, : n - 1] = ids[:-1]
             y[row, : n - 1] = torch.where(keep, ids[1:], IGNORE_INDEX)
-        return (x, y) if step_targets is None else (x, y, torch.tensor(step_targets))
+        if step_targets is None:
+            return x, y
+        # The real tokens as a Python int: the throughput count reads it on the host, with no device sync.
+        real_tokens = int(self.lengths[samples].sum()) - len(samples)
+        return x, y, torch.tensor(step_targets), real_tokens
 
 
 class ChatMessages(HeldOutDataModule):

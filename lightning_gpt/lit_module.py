@@ -14,6 +14,7 @@ from lightning_gpt.errors import TrainingStopped, UserInputError
 from lightning_gpt.model import GPT, IGNORE_INDEX, GPTConfig
 from lightning_gpt.optim import adamw_warmup_cosine, check_optimizer_settings
 from lightning_gpt.rng import collect_rng_states, restore_rng_states
+from lightning_gpt.throughput import batch_tokens
 
 
 class GPTModule(L.LightningModule):
@@ -99,11 +100,13 @@ class GPTModule(L.LightningModule):
         return self.model(idx, targets)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        """batch: (x, y) or (x, y, step_targets), where step_targets (a scalar, or one per row, all equal) is the
-        number of scored targets in this micro-batch's whole optimizer step: every micro-batch of the accumulation
-        window, on every rank (the training samplers in data_modules/windows.py compute it)."""
+        """batch: (x, y), (x, y, step_targets) or (x, y, step_targets, real_tokens). step_targets (a scalar, or one
+        per row, all equal) is the number of scored targets in this micro-batch's whole optimizer step: every
+        micro-batch of the accumulation window, on every rank (the training samplers in data_modules/windows.py
+        compute it). real_tokens (an int) counts the tokens of a padded chat batch that are not padding."""
         x, y = batch[0], batch[1]
-        self.flops_per_batch = self.model.flops_per_token(x.shape[1]) * x.numel()  # forward + backward
+        real_tokens = batch_tokens(batch)  # padding excluded: it is no work done for the model
+        self.flops_per_batch = self.model.flops_per_token(x.shape[1]) * real_tokens  # forward + backward
         _, nll_sum = self.model(x, y, reduction="sum", with_logits=False)  # logits in chunks, never whole
         n_targets = (y != IGNORE_INDEX).sum()
         if len(batch) > 2:
@@ -116,7 +119,7 @@ class GPTModule(L.LightningModule):
         else:  # batches made by hand (benchmarks): the micro-batch's own mean
             loss = nll_sum / n_targets.clamp(min=1)
         self._track(torch.stack([nll_sum.detach(), n_targets]), nll_sum.detach() / n_targets.clamp(min=1))
-        self.tokens_seen += x.numel() * self.trainer.world_size
+        self.tokens_seen += real_tokens * self.trainer.world_size
         return loss
 
     def _track(self, sums: torch.Tensor, loss: torch.Tensor) -> None:

@@ -191,6 +191,9 @@ def test_pretrain_then_sft_in_bf16_with_every_setting_of_the_real_configs(
     tags = scalar_tags(run_dir)
     assert {"loss/train", "loss/val", "loss/train_eval", "acc/val", "learning_rate/decayed", "tokens_seen"} <= tags
     assert not {"train_loss", "val_loss", "hp_metric", "lr-AdamW/pg1"} & tags
+    # Throughput counts real tokens, not padding: its running count is the module's tokens_seen at every log point.
+    assert {"train/device/items_per_sec", "train/device/flops_per_sec"} <= tags
+    assert scalars(run_dir, "train/lengths") == scalars(run_dir, "tokens_seen")
     samples = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
     samples.Reload()
     assert "samples/0/text_summary" in samples.Tags()["tensors"]  # GenerateSamples ran under bf16

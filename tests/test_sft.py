@@ -29,10 +29,11 @@ def chat_data(path, **overrides) -> UltraChat200k:
 def test_batches_train_only_on_assistant_tokens(ultrachat_dir):
     dm = chat_data(ultrachat_dir)
     dm.setup("fit")
-    x, y, step_targets = next(iter(dm.train_dataloader()))
+    x, y, step_targets, real_tokens = next(iter(dm.train_dataloader()))
     assert x.shape == y.shape and x.shape[0] == 8
     assert step_targets == (y != IGNORE_INDEX).sum()  # one device, no accumulation: the step is this batch
     tok = dm.tokenizer
+    real_in_rows = 0
     for row_x, row_y in zip(x, y, strict=True):
         kept = row_y[row_y != IGNORE_INDEX].tolist()
         assert kept and kept[-1] == tok.token_id("<|end|>")
@@ -41,6 +42,9 @@ def test_batches_train_only_on_assistant_tokens(ultrachat_dir):
         assert torch.equal(
             row_x[1:real][row_y[: real - 1] != IGNORE_INDEX], row_y[: real - 1][row_y[: real - 1] != IGNORE_INDEX]
         )
+        real_in_rows += real
+    # Throughput and MFU count real tokens only: a host-side int, the padding left out.
+    assert isinstance(real_tokens, int) and real_tokens == real_in_rows < x.numel()
 
 
 def test_targets_match_the_renderer(ultrachat_dir):
