@@ -148,6 +148,8 @@ def run(args: list[str] | None = None) -> GPTCLI:
     """Runs the CLI and returns it (tests read its trainer and model). User errors exit with code 2, a SIGTERM with
     143 after saving, a non-finite loss with 1: each with one line on stderr, no traceback."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if torch.cuda.is_available():  # TF32 for the matmuls that stay in float32 (bf16-mixed runs most in bf16)
+        torch.set_float32_matmul_precision("high")
     try:
         return build_cli(args)
     except UserInputError as err:

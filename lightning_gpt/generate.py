@@ -145,7 +145,6 @@ def stream(
             stacklevel=2,
         )
     total = P + max(budgets)  # slots; a row's positions stay below block_size
-    budget = torch.tensor(budgets, device=device)  # (B,)
     pad = torch.tensor([P - len(p) for p in prompts], device=device)  # (B,)
     seq = torch.zeros(B, total, dtype=torch.long, device=device)  # left-padded prompts, then the output
     for row, prompt in enumerate(prompts):
@@ -158,11 +157,11 @@ def stream(
     if settings.seed is not None:
         generator = torch.Generator(device=device).manual_seed(settings.seed)
     caches = model.new_caches(B, total) if use_cache else None
-    running = torch.ones(B, dtype=torch.bool, device=device)
+    running = [True] * B  # on the host: deciding a row's stop needs no device access
     new_tokens: list[list[int]] = [[] for _ in range(B)]
-    stop_ids = torch.tensor(settings.stop_ids or [-1], device=device)
+    stop_ids = set(settings.stop_ids)
     filled = P  # slots of `seq` known so far
-    while filled < total and running.any():
+    while filled < total and any(running):
         if use_cache:  # only the slots the cache has not seen yet, attending to every slot so far
             start = caches[0].length
             mask = _attention_mask(valid[:, :filled], start, filled - start)
@@ -176,19 +175,22 @@ def stream(
         seen = torch.where(valid[:, :filled], seq[:, :filled], -1)
         token = next_token(logits[:, -1, : config.vocab_size], seen, settings, generator)  # (B,)
         seq[:, filled] = token
+        # The one device-to-host copy of the step (not one per row): what each row stops on is decided on the host.
         filled += 1
-        stopped = torch.isin(token, stop_ids) & running
-        full = running & ~stopped & (budget <= filled - P)  # this token is the row's last
         out = []
-        for row in running.nonzero().flatten().tolist():
-            if stopped[row]:
+        for row, token_id in enumerate(token.tolist()):
+            if not running[row]:
                 continue
-            new_tokens[row].append(int(token[row]))
-            out.append((row, int(token[row])))
-            if settings.stop_strings and decode is not None:
+            if token_id in stop_ids:
+                running[row] = False
+                continue
+            new_tokens[row].append(token_id)
+            out.append((row, token_id))
+            if budgets[row] <= filled - P:  # this token is the row's last
+                running[row] = False
+            elif settings.stop_strings and decode is not None:
                 tail = decode(new_tokens[row][-32:])
-                stopped[row] = any(s in tail for s in settings.stop_strings)
-        running &= ~(stopped | full)
+                running[row] = not any(s in tail for s in settings.stop_strings)
         if out:
             yield out
 
