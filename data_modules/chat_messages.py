@@ -66,15 +66,27 @@ def eval_batches(lengths: np.ndarray, batch_size: int, seed: int = EVAL_SEED, gr
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-class ChatBatches(Dataset):
-    """Item b is one whole batch: x (B, L) input ids and y (B, L) targets, L = longest sample in the batch - 1.
-    Targets are IGNORE_INDEX off the loss mask and on padding."""
+# Batch widths are rounded up to a multiple of this: tensor-core friendly shapes, and few distinct ones for a compiled
+# model (with dynamic shapes it compiles 2 graphs whatever the widths; tests/test_compile.py counts them).
+WIDTH_MULTIPLE = 64
 
-    def __init__(self, base: Path, meta: dict, lengths: np.ndarray, batches: list[np.ndarray], pad_id: int) -> None:
+
+def padded_width(width: int, max_width: int) -> int:
+    """`width` rounded up to a multiple of WIDTH_MULTIPLE, but never past `max_width` (the model's context)."""
+    return min(-(-width // WIDTH_MULTIPLE) * WIDTH_MULTIPLE, max(max_width, width))
+
+
+class ChatBatches(Dataset):
+    """Item b is one whole batch: x (B, L) input ids and y (B, L) targets, L = longest sample in the batch - 1,
+    rounded up to a multiple of WIDTH_MULTIPLE. Targets are IGNORE_INDEX off the loss mask and on padding."""
+
+    def __init__(
+        self, base: Path, meta: dict, lengths: np.ndarray, batches: list[np.ndarray], pad_id: int, max_width: int
+    ) -> None:
         self.tokens, self.mask = LazyArray(base, meta, "tokens"), LazyArray(base, meta, "mask")
         self.lengths = lengths
         self.offsets = np.cumsum(self.lengths) - self.lengths
-        self.batches, self.pad_id = batches, pad_id
+        self.batches, self.pad_id, self.max_width = batches, pad_id, max_width
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -90,7 +102,7 @@ class ChatBatches(Dataset):
         real_tokens)."""
         index, step_targets = key if isinstance(key, tuple) else (key, None)
         samples = self.batches[index]
-        width = int(self.lengths[samples].max()) - 1
+        width = padded_width(int(self.lengths[samples].max()) - 1, self.max_width)
         x = torch.full((len(samples), width), self.pad_id, dtype=torch.long)
         y = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
         for row, sample in enumerate(samples):
@@ -245,16 +257,16 @@ class ChatMessages(HeldOutDataModule):
             self.batch_size,
             100 * self.padding_waste,
         )
-        dataset = ChatBatches(base, meta, lengths, batches, pad_id=self.tokenizer.eot_id)
+        dataset = ChatBatches(base, meta, lengths, batches, pad_id=self.tokenizer.eot_id, max_width=self.block_size)
         sampler = ResumableShuffleSampler(dataset, item_targets=dataset.batch_targets(), **self.sampler_args(1))
         return dataset, sampler, None
 
     def train_sample_dataset(self, base: Path, meta: dict, batches: int):
         lengths = self._lengths(meta, base)
         sample = eval_batches(lengths, self.eval_batch_size, seed=self.seed + 1)[:batches]  # all lengths
-        return ChatBatches(base, meta, lengths, sample, pad_id=self.tokenizer.eot_id), None
+        return ChatBatches(base, meta, lengths, sample, pad_id=self.tokenizer.eot_id, max_width=self.block_size), None
 
     def eval_dataset(self, base: Path, meta: dict):
         lengths = self._lengths(meta, base)
         batches = eval_batches(lengths, self.eval_batch_size)
-        return ChatBatches(base, meta, lengths, batches, pad_id=self.tokenizer.eot_id), None
+        return ChatBatches(base, meta, lengths, batches, pad_id=self.tokenizer.eot_id, max_width=self.block_size), None

@@ -24,7 +24,7 @@ class FirstStep(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == 0:
-            self.batches.append([t.clone() for t in batch])
+            self.batches.append([t.clone() if torch.is_tensor(t) else t for t in batch])
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         if self.grads is None:
