@@ -23,6 +23,10 @@ PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64},  # tests and CPU smoke runs
     "small": {"n_layer": 6, "n_head": 6, "n_embd": 384},  # ~30M parameters
     "gpt2-124m": {"n_layer": 12, "n_head": 12, "n_embd": 768},  # GPT-2 small's shape
+    # Beyond one GPU's comfortable size (configs/multi_gpu.yaml): GPT-2 medium, large and XL's shapes.
+    "gpt2-350m": {"n_layer": 24, "n_head": 16, "n_embd": 1024},
+    "gpt2-774m": {"n_layer": 36, "n_head": 20, "n_embd": 1280},
+    "gpt2-1.5b": {"n_layer": 48, "n_head": 25, "n_embd": 1600},
 }
 
 

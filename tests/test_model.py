@@ -31,7 +31,16 @@ def test_vocabulary_is_padded_to_a_multiple_of_64_and_embeddings_are_tied():
     assert model.lm_head.weight is model.tok_emb.weight
 
 
-@pytest.mark.parametrize(("preset", "low", "high"), [("small", 10e6, 30e6), ("gpt2-124m", 120e6, 128e6)])
+@pytest.mark.parametrize(
+    ("preset", "low", "high"),
+    [
+        ("small", 10e6, 30e6),
+        ("gpt2-124m", 120e6, 128e6),
+        ("gpt2-350m", 340e6, 370e6),
+        ("gpt2-774m", 750e6, 800e6),
+        ("gpt2-1.5b", 1.5e9, 1.6e9),
+    ],  # fmt: skip
+)
 def test_presets_have_their_advertised_size(preset, low, high):
     with torch.device("meta"):
         model = GPT(GPTConfig.from_preset(preset))

@@ -227,7 +227,7 @@ def test_two_cpu_processes_give_the_losses_of_one_with_the_doubled_batch(wikitex
     same = ["--model.dropout", "0", "--trainer.max_steps", "8", "--trainer.val_check_interval", "16",
             "--trainer.limit_val_batches", "null", "--data.num_workers", "0"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    ddp = pretrain(wikitext_dir, "ddp", *same, "--trainer.devices", "2", "--trainer.strategy", "ddp")
+    ddp = pretrain(wikitext_dir, "ddp", "-c", str(REPO / "configs" / "multi_gpu.yaml"), *same, "--trainer.devices", "2")
     done = subprocess.run([sys.executable, "-m", "lightning_gpt", *ddp], env=env, capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
