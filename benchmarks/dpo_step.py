@@ -175,6 +175,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--json", help="write the figures to this file")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # internal: one side, in this process
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -216,6 +217,12 @@ def main() -> None:
         before = np.median([r["before_first_step"] for r in runs])
         ratio = medians[side] / medians["sft"]
         print(f"{side:<10} {medians[side] * 1e3:>9.1f} ms {ratio:>6.3f}x {mem:>25.1f} MiB {before:>12.2f} s")
+    if args.json:
+        peaks = {side: max(r["cuda_peak"] or r["rss_growth"] for r in runs) for side, runs in results.items()}
+        figures = {side: {"step_s": medians[side], "tokens_per_s": positions / medians[side]} for side in SIDES}
+        for side in SIDES:
+            figures[side]["peak_gib"] = peaks[side] / 2**30
+        Path(args.json).write_text(json.dumps({"device": device, "precision": args.precision, **figures}, indent=1))
     print(
         f"ratio DPO live / SFT: {medians['dpo-live'] / medians['sft']:.3f}; "
         f"DPO precomputed / SFT: {medians['dpo-pre'] / medians['sft']:.3f}"

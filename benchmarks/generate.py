@@ -10,7 +10,9 @@ be identical. The last line is the ratio cached / uncached tokens/s.
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -34,6 +36,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
@@ -55,6 +58,10 @@ def main() -> None:
     print(f"device: {name}; preset {args.preset}, prompt {args.prompt_tokens} tokens, {args.new_tokens} new, greedy")
     print(f"without KV cache: {max(uncached):.1f} tokens/s")
     print(f"with KV cache:    {max(cached):.1f} tokens/s")
+    if args.json:
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+        figures = {"device": name, "cached_tokens_per_s": max(cached), "uncached_tokens_per_s": max(uncached)}
+        Path(args.json).write_text(json.dumps({**figures, "peak_gib": peak}, indent=1))
     print(f"ratio cached / uncached: {max(cached) / max(uncached):.2f}")
 
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
+    parser.add_argument("--json", help="write the figures to this file")
     parser.add_argument("--side", choices=["whole", "chunked"], help=argparse.SUPPRESS)  # the child processes
     args = parser.parse_args()
     if args.side:
@@ -73,7 +75,10 @@ def main() -> None:
     results = {}
     for side in ("whole", "chunked"):
         child = subprocess.run(
-            [sys.executable, __file__, *sys.argv[1:], "--side", side], capture_output=True, text=True, check=True
+            [sys.executable, __file__, *sys.argv[1:], "--side", side, "--json", ""],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         results[side] = json.loads(child.stdout.strip().splitlines()[-1])
     whole, chunked = results["whole"], results["chunked"]
@@ -87,6 +92,8 @@ def main() -> None:
             f"median step {r['step_s'] * 1e3:.0f} ms, loss {r['loss']:.4f}"
         )
     print(f"step time chunked / whole: {chunked['step_s'] / whole['step_s']:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
     print(f"peak memory whole / chunked: {whole['peak'] / chunked['peak']:.2f}")
 
 
