@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -119,14 +120,18 @@ def csv_chunks(path: Path, label: str) -> list[Chunk]:
 
 def pdf_chunks(path: Path, label: str) -> list[Chunk]:
     from pypdf import PdfReader
-    from pypdf.errors import PyPdfError
 
     if not path.read_bytes().strip():
         raise Skipped("empty")
+    pypdf_log = logging.getLogger("pypdf")
+    level = pypdf_log.level
+    pypdf_log.setLevel(logging.CRITICAL)  # its warnings about a damaged file: our one line says it
     try:
         pages = [page.extract_text() or "" for page in PdfReader(path).pages]
-    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError) as err:  # what a damaged file raises
+    except Exception as err:  # a damaged file fails deep in the parser, with many kinds of error: all mean the same
         raise Skipped(f"not a readable PDF ({type(err).__name__}: {err})") from None
+    finally:
+        pypdf_log.setLevel(level)
     chunks = []
     for number, text in enumerate(pages, start=1):
         words = text.split()
