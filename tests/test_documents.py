@@ -175,6 +175,8 @@ def test_the_prompt_never_exceeds_the_context_and_keeps_the_newest_turns():
             assert used[-1].text != passages[len(used) - 1].text
         if budget >= 250:
             assert used[0] == passages[0]
+        if budget >= 2 * whole:  # room for both: the passages do not push out the conversation
+            assert kept[1:] == messages[1:]
         if budget >= whole + 4 * 80:
             assert used == passages and kept[1:] == messages[1:]  # room for everything: nothing is left out
 
@@ -205,8 +207,10 @@ def test_chat_prints_the_sources_of_the_passages_in_its_prompt(model, tmp_path):
 
 
 def test_a_text_chunk_is_about_chunk_words_and_cites_its_lines(tmp_path):
-    (tmp_path / "long.txt").write_text(text_documents(1, paragraphs=40)[0])
+    (tmp_path / "long.txt").write_text(text_documents(1, paragraphs=40)[0] + "\n" + filler(3 * CHUNK_WORDS, 0))
     chunks = file_chunks(tmp_path / "long.txt", "long.txt")
     assert len(chunks) > 2 and all(len(c.text.split()) <= CHUNK_WORDS for c in chunks)
     spans = [tuple(map(int, c.source.split("lines ")[1].split("-"))) for c in chunks]
-    assert spans[0][0] == 1 and all(a[1] < b[0] for a, b in zip(spans, spans[1:], strict=False))  # in order
+    assert spans[0][0] == 1 and spans == sorted(spans)  # in order
+    last = len((tmp_path / "long.txt").read_text().splitlines())
+    assert spans[-3:] == [(last, last)] * 3  # the long last paragraph, in three chunks, each citing its line

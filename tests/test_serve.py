@@ -252,6 +252,12 @@ def test_with_docs_the_answer_lists_the_sources_of_the_passages_in_its_prompt(tm
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "keys.md").write_text("The spare key hangs behind the lighthouse door.\n\nRed mats are dry.\n")
     (tmp_path / "docs" / "stock.csv").write_text("item,shelf\nblue rug,B7\nspare key,C3\n")
+    log = " ".join(
+        f"Day {i}: the spare key was where it should be, the keeper checked the spare key." for i in range(9)
+    )
+    (tmp_path / "docs" / "log.txt").write_text(
+        log + "\n"
+    )  # the best match, too long to fit: cut, and the rest left out
     index = load_index(str(tmp_path / "docs"), tmp_path / "cache")
     tokenizer = chat_tokenizer()
     torch.manual_seed(0)
@@ -262,7 +268,7 @@ def test_with_docs_the_answer_lists_the_sources_of_the_passages_in_its_prompt(tm
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is the spare key?"}]
     prompt, _, used = context_prompt(tokenizer, messages, index.search("Where is the spare key?", 3), 96 - 12)
     sources = [c.source for c in used]
-    assert sorted(sources) == ["keys.md, lines 1-3", "stock.csv, row 2"]  # both matches made it into the prompt
+    assert sources == ["log.txt, lines 1-1"] and len(index.search("Where is the spare key?", 3)) == 3
     ids = generate(
         model, [prompt], SamplingSettings(max_new_tokens=12, temperature=0, stop_ids=chat_stop_ids(tokenizer))
     )
