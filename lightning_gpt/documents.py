@@ -45,8 +45,9 @@ def document_files(spec: str) -> tuple[list[Path], Path]:
         UserInputError: when it names nothing.
     """
     path = Path(spec).expanduser()
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink()), path
+    if path.is_dir():  # hidden files and folders (.git, .DS_Store) are not documents: left out without a word
+        found = (p for p in path.rglob("*") if p.is_file() or p.is_symlink())
+        return sorted(p for p in found if not any(part.startswith(".") for part in p.relative_to(path).parts)), path
     if path.is_file():
         return [path], path.parent
     matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))

@@ -100,6 +100,8 @@ def test_unusable_files_are_skipped_with_one_line_each(tmp_path):
     (docs / "photo.png").write_bytes(b"\x89PNG\r\n")
     (docs / "broken.pdf").write_bytes(b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog")
     (docs / "gone.txt").symlink_to(tmp_path / "nowhere.txt")  # listed, but opening it fails
+    (docs / ".git").mkdir()
+    (docs / ".git" / "HEAD").write_text("ref: refs/heads/main\n")  # hidden: not a document, and not worth a line
     notes = []
     index = load_index(str(docs), tmp_path / "cache", note=notes.append)
     assert [c.source for c in index.chunks] == ["good.md, lines 1-1"]
