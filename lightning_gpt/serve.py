@@ -240,7 +240,8 @@ def build_app(model: GPT, tokenizer: Tokenizer, name: str, index: DocumentIndex 
         if index is None:
             prompt = render_prompt(tokenizer, messages)
         else:
-            prompt, sources = with_documents(messages, max_tokens)
+            # In a worker thread, as the forward steps are: searching and fitting passages keeps the server waiting.
+            prompt, sources = await asyncio.to_thread(with_documents, messages, max_tokens)
             cited = {"sources": [c.source for c in sources]}
         settings = engine.settings(prompt, request, max_tokens)
         rid = new_id("chatcmpl")
