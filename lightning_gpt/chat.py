@@ -92,6 +92,15 @@ def render_prompt(tokenizer: Tokenizer, messages: list[dict]) -> list[int]:
     return ids + [tokenizer.token_id(ASSISTANT)]
 
 
+def fit_history(tokenizer: Tokenizer, messages: list[dict], budget: int) -> list[dict]:
+    """The most recent turns whose prompt fits in `budget` tokens, the system turn always kept."""
+    system = messages[:1] if messages and messages[0]["role"] == "system" else []
+    turns = messages[len(system) :]
+    while len(turns) > 1 and len(render_prompt(tokenizer, system + turns)) > budget:
+        turns = turns[2:] if len(turns) > 2 else turns[1:]  # drop the oldest user+assistant exchange
+    return system + turns
+
+
 def fit_to_length(
     tokenizer: Tokenizer, messages: list[dict], max_tokens: int
 ) -> tuple[list[tuple[list[int], list[int]]], int]:

@@ -1,6 +1,7 @@
 """The conversation loop of `lightning-gpt chat`: history that fits the context, streamed answers, and the
 slash commands. Interactive (a terminal) it labels the turns and confirms commands on stderr; with stdin piped it
-prints only the answers, one per line."""
+prints only the answers, one per line. With documents (`--docs`), each answer is followed by a line naming the
+sources of the passages it was given: `sources: [1] notes.md, lines 3-9; [2] prices.csv, row 12`."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from lightning_gpt.chat import render_prompt
+from lightning_gpt.chat import fit_history, render_prompt
+from lightning_gpt.documents import Chunk
 from lightning_gpt.generate import SamplingSettings, stream, trim_at_stop
 from lightning_gpt.model import GPT
+from lightning_gpt.retrieval import DocumentIndex, context_prompt, source_list
 from lightning_gpt.tokenizer import Tokenizer
 
 HELP = (
@@ -46,23 +49,28 @@ class TextStream:
         return self.text()[: self.printed]
 
 
-def fit_history(tokenizer: Tokenizer, messages: list[dict], budget: int) -> list[dict]:
-    """The most recent turns whose prompt fits in `budget` tokens, the system turn always kept."""
-    system = messages[:1] if messages and messages[0]["role"] == "system" else []
-    turns = messages[len(system) :]
-    while len(turns) > 1 and len(render_prompt(tokenizer, system + turns)) > budget:
-        turns = turns[2:] if len(turns) > 2 else turns[1:]  # drop the oldest user+assistant exchange
-    return system + turns
-
-
 class ChatSession:
     """A conversation with a chat model: `messages` (system turn first, if any) and what the commands do to it."""
 
     def __init__(
-        self, model: GPT, tokenizer: Tokenizer, settings: SamplingSettings, system: str | None = None, out=None
+        self,
+        model: GPT,
+        tokenizer: Tokenizer,
+        settings: SamplingSettings,
+        system: str | None = None,
+        out=None,
+        index: DocumentIndex | None = None,
+        top_k: int = 3,
     ) -> None:
+        """
+        Args:
+            index: documents to answer from: the best `top_k` passages for each user message go into the prompt,
+                and their sources are printed after the answer.
+        """
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.out = out or sys.stdout
+        self.index, self.top_k = index, top_k
+        self.sources: list[Chunk] = []  # the passages the last answer was given
         self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
         context = model.config.block_size
         self.budget = context - min(settings.max_new_tokens, context // 2)  # the prompt's share of the context
@@ -85,7 +93,11 @@ class ChatSession:
         """Streams the answer to the user's `text` to `out` and adds both turns. Returns (answer, whether it was
         stopped by Ctrl+C): a stopped answer keeps what was printed, and the conversation goes on."""
         self.messages = fit_history(self.tokenizer, [*self.messages, {"role": "user", "content": text}], self.budget)
-        prompt = render_prompt(self.tokenizer, self.messages)
+        if self.index is None:
+            prompt = render_prompt(self.tokenizer, self.messages)
+        else:
+            passages = self.index.search(text, self.top_k)
+            prompt, _, self.sources = context_prompt(self.tokenizer, self.messages, passages, self.budget)
         # Room left in the context: asking for more only makes generate warn at every turn.
         settings = replace(self.settings, max_new_tokens=min(self.settings.max_new_tokens, self.budget_left(prompt)))
         printer = TextStream(self.tokenizer, out=self.out, stop_strings=settings.stop_strings)
@@ -96,6 +108,8 @@ class ChatSession:
         except KeyboardInterrupt:
             stopped = True
         self.out.write("\n")
+        if self.index is not None:
+            self.out.write(f"sources: {source_list(self.sources) or '(no passage matched)'}\n")
         self.out.flush()
         answer = printer.shown() if stopped else printer.text()
         self.messages.append({"role": "assistant", "content": answer or " "})

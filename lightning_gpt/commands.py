@@ -18,6 +18,7 @@ from lightning_gpt.checkpoint_io import load_checkpoint_file
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.generate import SamplingSettings, generate, stream
 from lightning_gpt.model import GPT
+from lightning_gpt.retrieval import add_docs_args, index_from_args
 from lightning_gpt.tokenizer import Tokenizer, tokenizer_from_data
 
 
@@ -165,15 +166,18 @@ def chat_command(argv: list[str], lines: Iterable[str] | None = None) -> None:
     )
     _sampling_args(parser, max_new_tokens=256)
     parser.add_argument("--system", default=None, help="a system message that opens the conversation")
+    add_docs_args(parser)
     args = parser.parse_args(argv)
     settings = _settings(args)
+    index = index_from_args(args)  # before the checkpoint: a problem with the documents shows at once
     model, tokenizer = load_checkpoint(args.ckpt_path, args.device)
     if not is_chat(tokenizer):
         raise UserInputError(
             f"--ckpt_path {args.ckpt_path} is a pretraining checkpoint without chat tokens; "
             "fine-tune it first (configs/sft_ultrachat.yaml) or use lightning-gpt generate."
         )
-    session = ChatSession(model, tokenizer, replace(settings, stop_ids=chat_stop_ids(tokenizer)), system=args.system)
+    settings = replace(settings, stop_ids=chat_stop_ids(tokenizer))
+    session = ChatSession(model, tokenizer, settings, system=args.system, index=index, top_k=args.docs_top_k)
     run_chat(session, lines, interactive=lines is None and sys.stdin.isatty())
 
 

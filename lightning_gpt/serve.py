@@ -1,12 +1,17 @@
 """`lightning-gpt serve`: an OpenAI-compatible HTTP server over a checkpoint.
 
-    lightning-gpt serve --ckpt_path chat.ckpt [--host 127.0.0.1] [--port 8000]
+    lightning-gpt serve --ckpt_path chat.ckpt [--host 127.0.0.1] [--port 8000] [--docs my_notes/]
 
 Routes: `POST /v1/chat/completions` (chat checkpoints: the messages rendered by lightning_gpt.chat's template),
 `POST /v1/completions` (any checkpoint: the prompt as plain text, as `lightning-gpt generate` continues it) and
 `GET /v1/models`; both POST routes stream (server-sent events, `data: {...}` chunks then `data: [DONE]`) when asked.
 The tokens come from `lightning_gpt.generate.stream`, the function `generate` and `chat` use: no second copy of the
 sampling code, and greedy answers equal `lightning-gpt generate`'s.
+
+With `--docs PATH` (see lightning_gpt/retrieval.py) each chat request's last user message is looked up in the
+documents, the best passages go into the prompt's system turn (older turns are dropped to make room, newest kept),
+and the response (the first chunk, when streamed) carries an extra field `"sources": ["notes.md, lines 3-9", ...]`,
+one label per passage in the order the prompt numbers them; OpenAI clients ignore it.
 
 Why FastAPI + uvicorn and not LitServe (which litgpt serves with): LitServe 0.2.19's `OpenAISpec` always reports
 finish_reason "stop", reports usage only if predict yields counts, and runs several processes that are left
@@ -32,6 +37,7 @@ from pathlib import Path
 
 from lightning_gpt.chat import render_prompt
 from lightning_gpt.commands import chat_stop_ids, is_chat, load_checkpoint
+from lightning_gpt.documents import Chunk
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.generate import SamplingSettings, stream, trim_at_stop
 from lightning_gpt.model import GPT
@@ -47,11 +53,13 @@ from lightning_gpt.openai_schema import (
     model_list,
     new_id,
 )
+from lightning_gpt.retrieval import DocumentIndex, add_docs_args, context_prompt, index_from_args
 from lightning_gpt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 PARAMS = {"max_new_tokens": "max_tokens"}  # SamplingSettings' field names that OpenAI spells otherwise
+DEFAULT_ANSWER_TOKENS = 256  # with --docs, the room kept for an answer that asks for no max_tokens, as `chat` keeps
 
 
 class Answer:
@@ -178,8 +186,9 @@ def sse(events: AsyncIterator[dict]):
     return StreamingResponse(lines(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-def build_app(model: GPT, tokenizer: Tokenizer, name: str):
-    """The FastAPI application serving `model`."""
+def build_app(model: GPT, tokenizer: Tokenizer, name: str, index: DocumentIndex | None = None, top_k: int = 3):
+    """The FastAPI application serving `model`; with `index`, chat answers are given the best `top_k` passages of
+    the documents for the last user message, and list their sources in an extra `sources` field."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -225,15 +234,24 @@ def build_app(model: GPT, tokenizer: Tokenizer, name: str):
         problem = request.problem()
         if problem:
             raise APIError(*problem)
-        prompt = render_prompt(tokenizer, [m.model_dump() for m in request.messages])
-        settings = engine.settings(prompt, request, request.max_completion_tokens or request.max_tokens)
+        messages = [m.model_dump() for m in request.messages]
+        max_tokens = request.max_completion_tokens or request.max_tokens
+        cited: dict = {}  # the extra field of a served --docs: OpenAI clients ignore it, the web page shows it
+        if index is None:
+            prompt = render_prompt(tokenizer, messages)
+        else:
+            # In a worker thread, as the forward steps are: searching and fitting passages keeps the server waiting.
+            prompt, sources = await asyncio.to_thread(with_documents, messages, max_tokens)
+            cited = {"sources": [c.source for c in sources]}
+        settings = engine.settings(prompt, request, max_tokens)
         rid = new_id("chatcmpl")
         if not request.stream:
             answer = await engine.answer(prompt, settings)
-            return chat_response(rid, name, answer.text(), answer.finish_reason(), (len(prompt), len(answer.tokens)))
+            counts = (len(prompt), len(answer.tokens))
+            return {**chat_response(rid, name, answer.text(), answer.finish_reason(), counts), **cited}
 
         async def events() -> AsyncIterator[dict]:
-            yield chat_chunk(rid, name, {"role": "assistant", "content": ""})
+            yield {**chat_chunk(rid, name, {"role": "assistant", "content": ""}), **cited}
             answer = Answer(tokenizer, settings)
             async for piece in engine.pieces(prompt, answer):
                 if piece:
@@ -243,6 +261,16 @@ def build_app(model: GPT, tokenizer: Tokenizer, name: str):
                 yield chat_chunk(rid, name, {}, counts=(len(prompt), len(answer.tokens)))
 
         return sse(events())
+
+    def with_documents(messages: list[dict], max_tokens: int | None) -> tuple[list[int], list[Chunk]]:
+        """The prompt with the passages that best match the last user message, leaving the answer its room: the
+        max_tokens asked for, else as much as `lightning-gpt chat` leaves by default."""
+        budget = engine.context - (max_tokens or min(DEFAULT_ANSWER_TOKENS, engine.context // 2))
+        if budget <= 0:  # no room for anything: engine.settings says why
+            return render_prompt(tokenizer, messages), []
+        query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        prompt, _, used = context_prompt(tokenizer, messages, index.search(query, top_k), budget)
+        return prompt, used
 
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest):
@@ -279,6 +307,7 @@ def server_args(argv: list[str], prog: str, description: str, port: int) -> argp
     parser.add_argument("--port", type=int, default=port)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--model_name", default=None, help="the name /v1/models lists (default: the file's stem)")
+    add_docs_args(parser)
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         raise UserInputError(f"--port must be in 0..65535, got {args.port}")
@@ -298,8 +327,9 @@ def load_app(args: argparse.Namespace, command: str = "serve"):
         raise UserInputError(
             f'lightning-gpt {command} needs FastAPI and uvicorn ({err}); install them with: pip install -e ".[serve]"'
         ) from None
+    index = index_from_args(args)
     model, tokenizer = load_checkpoint(args.ckpt_path, args.device)
-    return build_app(model, tokenizer, args.model_name or Path(args.ckpt_path).stem)
+    return build_app(model, tokenizer, args.model_name or Path(args.ckpt_path).stem, index, args.docs_top_k)
 
 
 def run_server(app, args: argparse.Namespace) -> None:

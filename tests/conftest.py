@@ -130,3 +130,32 @@ def save_module(module, path) -> str:
     """What a checkpoint of `lightning-gpt fit` holds and what loading it reads: the weights and the settings."""
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
     return str(path)
+
+
+def squad_rows(n_articles: int, seed: int = 0, questions: int = 3) -> list[dict]:
+    """SQuAD-style rows: a passage per article of made-up words, each asked `questions` questions whose answer is
+    a word planted in it."""
+    rng = random.Random(seed)
+    rows = []
+    for a in range(n_articles):
+        answers = [f"answer{a}x{q}" for q in range(questions)]
+        words = [rng.choice(WORDS) for _ in range(40)] + [f"the key {q} is {w}" for q, w in enumerate(answers)]
+        context = " ".join(words) + "."
+        for q, answer in enumerate(answers):
+            start = context.index(answer)
+            rows.append(
+                {
+                    "id": f"{a}-{q}",
+                    "title": f"Article {a}",
+                    "context": context,
+                    "question": f"What is the key {q} of article {a}?",
+                    "answers": {"text": [answer], "answer_start": [start]},
+                }
+            )
+    return rows
+
+
+def squad_folder(root: Path) -> Path:
+    return write_hub_folder(
+        root, {"train": squad_rows(20, seed=1), "validation": squad_rows(4, seed=2)}, config="plain_text"
+    )

@@ -9,7 +9,7 @@ import yaml
 from lightning_gpt.__main__ import run
 from lightning_gpt.cli import build_cli
 from lightning_gpt.errors import UserInputError
-from tests.conftest import text_folder
+from tests.conftest import squad_folder, text_folder
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -38,6 +38,8 @@ def test_every_config_parses_alone_and_with_smoke(config, wikitext_dir, ultracha
         data_dir = folder(tmp_path / "ultrafeedback", preference_rows(24))
     elif "text" in config:  # your own text files
         data_dir = text_folder(tmp_path / "text", n=4)
+    elif "context" in config:  # questions over passages (SQuAD's columns)
+        data_dir = squad_folder(tmp_path / "squad")
     else:
         data_dir = ultrachat_dir if "ultrachat" in config else wikitext_dir
     for extra in (["--trainer.accelerator", "cpu"], ["-c", SMOKE]):

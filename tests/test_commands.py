@@ -100,6 +100,21 @@ def test_chat_reads_stdin_when_it_is_not_a_terminal(checkpoints, monkeypatch, ca
     assert out.count("\n") == 2
 
 
+def test_chat_with_docs_prints_the_sources_after_each_answer(checkpoints, monkeypatch, capsys, tmp_path):
+    pytest.importorskip("bm25s")
+    (tmp_path / "keys.md").write_text("The spare key hangs behind the lighthouse door.\n")
+    (tmp_path / "notes.txt").write_text("")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Where is the spare key?\nZzz?\n"))
+    args = ["chat", "--ckpt_path", checkpoints["chat"], "--max_new_tokens", "6", "--temperature", "0"]
+    monkeypatch.setattr(
+        sys, "argv", ["lightning-gpt", *args, "--docs", str(tmp_path / "*"), "--docs_cache", str(tmp_path / "c")]
+    )
+    main()
+    out, err = capsys.readouterr()
+    assert out.splitlines()[1::2] == ["sources: [1] keys.md, lines 1-1", "sources: (no passage matched)"]
+    assert f"--docs: skipped {tmp_path / 'notes.txt'}: empty" in err
+
+
 def test_chat_with_a_pretraining_checkpoint_is_refused(checkpoints):
     with pytest.raises(Exception, match="without chat tokens"):
         commands.chat_command(["--ckpt_path", checkpoints["pretrain"]], lines=[])

@@ -240,6 +240,49 @@ def test_serve_and_web_without_the_extra_say_what_to_install(command, monkeypatc
     assert f"lightning-gpt {command} needs FastAPI and uvicorn" in err and 'pip install -e ".[serve]"' in err
 
 
+def test_with_docs_the_answer_lists_the_sources_of_the_passages_in_its_prompt(tmp_path):
+    """In-process (FastAPI's TestClient as the openai client's HTTP client): no server process to start."""
+    pytest.importorskip("bm25s")
+    from fastapi.testclient import TestClient
+
+    from lightning_gpt.model import GPT, GPTConfig
+    from lightning_gpt.retrieval import context_prompt, load_index
+    from lightning_gpt.serve import build_app
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "keys.md").write_text("The spare key hangs behind the lighthouse door.\n\nRed mats are dry.\n")
+    (tmp_path / "docs" / "stock.csv").write_text("item,shelf\nblue rug,B7\nspare key,C3\n")
+    log = " ".join(
+        f"Day {i}: the spare key was where it should be, the keeper checked the spare key." for i in range(9)
+    )
+    (tmp_path / "docs" / "log.txt").write_text(
+        log + "\n"
+    )  # the best match, too long to fit: cut, and the rest left out
+    index = load_index(str(tmp_path / "docs"), tmp_path / "cache")
+    tokenizer = chat_tokenizer()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("tiny", vocab_size=tokenizer.vocab_size, block_size=96)).eval()
+    client = openai.OpenAI(
+        base_url="http://testserver/v1", api_key="none", http_client=TestClient(build_app(model, tokenizer, "d", index))
+    )
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is the spare key?"}]
+    prompt, _, used = context_prompt(tokenizer, messages, index.search("Where is the spare key?", 3), 96 - 12)
+    sources = [c.source for c in used]
+    assert sources == ["log.txt, lines 1-1"] and len(index.search("Where is the spare key?", 3)) == 3
+    ids = generate(
+        model, [prompt], SamplingSettings(max_new_tokens=12, temperature=0, stop_ids=chat_stop_ids(tokenizer))
+    )
+    reply = client.chat.completions.create(model="d", messages=messages, max_tokens=12, temperature=0)
+    assert reply.model_extra["sources"] == sources  # an extra field: the client keeps it, and ignores it
+    assert reply.choices[0].message.content == tokenizer.decode(ids[0])  # the answer to exactly that prompt
+    assert reply.usage.prompt_tokens == len(prompt) and len(prompt) + 12 <= 96
+    chunks = list(
+        client.chat.completions.create(model="d", messages=messages, max_tokens=12, temperature=0, stream=True)
+    )
+    assert chunks[0].model_extra["sources"] == sources
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply.choices[0].message.content
+
+
 def test_sigterm_and_ctrl_c_stop_the_servers_cleanly(servers):
     """Last: it stops the module's servers."""
     for kind, sig, codes in (("chat", signal.SIGTERM, (0, -signal.SIGTERM)), ("plain", signal.SIGINT, (0,))):

@@ -64,7 +64,7 @@ def greedy(url: str, messages: list[dict], max_tokens: int) -> str:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The URL of a real `lightning-gpt web` process serving a tiny random chat checkpoint."""
+    """The URL of a real `lightning-gpt web` process serving a tiny random chat checkpoint, with two documents."""
     root = tmp_path_factory.mktemp("web")
     torch.manual_seed(0)
     module = GPTModule(preset="tiny", vocab_size=chat_tokenizer().vocab_size, block_size=64, n_layer=1, n_embd=32)
@@ -74,7 +74,11 @@ def server(tmp_path_factory):
                 weight.normal_(0, 0.2)
     ckpt, log_path, port = root / "chat.ckpt", root / "web.log", free_port()
     save_module(module, ckpt)
+    (root / "docs").mkdir()
+    (root / "docs" / "keys.md").write_text("The spare key hangs behind the lighthouse door.\n")
+    (root / "docs" / "stock.csv").write_text("item,shelf\nblue rug,B7\nspare key,C3\n")
     cmd = [sys.executable, "-m", "lightning_gpt", "web", "--ckpt_path", str(ckpt), "--port", str(port)]
+    cmd += ["--docs", str(root / "docs")]  # answers to questions about the documents show their sources
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -184,3 +188,16 @@ def test_a_bad_setting_shows_the_apis_error_in_the_page(chat_page, server):
     page.click("#send")
     page.wait_for_selector('#conversation li.assistant[aria-busy="false"]')
     assert page.text_content("#error") == ""
+
+
+def test_the_sources_of_an_answer_are_shown_under_it(chat_page, server):
+    page = chat_page
+    page.fill("#temperature", "0")
+    page.fill("#max_tokens", "8")
+    status, body = post(server, {"messages": [{"role": "user", "content": "Where is the spare key?"}], "max_tokens": 8})
+    assert status == 200 and body["sources"] and set(body["sources"]) <= {"keys.md, lines 1-1", "stock.csv, row 2"}
+    ask(page, "Where is the spare key?")
+    shown = page.text_content("#conversation li.assistant:last-child .sources")
+    assert shown == "Sources: " + "; ".join(f"[{i}] {s}" for i, s in enumerate(body["sources"], start=1))
+    ask(page, "Zzz?")  # no document shares a word with it: nothing is cited
+    assert page.query_selector("#conversation li.assistant:last-child .sources") is None

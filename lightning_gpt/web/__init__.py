@@ -1,10 +1,11 @@
 """`lightning-gpt web`: a chat page in the browser, over the same server as `lightning-gpt serve`.
 
-    lightning-gpt web --ckpt_path chat.ckpt [--host 127.0.0.1] [--port 7860]
+    lightning-gpt web --ckpt_path chat.ckpt [--host 127.0.0.1] [--port 7860] [--docs my_notes/]
 
 then open http://127.0.0.1:7860/. The page has the system prompt, temperature, top_p and max_tokens at hand, a
 message box (Enter sends, Shift+Enter starts a new line), the conversation with the answer streaming in token by
-token, and a Clear button that empties it. Errors from the server (a 400's message) are shown in the page.
+token (with --docs, the sources of the passages it was given shown under it), and a Clear button that empties it.
+Errors from the server (a 400's message) are shown in the page.
 
 Why one static page (index.html, next to this file) and not Gradio's ChatInterface: the page is the serve app plus
 one route, `GET /`, so it talks to exactly the API that users script against (`POST /v1/chat/completions`, streamed
