@@ -25,7 +25,13 @@ from data_modules.token_cache import (
 )
 from data_modules.windows import EvalWindows, LazyArray, ResumableWindowSampler, TrainWindows
 from lightning_gpt.errors import UserInputError
-from lightning_gpt.tokenizer import Tokenizer, parse_tokenizer_spec, tokenizer_from_data, train_tokenizer
+from lightning_gpt.tokenizer import (
+    Tokenizer,
+    is_tokenizer_kind,
+    parse_tokenizer_spec,
+    tokenizer_from_data,
+    train_tokenizer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,25 +43,37 @@ class TokenStream(TokenDataModule):
 
     text_column: str = "text"
 
-    def __init__(self, *, tokenizer: str = "gpt2", **kwargs) -> None:
+    def __init__(self, *, tokenizer: str | None = None, **kwargs) -> None:
         """
         Args:
-            tokenizer: gpt2 (GPT-2's BPE, shipped), char (the characters of the training split, plus <|unk|>), or
-                bpe-N (a byte-level BPE of N tokens, trained on the training split with Hugging Face `tokenizers`).
-                A trained one is cached beside the token caches and stored in every checkpoint.
+            tokenizer: gpt2 (GPT-2's BPE, shipped), char (the characters of the training split, plus <|unk|>),
+                bpe-N (a byte-level BPE of N tokens, trained on the training split with Hugging Face `tokenizers`),
+                or the path of a checkpoint whose tokenizer to use. A trained one is cached beside the token caches
+                and stored in every checkpoint. Unset: the one of --model.init_from (the CLI fills it in), else gpt2.
             **kwargs: see `TokenDataModule`.
         """
-        self.tokenizer_spec = tokenizer
-        self._spec = parse_tokenizer_spec(tokenizer)
+        self.tokenizer_spec = tokenizer or "gpt2"
+        self._checkpoint = None
+        if is_tokenizer_kind(self.tokenizer_spec):
+            self._spec = parse_tokenizer_spec(self.tokenizer_spec)
+        else:
+            from lightning_gpt.checkpoint import tokenizer_of_checkpoint
+
+            self._spec = ("checkpoint", None)
+            self._checkpoint = tokenizer_of_checkpoint(self.tokenizer_spec, flag="--data.tokenizer")
         super().__init__(**kwargs)
 
     def planned_vocab_size(self) -> int:
         kind, size = self._spec
+        if self._checkpoint is not None:  # the checkpoint's model vocabulary (rows a bpe-N left unused included)
+            return max(self._checkpoint[0].vocab_size, self._checkpoint[1])
         # bpe-N: N ids whatever it learns (fewer merges leave rows unused); char: only the data says, so the
         # characters are read here, when the CLI links the model's vocabulary.
         return size if kind == "bpe" else self.tokenizer.vocab_size
 
     def build_tokenizer(self):
+        if self._checkpoint is not None:
+            return self._checkpoint[0]
         if self._spec[0] == "gpt2":
             return Tokenizer()
         self.check_arguments()
