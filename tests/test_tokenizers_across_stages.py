@@ -124,27 +124,25 @@ def test_chat_tokens_are_single_ids_and_typed_markers_stay_text(spec):
     assert sum(mask) == len(chat.encode("你好 😀")) + 1
 
 
-def _saved(tmp_path, tokenizer, name: str) -> tuple[GPTModule, str]:
-    module = GPTModule(preset="tiny", vocab_size=tokenizer.vocab_size, block_size=16)
-    path = tmp_path / f"{name}.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "tokenizer": tokenizer.to_data()}, path)  # fmt: skip
-    return module, str(path)
-
-
-def test_init_from_copies_the_rows_and_starts_the_chat_tokens_at_the_mean(tmp_path):
-    char = train_tokenizer("char", [TEXT])
-    old, path = _saved(tmp_path, char, "char")
-    chat = chat_tokenizer(char)
-    model = GPT(GPTModule(preset="tiny", vocab_size=chat.vocab_size, block_size=16).model.config)
-    load_pretrained(model, path, tokenizer=chat)
+@pytest.mark.parametrize("spec, model_vocab", [("char", None), ("bpe-2000", 2000)])
+def test_init_from_copies_the_rows_and_starts_the_chat_tokens_at_the_mean(spec, model_vocab, tmp_path):
+    """bpe-2000 on this little text learns fewer ids: the model keeps 2,000 rows, the chat tokens take unused ones."""
+    base = train_tokenizer(spec, [TEXT])
+    old = GPTModule(preset="tiny", vocab_size=model_vocab or base.vocab_size, block_size=16)
+    path = tmp_path / "base.ckpt"
+    torch.save({"state_dict": old.state_dict(), "hyper_parameters": dict(old.hparams), "tokenizer": base.to_data()},
+               path)  # fmt: skip
+    chat = chat_tokenizer(base)
+    model = GPT(GPTModule(preset="tiny", vocab_size=max(chat.vocab_size, model_vocab or 0), block_size=16).model.config)
+    load_pretrained(model, str(path), tokenizer=chat)
     before, after = old.model.tok_emb.weight, model.tok_emb.weight
-    n = char.vocab_size
+    n = base.vocab_size
     torch.testing.assert_close(after[:n], before[:n])
     torch.testing.assert_close(after[n : n + 4], before[:n].mean(dim=0).expand(4, -1))
-    other = chat_tokenizer(train_tokenizer("char", ["other text"]))
-    with pytest.raises(UserInputError, match=r"--model.init_from .* was trained with char .* --data.tokenizer gives"):
-        load_pretrained(model, path, tokenizer=other)
+    torch.testing.assert_close(after[n + 4 : len(before)], before[n + 4 :])  # rows no token uses: as they were
+    other = chat_tokenizer(train_tokenizer(spec, ["other text"]))
+    with pytest.raises(UserInputError, match=r"--model.init_from .* was trained with \w+ .* --data.tokenizer gives"):
+        load_pretrained(model, str(path), tokenizer=other)
 
 
 def test_a_resume_with_another_tokenizer_is_refused(tmp_path):
