@@ -125,12 +125,13 @@ class TokenStream(TokenDataModule):
 
     def count_text(self, texts: Iterable[str], extra_words: int = 0) -> Iterator[str]:
         """Passes texts on, adding their words (whitespace-separated, plus `extra_words` each: the end of line or
-        of text the model also predicts) and UTF-8 bytes to `encode_stats`."""
+        of text the model also predicts), characters and UTF-8 bytes to `encode_stats`."""
         stats = getattr(self, "encode_stats", {})
-        stats.setdefault("words", 0)
-        stats.setdefault("bytes", 0)
+        for key in ("words", "chars", "bytes"):
+            stats.setdefault(key, 0)
         for text in texts:
             stats["words"] += len(text.split()) + extra_words
+            stats["chars"] += len(text)
             stats["bytes"] += len(text.encode("utf-8"))
             yield text
 
@@ -152,12 +153,14 @@ class TokenStream(TokenDataModule):
         return LazyArray(*self._cache(role)).values
 
     def text_stats(self, role: str) -> dict | None:
-        """Words, bytes and predicted tokens of a split, for word-level perplexity and bits per byte."""
+        """Words, bytes, characters (None in caches written before they were counted) and predicted tokens of a split,
+        for word-level perplexity, bits per byte and tokens per character."""
         base, meta = self._cache(role)
         stats = meta.get("stats", {})
         if "words" not in stats:
             return None
-        return {"words": stats["words"], "bytes": stats["bytes"], "targets": meta["arrays"]["tokens"]["length"] - 1}
+        targets = meta["arrays"]["tokens"]["length"] - 1
+        return {"words": stats["words"], "bytes": stats["bytes"], "chars": stats.get("chars"), "targets": targets}
 
     def train_dataset(self, base: Path, meta: dict):
         tokens = LazyArray(base, meta)

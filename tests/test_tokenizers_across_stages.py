@@ -151,3 +151,24 @@ def test_a_resume_with_another_tokenizer_is_refused(tmp_path):
     check_resumed_tokenizer(checkpoint, chat_tokenizer(bpe))  # the same: fine
     with pytest.raises(UserInputError, match="the checkpoint .* was trained with bpe .* --data.tokenizer gives gpt2"):
         check_resumed_tokenizer(checkpoint, chat_tokenizer())
+
+
+def test_make_pairs_refuses_a_reward_model_of_another_tokenizer(tmp_path):
+    from lightning_gpt import make_pairs
+    from lightning_gpt.reward_model import RewardModule, load_reward_model
+
+    bpe_chat = chat_tokenizer(train_tokenizer("bpe-300", [TEXT]))
+    paths = {}
+    for name, module_class, tokenizer in (
+        ("policy", GPTModule, chat_tokenizer()),
+        ("reward", RewardModule, bpe_chat),
+    ):
+        module = module_class(preset="tiny", vocab_size=tokenizer.vocab_size, block_size=16)
+        paths[name] = str(tmp_path / f"{name}.ckpt")
+        torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                    "tokenizer": tokenizer.to_data()}, paths[name])  # fmt: skip
+    assert load_reward_model(paths["reward"])[1].fingerprint == bpe_chat.fingerprint  # its own, not GPT-2's
+    args = make_pairs.parse_args(["--ckpt_path", paths["policy"], "--reward_ckpt", paths["reward"], "--data_path",
+                                  str(tmp_path), "--out", str(tmp_path / "pairs")])  # fmt: skip
+    with pytest.raises(UserInputError, match=r"--reward_ckpt .* was trained with bpe .* --ckpt_path .* with gpt2"):
+        make_pairs.load_models(args, "cpu")
