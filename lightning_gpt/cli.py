@@ -112,16 +112,19 @@ def check_init_from_tokenizer(model, datamodule, ckpt_path) -> None:
 
 
 def tokenizer_from_init_from(config) -> None:
-    """--data.tokenizer left unset with --model.init_from given: the checkpoint's tokenizer, so that fine-tuning
-    reads its data with the ids the model was trained on (the chat DataModules add the chat tokens to it). Not on a
-    resume whose init_from file is gone: the resumed checkpoint then checks the tokenizer (GPTModule)."""
+    """--data.tokenizer left unset: the tokenizer of --model.init_from, so that fine-tuning reads its data with the
+    ids the model was trained on (the chat DataModules add the chat tokens to it); without init_from (or where its
+    file is gone on a resume), that of a --ckpt_path file, so that `validate --ckpt_path FILE` needs no flag for it.
+    Otherwise (--ckpt_path last) the resumed checkpoint checks the tokenizer (GPTModule.on_load_checkpoint)."""
     data = getattr(config.data, "init_args", None)
+    if data is None or "tokenizer" not in data or data.tokenizer is not None:
+        return
     init_from = getattr(getattr(config.model, "init_args", None), "init_from", None)
-    if data is None or "tokenizer" not in data or data.tokenizer is not None or not init_from:
-        return
-    if config.get("ckpt_path") is not None and not Path(init_from).is_file():
-        return
-    data.tokenizer = init_from
+    ckpt_path = config.get("ckpt_path")
+    if init_from and (ckpt_path is None or Path(init_from).is_file()):
+        data.tokenizer = init_from
+    elif ckpt_path is not None and Path(ckpt_path).is_file():
+        data.tokenizer = str(ckpt_path)
 
 
 def separate_evaluation_run(logger_config, subcommand: str) -> None:

@@ -39,7 +39,8 @@ def fit(config: str, root: Path, *extra: str):
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory) -> dict:
     """A bpe-2000 pretraining on a little text (too little for 2,000 ids: it learns fewer), then SFT from it with
-    --data.tokenizer unset. {"root", "pretrain", "sft" (checkpoint paths), "cli" (the SFT run), "chat_data"}."""
+    --data.tokenizer unset. {"root", "pretrain", "sft" (checkpoint paths), "cli" (the SFT run), "chat_data",
+    "corpus"}."""
     root = tmp_path_factory.mktemp("stages")
     corpus = root / "corpus"
     corpus.mkdir()
@@ -52,7 +53,8 @@ def stages(tmp_path_factory) -> dict:
     cli = fit("sft_ultrachat.yaml", root, "--data.path", str(chat_data), "--model.init_from", str(pretrain),
               "--data.val_fraction", "0.1", "--trainer.max_steps", "2")  # fmt: skip
     (sft,) = root.glob("sft_ultrachat/**/last.ckpt")
-    return {"root": root, "pretrain": str(pretrain), "sft": str(sft), "cli": cli, "chat_data": chat_data}
+    return {"root": root, "pretrain": str(pretrain), "sft": str(sft), "cli": cli, "chat_data": chat_data,
+            "corpus": corpus}  # fmt: skip
 
 
 def test_sft_from_a_bpe_pretraining_reads_its_data_with_that_tokenizer_plus_the_chat_tokens(stages):
@@ -102,6 +104,14 @@ def test_chat_data_trains_no_tokenizer_of_its_own(stages):
             UltraChat200k(path=str(stages["chat_data"]), tokenizer=spec)
     with pytest.raises(UserInputError, match="--data.tokenizer nope.ckpt: neither a tokenizer"):
         UltraChat200k(path=str(stages["chat_data"]), tokenizer="nope.ckpt")
+
+
+def test_validate_takes_the_tokenizer_of_the_ckpt_path_file(stages, tmp_path):
+    cli = run(["validate", "-c", str(CONFIGS / "pretrain_text.yaml"), *SMALL, "--data.path", str(stages["corpus"]),
+               "--trainer.logger.init_args.save_dir", str(tmp_path), "--ckpt_path", stages["pretrain"]])  # fmt: skip
+    _, pretrained = load_checkpoint(stages["pretrain"], device="cpu")
+    assert cli.datamodule.tokenizer.fingerprint == pretrained.fingerprint  # not GPT-2's, the default
+    assert torch.isfinite(cli.trainer.callback_metrics["val_loss"])
 
 
 def test_text_data_can_take_a_checkpoints_tokenizer(stages, tmp_path):
