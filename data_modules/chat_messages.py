@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data_modules.chat_tokenizer import ChatTokenizerSetting
 from data_modules.holdout import HeldOutDataModule, held_out_rows, part_rows, row_keys
 from data_modules.token_cache import token_dtype
 from data_modules.windows import LazyArray, ResumableShuffleSampler
-from lightning_gpt.chat import chat_tokenizer, fit_to_length, message_problem
+from lightning_gpt.chat import fit_to_length, message_problem
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.model import IGNORE_INDEX
-from lightning_gpt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 _WHERE = re.compile(r"^(message|turn) \d+ (\(\w+\) )?(has |is )?")
@@ -118,7 +118,7 @@ class ChatBatches(Dataset):
         return x, y, torch.tensor(step_targets), real_tokens
 
 
-class ChatMessages(HeldOutDataModule):
+class ChatMessages(ChatTokenizerSetting, HeldOutDataModule):
     """Conversations of any dataset with a messages column, through the chat template; loss on assistant turns only.
 
     Args:
@@ -133,6 +133,8 @@ class ChatMessages(HeldOutDataModule):
             split. Rows are picked by a stable hash of `prompt_id` (of the messages where there is none): the same
             rows in every run, whatever the row order.
         test_split: the split tested on (`test` only; validation never reads it).
+        tokenizer: the tokenizer, plus the chat tokens: gpt2, or the path of a checkpoint whose tokenizer to use.
+            Unset: the one of --model.init_from (the CLI fills it in), else gpt2. Chat data trains none.
         **kwargs: see `TokenDataModule` (block_size, batch_size, num_workers, cache_dir, seed).
     """
 
@@ -146,8 +148,10 @@ class ChatMessages(HeldOutDataModule):
         val_split: str | None = None,
         val_fraction: float = 0.01,
         test_split: str = "test",
+        tokenizer: str | None = None,
         **kwargs,
     ) -> None:
+        self.use_tokenizer(tokenizer)
         self.messages_column = messages_column
         self.required_columns = (messages_column,)
         self.max_bad_fraction = max_bad_fraction
@@ -161,9 +165,6 @@ class ChatMessages(HeldOutDataModule):
             **kwargs,
         )
         self.padding_waste: float | None = None
-
-    def build_tokenizer(self) -> Tokenizer:
-        return chat_tokenizer()
 
     def cache_variant(self, role: str | None = None) -> tuple[str, ...]:
         # Where long conversations are split depends on block_size; which rows a role holds, on the holdout.

@@ -25,7 +25,13 @@ from data_modules.token_cache import (
 )
 from data_modules.windows import EvalWindows, LazyArray, ResumableWindowSampler, TrainWindows
 from lightning_gpt.errors import UserInputError
-from lightning_gpt.tokenizer import Tokenizer, parse_tokenizer_spec, tokenizer_from_data, train_tokenizer
+from lightning_gpt.tokenizer import (
+    Tokenizer,
+    is_tokenizer_kind,
+    parse_tokenizer_spec,
+    tokenizer_from_data,
+    train_tokenizer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,25 +43,37 @@ class TokenStream(TokenDataModule):
 
     text_column: str = "text"
 
-    def __init__(self, *, tokenizer: str = "gpt2", **kwargs) -> None:
+    def __init__(self, *, tokenizer: str | None = None, **kwargs) -> None:
         """
         Args:
-            tokenizer: gpt2 (GPT-2's BPE, shipped), char (the characters of the training split, plus <|unk|>), or
-                bpe-N (a byte-level BPE of N tokens, trained on the training split with Hugging Face `tokenizers`).
-                A trained one is cached beside the token caches and stored in every checkpoint.
+            tokenizer: gpt2 (GPT-2's BPE, shipped), char (the characters of the training split, plus <|unk|>),
+                bpe-N (a byte-level BPE of N tokens, trained on the training split with Hugging Face `tokenizers`),
+                or the path of a checkpoint whose tokenizer to use. A trained one is cached beside the token caches
+                and stored in every checkpoint. Unset: the one of --model.init_from (the CLI fills it in), else gpt2.
             **kwargs: see `TokenDataModule`.
         """
-        self.tokenizer_spec = tokenizer
-        self._spec = parse_tokenizer_spec(tokenizer)
+        self.tokenizer_spec = tokenizer or "gpt2"
+        self._checkpoint = None
+        if is_tokenizer_kind(self.tokenizer_spec):
+            self._spec = parse_tokenizer_spec(self.tokenizer_spec)
+        else:
+            from lightning_gpt.checkpoint import tokenizer_of_checkpoint
+
+            self._spec = ("checkpoint", None)
+            self._checkpoint = tokenizer_of_checkpoint(self.tokenizer_spec, flag="--data.tokenizer")
         super().__init__(**kwargs)
 
     def planned_vocab_size(self) -> int:
         kind, size = self._spec
+        if self._checkpoint is not None:  # the checkpoint's model vocabulary (rows a bpe-N left unused included)
+            return max(self._checkpoint[0].vocab_size, self._checkpoint[1])
         # bpe-N: N ids whatever it learns (fewer merges leave rows unused); char: only the data says, so the
         # characters are read here, when the CLI links the model's vocabulary.
         return size if kind == "bpe" else self.tokenizer.vocab_size
 
     def build_tokenizer(self):
+        if self._checkpoint is not None:
+            return self._checkpoint[0]
         if self._spec[0] == "gpt2":
             return Tokenizer()
         self.check_arguments()
@@ -107,12 +125,13 @@ class TokenStream(TokenDataModule):
 
     def count_text(self, texts: Iterable[str], extra_words: int = 0) -> Iterator[str]:
         """Passes texts on, adding their words (whitespace-separated, plus `extra_words` each: the end of line or
-        of text the model also predicts) and UTF-8 bytes to `encode_stats`."""
+        of text the model also predicts), characters and UTF-8 bytes to `encode_stats`."""
         stats = getattr(self, "encode_stats", {})
-        stats.setdefault("words", 0)
-        stats.setdefault("bytes", 0)
+        for key in ("words", "chars", "bytes"):
+            stats.setdefault(key, 0)
         for text in texts:
             stats["words"] += len(text.split()) + extra_words
+            stats["chars"] += len(text)
             stats["bytes"] += len(text.encode("utf-8"))
             yield text
 
@@ -134,12 +153,14 @@ class TokenStream(TokenDataModule):
         return LazyArray(*self._cache(role)).values
 
     def text_stats(self, role: str) -> dict | None:
-        """Words, bytes and predicted tokens of a split, for word-level perplexity and bits per byte."""
+        """Words, bytes, characters (None in caches written before they were counted) and predicted tokens of a split,
+        for word-level perplexity, bits per byte and tokens per character."""
         base, meta = self._cache(role)
         stats = meta.get("stats", {})
         if "words" not in stats:
             return None
-        return {"words": stats["words"], "bytes": stats["bytes"], "targets": meta["arrays"]["tokens"]["length"] - 1}
+        targets = meta["arrays"]["tokens"]["length"] - 1
+        return {"words": stats["words"], "bytes": stats["bytes"], "chars": stats.get("chars"), "targets": targets}
 
     def train_dataset(self, base: Path, meta: dict):
         tokens = LazyArray(base, meta)

@@ -20,8 +20,8 @@ class UltraChat200k(ChatMessages):
         val_split: the split validated on. None (the default), or the train split itself: validate on
             `val_fraction` of the train split's conversations, held out from training.
         test_split: the split tested on (`test` only; validation never reads it).
-        **kwargs: see `ChatMessages` (name, messages_column, max_bad_fraction, val_fraction) and `TokenDataModule`
-            (block_size, batch_size, num_workers, cache_dir, seed).
+        **kwargs: see `ChatMessages` (name, messages_column, max_bad_fraction, val_fraction, tokenizer) and
+            `TokenDataModule` (block_size, batch_size, num_workers, cache_dir, seed).
     """
 
     def __init__(

@@ -19,13 +19,13 @@ import torch
 from torch.utils.data import Dataset
 
 from data_modules.chat_messages import eval_batches, length_grouped_batches
+from data_modules.chat_tokenizer import ChatTokenizerSetting
 from data_modules.holdout import HeldOutDataModule, held_out_rows, part_rows, row_keys
 from data_modules.token_cache import token_dtype
 from data_modules.windows import LazyArray, ResumableShuffleSampler
-from lightning_gpt.chat import END_OF_TURN, chat_tokenizer, message_problem, render_prompt
+from lightning_gpt.chat import END_OF_TURN, message_problem, render_prompt
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.model import IGNORE_INDEX
-from lightning_gpt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 _WHERE = re.compile(r"(?<=: )(message|turn) \d+ (\(\w+\) )?(has |is )?")
@@ -129,7 +129,7 @@ def pair_lengths(base: Path, meta: dict) -> np.ndarray:
     return prompt + np.maximum(chosen, rejected)
 
 
-class UltraFeedback(HeldOutDataModule):
+class UltraFeedback(ChatTokenizerSetting, HeldOutDataModule):
     """UltraFeedback-binarized preference pairs for DPO: each row's prompt with its chosen and rejected answers.
 
     The prompt is the conversation before the last turn (a system turn allowed), rendered as for chat ending with
@@ -157,6 +157,8 @@ class UltraFeedback(HeldOutDataModule):
         val_fraction: the share of the train split held out for validation when `val_split` is None or the train
             split, picked by a stable hash of `prompt_id` (as for UltraChat200k).
         test_split: the split tested on (`test` only; validation never reads it).
+        tokenizer: the tokenizer, plus the chat tokens: gpt2, or the path of a checkpoint whose tokenizer to use.
+            Unset: the one of --model.init_from (the CLI fills it in), else gpt2.
         **kwargs: see `TokenDataModule` (block_size, batch_size, eval_batch_size, num_workers, cache_dir, seed).
     """
 
@@ -175,8 +177,10 @@ class UltraFeedback(HeldOutDataModule):
         val_split: str | None = None,
         val_fraction: float = 0.01,
         test_split: str = "test_prefs",
+        tokenizer: str | None = None,
         **kwargs,
     ) -> None:
+        self.use_tokenizer(tokenizer)
         self.chosen_column, self.rejected_column = chosen_column, rejected_column
         self.max_prompt_tokens, self.max_answer_tokens = max_prompt_tokens, max_answer_tokens
         self.drop_ties = drop_ties
@@ -190,9 +194,6 @@ class UltraFeedback(HeldOutDataModule):
             test_split=test_split,
             **kwargs,
         )
-
-    def build_tokenizer(self) -> Tokenizer:
-        return chat_tokenizer()
 
     @property
     def prompt_limit(self) -> int:

@@ -110,17 +110,17 @@ def check_ckpt_path(path: str | os.PathLike | None, flag: str = "--ckpt_path") -
 
 
 def load_checkpoint_file(
-    path: str | os.PathLike, map_location: Any = "cpu", flag: str = "--ckpt_path"
+    path: str | os.PathLike, map_location: Any = "cpu", flag: str = "--ckpt_path", mmap: bool = False
 ) -> dict[str, Any]:
     """torch.load with weights_only=True of a local checkpoint file; every way it can fail is one UserInputError
-    that names `flag` and the file."""
+    that names `flag` and the file. `mmap` maps the tensors instead of reading them (to read only a few entries)."""
     if _is_remote(path):
         raise _remote_error(path, flag)
     problem = _structure_problem(Path(path))
     if problem:
         raise _unreadable(path, flag, problem)
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL (\S+)", str(err))
         if found:  # the weights-only unpickler met a class or function: never imported, never called

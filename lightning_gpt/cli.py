@@ -12,6 +12,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.sigterm import SIGTERM_EXIT_CODE, CheckpointOnSigterm
 from data_modules.base import TokenDataModule
+from lightning_gpt.checkpoint import check_init_tokenizer
 from lightning_gpt.checkpoint_io import (
     check_ckpt_path,
     load_checkpoint_file,
@@ -81,8 +82,10 @@ class GPTCLI(LightningCLI):
             )
         if self.subcommand in ("validate", "test"):
             separate_evaluation_run(config.trainer.logger, self.subcommand)
+        tokenizer_from_init_from(config)
 
     def before_fit(self) -> None:
+        check_init_from_tokenizer(self.model, self.datamodule, self.config[self.subcommand].get("ckpt_path"))
         # Runs keep their checkpoints at a fixed place (so that --ckpt_path last finds them); a fresh run there
         # would overwrite last.ckpt and best-*.ckpt of the earlier one.
         if self.config[self.subcommand].get("ckpt_path") is not None:
@@ -96,6 +99,32 @@ class GPTCLI(LightningCLI):
                     f"{folder} already holds checkpoints of an earlier run. Resume it with --ckpt_path last, start a "
                     "separate run with --trainer.logger.init_args.version NAME, or move that folder away."
                 )
+
+
+def check_init_from_tokenizer(model, datamodule, ckpt_path) -> None:
+    """Refuses a --model.init_from whose tokenizer the data's does not extend before any data is encoded (loading
+    the weights checks it again, for runs without the CLI)."""
+    init_from = getattr(model.hparams, "init_from", None)
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    if init_from and ckpt_path is None and tokenizer is not None:
+        checkpoint = load_checkpoint_file(init_from, flag="--model.init_from", mmap=True)
+        check_init_tokenizer(checkpoint, init_from, tokenizer)
+
+
+def tokenizer_from_init_from(config) -> None:
+    """--data.tokenizer left unset: the tokenizer of --model.init_from, so that fine-tuning reads its data with the
+    ids the model was trained on (the chat DataModules add the chat tokens to it); without init_from (or where its
+    file is gone on a resume), that of a --ckpt_path file, so that `validate --ckpt_path FILE` needs no flag for it.
+    Otherwise (--ckpt_path last) the resumed checkpoint checks the tokenizer (GPTModule.on_load_checkpoint)."""
+    data = getattr(config.data, "init_args", None)
+    if data is None or "tokenizer" not in data or data.tokenizer is not None:
+        return
+    init_from = getattr(getattr(config.model, "init_args", None), "init_from", None)
+    ckpt_path = config.get("ckpt_path")
+    if init_from and (ckpt_path is None or Path(init_from).is_file()):
+        data.tokenizer = init_from
+    elif ckpt_path is not None and Path(ckpt_path).is_file():
+        data.tokenizer = str(ckpt_path)
 
 
 def separate_evaluation_run(logger_config, subcommand: str) -> None:

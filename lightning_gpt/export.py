@@ -133,11 +133,6 @@ def export(ckpt_path: str, out: str, dtype: str = "float32") -> Path:
 
     path = check_out_dir(out)
     model, tokenizer = load_checkpoint(ckpt_path, device="cpu")  # float32 on the CPU
-    if tokenizer.to_data()["kind"] != "gpt2":  # export_tokenizer builds GPT-2's BPE: another would be silently wrong
-        raise UserInputError(
-            f"--ckpt_path {ckpt_path} was trained with a {tokenizer.to_data()['kind']} tokenizer; export writes the "
-            "GPT-2 tokenizer only so far. Export a model trained with --data.tokenizer gpt2."
-        )
     chat = is_chat(tokenizer)
     stop_ids = stop_token_ids(tokenizer, chat)
     torch_dtype = DTYPES[dtype]

@@ -1,5 +1,7 @@
-"""The project's tokenizer as a Hugging Face fast tokenizer: GPT-2 BPE from the shipped .tiktoken file, the same
-special-token ids, and for chat models a Jinja chat template that renders exactly like lightning_gpt/chat.py.
+"""The project's tokenizer as a Hugging Face fast tokenizer with the same ids, special tokens included, and for chat
+models a Jinja chat template that renders exactly like lightning_gpt/chat.py. Each kind becomes a `tokenizers`
+backend that encodes as ours does: gpt2 from the shipped .tiktoken file; bpe-N is a `tokenizers` BPE already; char
+is a WordLevel model over single characters (each character its own pre-token) with <|unk|> for the rest.
 
 Imported only by `lightning-gpt export` (it needs transformers).
 
@@ -16,7 +18,17 @@ from __future__ import annotations
 from importlib import resources
 
 from lightning_gpt.chat import ASSISTANT, END_OF_TURN, ROLE_TOKENS, USER
-from lightning_gpt.tokenizer import END_OF_TEXT, GPT2_PATTERN, GPT2_VOCAB_FILE, Tokenizer, _load_ranks
+from lightning_gpt.tokenizer import (
+    END_OF_TEXT,
+    GPT2_PATTERN,
+    GPT2_VOCAB_FILE,
+    UNKNOWN,
+    AnyTokenizer,
+    BPETokenizer,
+    CharTokenizer,
+    Tokenizer,
+    _load_ranks,
+)
 
 # lightning_gpt/chat.py::render_conversation and render_prompt, in Jinja. The {% generation %} block marks what the
 # project's loss mask marks (the assistant's text and its <|end|>), for return_assistant_tokens_mask=True.
@@ -38,10 +50,8 @@ CHAT_TEMPLATE = (
 assert all(ROLE_TOKENS[role] == f"<|{role}|>" for role in ROLE_TOKENS)  # the template builds markers from roles
 
 
-def hf_tokenizer(tokenizer: Tokenizer, chat: bool, max_length: int):
-    """A `PreTrainedTokenizerFast` with `tokenizer`'s ids, plus CHAT_TEMPLATE when `chat`."""
-    from tokenizers import AddedToken
-    from transformers import PreTrainedTokenizerFast
+def gpt2_backend():
+    """GPT-2's BPE as a `tokenizers.Tokenizer` (its 50,256 ranks; the special tokens are added by the caller)."""
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     ranks, _ = _load_ranks()  # checks the file's sha256
@@ -52,8 +62,43 @@ def hf_tokenizer(tokenizer: Tokenizer, chat: bool, max_length: int):
             return ranks  # tiktoken's own loader would copy the file into its download cache
 
     vocab_file = str(resources.files("lightning_gpt").joinpath("assets").joinpath(GPT2_VOCAB_FILE))
-    backend = ShippedVocabulary(vocab_file=vocab_file, pattern=GPT2_PATTERN).converted()
-    # Added after the 50,256 BPE ranks, in id order: <|endoftext|> 50256, then the chat tokens from 50257.
+    return ShippedVocabulary(vocab_file=vocab_file, pattern=GPT2_PATTERN).converted()
+
+
+def char_backend(tokenizer: CharTokenizer):
+    """A WordLevel model over the characters: every character is its own pre-token (the regex `[\\s\\S]` matches
+    one code point, line breaks included), so it encodes to its id or to <|unk|>, as CharTokenizer.encode does; the
+    Fuse decoder joins them back without spaces."""
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    vocab = {c: i for i, c in enumerate(tokenizer.chars)} | tokenizer.special_tokens
+    backend = HFTokenizer(models.WordLevel(vocab, unk_token=UNKNOWN))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return backend
+
+
+def backend_of(tokenizer: AnyTokenizer):
+    """The `tokenizers.Tokenizer` that encodes ordinary text into `tokenizer`'s ids (special tokens not yet added)."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    if isinstance(tokenizer, Tokenizer):
+        return gpt2_backend()
+    if isinstance(tokenizer, BPETokenizer):
+        return HFTokenizer.from_str(tokenizer.tokenizer_json)  # the very tokenizer that encodes it
+    if isinstance(tokenizer, CharTokenizer):
+        return char_backend(tokenizer)
+    raise TypeError(f"no Hugging Face form for a {type(tokenizer).__name__}")
+
+
+def hf_tokenizer(tokenizer: AnyTokenizer, chat: bool, max_length: int):
+    """A `PreTrainedTokenizerFast` with `tokenizer`'s ids, plus CHAT_TEMPLATE when `chat`."""
+    from tokenizers import AddedToken
+    from transformers import PreTrainedTokenizerFast
+
+    backend = backend_of(tokenizer)
+    # Added after the learned vocabulary, in id order: <|endoftext|> (GPT-2: 50256), then the chat tokens.
     specials = sorted(tokenizer.special_tokens, key=tokenizer.special_tokens.get)
     backend.add_special_tokens([AddedToken(name, normalized=False, special=True) for name in specials])
     for name, expected in tokenizer.special_tokens.items():
@@ -65,7 +110,7 @@ def hf_tokenizer(tokenizer: Tokenizer, chat: bool, max_length: int):
         bos_token=END_OF_TEXT,
         eos_token=end,
         pad_token=END_OF_TEXT,
-        unk_token=None,
+        unk_token=UNKNOWN if UNKNOWN in tokenizer.special_tokens else None,
         model_max_length=max_length,
         clean_up_tokenization_spaces=False,  # decode like tiktoken: no space fixing
         split_special_tokens=not chat,
@@ -73,7 +118,7 @@ def hf_tokenizer(tokenizer: Tokenizer, chat: bool, max_length: int):
     )
 
 
-def stop_token_ids(tokenizer: Tokenizer, chat: bool) -> list[int]:
+def stop_token_ids(tokenizer: AnyTokenizer, chat: bool) -> list[int]:
     """The ids that end an answer, as lightning_gpt/commands.py::chat_stop_ids; <|end|> first (the eos)."""
     if not chat:
         return [tokenizer.eot_id]

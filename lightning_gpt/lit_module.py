@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torchmetrics import Accuracy, MeanMetric, SumMetric
 
-from lightning_gpt.checkpoint import load_pretrained, shape_mismatches
+from lightning_gpt.checkpoint import check_resumed_tokenizer, load_pretrained, shape_mismatches
 from lightning_gpt.errors import TrainingStopped, UserInputError
 from lightning_gpt.model import GPT, IGNORE_INDEX, GPTConfig
 from lightning_gpt.optim import adamw_warmup_cosine, check_optimizer_settings
@@ -90,7 +90,8 @@ class GPTModule(L.LightningModule):
         # Here, not in setup(): only now does the trainer know whether it resumed from a checkpoint. Loading copies
         # into the existing parameters, so the optimizer built before still holds the right tensors.
         if self.hparams.init_from and self.trainer.ckpt_path is None:
-            load_pretrained(self.model, self.hparams.init_from)
+            tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)  # refused unless it is init_from's
+            load_pretrained(self.model, self.hparams.init_from, tokenizer=tokenizer)
 
     def configure_model(self) -> None:
         if self.hparams.compile and self.model._compiled_call_impl is None:
@@ -309,6 +310,7 @@ class GPTModule(L.LightningModule):
                 + ". Use the model settings it was trained with (its hyperparameters are in the checkpoint), "
                 "or start from scratch without --ckpt_path."
             )
+        check_resumed_tokenizer(checkpoint, getattr(getattr(self._trainer, "datamodule", None), "tokenizer", None))
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
         self._rng_to_restore = checkpoint.get("rng_states")
         schedules = checkpoint.get("lr_schedulers", [])

@@ -29,7 +29,7 @@ from lightning_gpt.generate import SamplingSettings, generate
 from lightning_gpt.model import GPT
 from lightning_gpt.pair_folder import COLUMNS, claim_out, file_digest, save_shard, write_dataset
 from lightning_gpt.reward_model import RewardModule, load_reward_model
-from lightning_gpt.tokenizer import Tokenizer
+from lightning_gpt.tokenizer import Tokenizer, describe
 
 
 @dataclass
@@ -240,7 +240,13 @@ def load_models(args: argparse.Namespace, device: str) -> Models:
     policy, tokenizer = load_checkpoint(args.ckpt_path, device)
     if END_OF_TURN not in tokenizer.special_tokens:
         raise UserInputError(f"--ckpt_path {args.ckpt_path} has no chat tokens; make-pairs needs a chat model.")
-    reward, _ = load_reward_model(args.reward_ckpt, device)
+    reward, reward_tokenizer = load_reward_model(args.reward_ckpt, device)
+    if reward_tokenizer.fingerprint != tokenizer.fingerprint:
+        raise UserInputError(
+            f"--reward_ckpt {args.reward_ckpt} was trained with {describe(reward_tokenizer)}, --ckpt_path "
+            f"{args.ckpt_path} with {describe(tokenizer)}: the reward model would score other tokens than the policy "
+            "wrote. Train the reward model from the same SFT checkpoint's line (same tokenizer)."
+        )
     settings = checked_settings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
     return Models(policy, reward, tokenizer, replace(settings, stop_ids=chat_stop_ids(tokenizer)))
 

@@ -11,13 +11,13 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lightning_gpt.bradley_terry import bradley_terry
-from lightning_gpt.chat import chat_tokenizer
-from lightning_gpt.checkpoint import module_from_checkpoint
+from lightning_gpt.chat import END_OF_TURN
+from lightning_gpt.checkpoint import module_from_checkpoint, stored_tokenizer
 from lightning_gpt.checkpoint_io import load_checkpoint_file
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.lit_module import GPTModule
 from lightning_gpt.model import IGNORE_INDEX
-from lightning_gpt.tokenizer import Tokenizer
+from lightning_gpt.tokenizer import AnyTokenizer
 
 SCORE_HEAD = "score_head.weight"  # the state-dict key that tells a reward checkpoint from a language model's
 
@@ -127,8 +127,9 @@ class RewardModule(GPTModule):
         self._log_pairs("test_loss", "test_accuracy")
 
 
-def load_reward_model(path: str, device: str = "cpu") -> tuple[RewardModule, Tokenizer]:
-    """A reward checkpoint's module, in eval mode on `device` (bfloat16 on CUDA), and its chat tokenizer; for use
+def load_reward_model(path: str, device: str = "cpu") -> tuple[RewardModule, AnyTokenizer]:
+    """A reward checkpoint's module, in eval mode on `device` (bfloat16 on CUDA), and the chat tokenizer it was
+    trained with (GPT-2's for checkpoints that store none); for use
     outside the Trainer. Only weights are unpickled.
 
     Raises:
@@ -147,10 +148,14 @@ def load_reward_model(path: str, device: str = "cpu") -> tuple[RewardModule, Tok
     module = module.to(device).eval()
     if device.startswith("cuda"):
         module = module.to(torch.bfloat16)
-    tokenizer = chat_tokenizer()
-    if module.config.vocab_size != tokenizer.vocab_size:
+    tokenizer = stored_tokenizer(checkpoint)
+    if (
+        tokenizer is None
+        or END_OF_TURN not in tokenizer.special_tokens
+        or tokenizer.vocab_size > module.config.vocab_size
+    ):
         raise UserInputError(
-            f"--reward_ckpt {path}: a vocabulary of {module.config.vocab_size} tokens is not the chat tokenizer's "
-            f"{tokenizer.vocab_size}; a reward model is trained from a chat (SFT) checkpoint."
+            f"--reward_ckpt {path}: a vocabulary of {module.config.vocab_size} tokens with no chat tokenizer; a reward "
+            "model is trained from a chat (SFT) checkpoint."
         )
     return module, tokenizer

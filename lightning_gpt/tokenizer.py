@@ -286,6 +286,25 @@ def parse_tokenizer_spec(spec: str) -> tuple[str, int | None]:
     )
 
 
+def is_tokenizer_kind(spec: str) -> bool:
+    """Whether a --data.tokenizer value names a kind (gpt2, char, bpe-N) rather than a checkpoint to take it from."""
+    return spec in ("gpt2", "char") or spec.startswith("bpe-")
+
+
+def describe(tokenizer: AnyTokenizer) -> str:
+    """One line for messages, e.g. "bpe (8004 ids, special tokens <|endoftext|> <|system|> ...)"."""
+    specials = " ".join(tokenizer.special_tokens)
+    return f"{tokenizer.to_data()['kind']} ({tokenizer.vocab_size} ids, special tokens {specials})"
+
+
+def extends(tokenizer: AnyTokenizer, base: AnyTokenizer) -> bool:
+    """Whether `tokenizer` is `base`, perhaps with special tokens added after its own: every id of `base` means the
+    same in it (how the chat stage grows a pretrained model's tokenizer)."""
+    ours, theirs = tokenizer.to_data(), base.to_data()
+    ours.pop("special_tokens"), theirs.pop("special_tokens")
+    return ours == theirs and all(tokenizer.special_tokens.get(name) == i for name, i in base.special_tokens.items())
+
+
 def train_tokenizer(spec: str, texts: Iterable[str]) -> AnyTokenizer:
     """A tokenizer for --data.tokenizer `spec`, trained on `texts` where it is learned."""
     kind, size = parse_tokenizer_spec(spec)

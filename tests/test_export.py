@@ -181,16 +181,60 @@ def test_export_without_transformers_says_what_to_install(tmp_path, monkeypatch)
     assert not (tmp_path / "hf").exists()
 
 
-def test_a_checkpoint_with_a_trained_tokenizer_is_refused_not_exported_wrong(tmp_path, capsys, monkeypatch):
-    from lightning_gpt.tokenizer import CharTokenizer
+TRAINING_TEXT = "Hello, world! Привет, мир! Żółć gęślą jaźń. 你好，世界！ 😀🚀 naïve café\n" * 20
+OWN_TEXTS = [
+    *TEXTS,
+    "Привет, мир! Как дела?",
+    "你好，世界！日本語も",  # 日本語も: characters the char tokenizer never saw (<|unk|>), bytes for the BPE
+    "😀🚀 and 👩‍💻 (a joined emoji)",
+    "Ελληνικά ☃\r\n",
+]
 
-    tokenizer = CharTokenizer("abc ")
-    module = GPTModule(preset="tiny", vocab_size=tokenizer.vocab_size, block_size=32)
-    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
-    torch.save({**checkpoint, "tokenizer": tokenizer.to_data()}, tmp_path / "char.ckpt")
-    monkeypatch.setattr(sys, "argv", ["lightning-gpt", "export", "--ckpt_path", str(tmp_path / "char.ckpt"),
-                                      "--out", str(tmp_path / "out")])  # fmt: skip
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code == 2 and "trained with a char tokenizer" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+
+@pytest.fixture(scope="module", params=["char", "bpe-300"])
+def exported_own(request, tmp_path_factory) -> tuple:
+    """A chat model with a tokenizer trained on TRAINING_TEXT, exported: (module, folder, our tokenizer)."""
+    from lightning_gpt.tokenizer import train_tokenizer
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("export-own")
+    tokenizer = chat_tokenizer(train_tokenizer(request.param, [TRAINING_TEXT]))
+    module = tiny_checkpoint(root / "chat.ckpt", tokenizer.vocab_size)
+    checkpoint = torch.load(root / "chat.ckpt", weights_only=True)
+    torch.save({**checkpoint, "tokenizer": tokenizer.to_data()}, root / "chat.ckpt")
+    return module, export(str(root / "chat.ckpt"), str(root / "hf")), tokenizer
+
+
+def test_a_trained_tokenizer_exports_with_the_same_ids(exported_own):
+    _, folder, ours = exported_own
+    theirs = hf_tokenizer(folder)
+    assert len(theirs) == ours.vocab_size
+    assert {name: theirs.convert_tokens_to_ids(name) for name in ours.special_tokens} == ours.special_tokens
+    for text in OWN_TEXTS:
+        expected = ours.encode(text)
+        assert theirs(text, split_special_tokens=True)["input_ids"] == expected, text
+        if text not in SPECIAL_TEXTS:
+            assert theirs.encode(text) == expected, text
+        assert theirs.decode(expected) == ours.decode(expected), text
+    if ours.to_data()["kind"] == "char":
+        assert ours.token_id("<|unk|>") in ours.encode("日本語も")  # the unknown path is exercised
+    for conversation in CONVERSATIONS.values():
+        answered = [*conversation, {"role": "assistant", "content": "Да, 好的 😀"}]
+        rendered = theirs.apply_chat_template(
+            answered, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        assert (rendered["input_ids"], rendered["assistant_masks"]) == render_conversation(ours, answered)
+        prompt = theirs.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=False)
+        assert prompt == render_prompt(ours, conversation)
+
+
+def test_a_model_with_a_trained_tokenizer_loads_and_computes_like_ours(exported_own):
+    module, folder, ours = exported_own
+    prompt = render_prompt(ours, CONVERSATIONS["system"])
+    model = hf_model(folder)
+    assert model.config.vocab_size == module.model.config.vocab_size >= ours.vocab_size
+    assert set(model.generation_config.eos_token_id) == set(chat_stop_ids(ours))
+    with torch.no_grad():
+        theirs = model(torch.tensor([prompt])).logits
+        expected, _ = module.model(torch.tensor([prompt]))
+    torch.testing.assert_close(theirs, expected[..., : module.model.config.vocab_size], atol=1e-4, rtol=0)
