@@ -75,7 +75,7 @@ class _Clock(L.Callback):
 
 
 class _SyncCounter(L.Callback):
-    """Host syncs per training batch, from torch.cuda.set_sync_debug_mode's warnings (CUDA only)."""
+    """Where each training batch starts in a list of recorded warnings (see host_syncs_per_step)."""
 
     def __init__(self, records: list) -> None:
         self.records, self.marks = records, []
@@ -147,25 +147,26 @@ def plain_side(args) -> dict:
 
 
 def host_syncs_per_step(args) -> dict:
-    """One more short Lightning run with CUDA's sync debug mode on: syncs in each training batch."""
-    records: list = []
-    counter = _SyncCounter(records)
+    """One more short Lightning run with CUDA's sync debug mode on: the syncs of each training batch, counted from
+    the warnings it raises (each batch gets those raised from its start to the next batch's)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        counter = _SyncCounter(caught)  # reads the list as it fills
         torch.cuda.set_sync_debug_mode("warn")
         try:
             cli, _ = lightning_run(args, args.warmup + 10, [counter])
         finally:
             torch.cuda.set_sync_debug_mode("default")
-        records.extend(w for w in caught if "synchroniz" in str(w.message))
-    counter.marks.append(len(records))
-    per_batch = [b - a for a, b in zip(counter.marks, counter.marks[1:], strict=False)][args.warmup :]
+    syncs = [i for i, w in enumerate(caught) if "synchroniz" in str(w.message)]
+    marks = counter.marks
+    per_batch = [
+        sum(a <= i < b for i in syncs) for a, b in zip(marks, marks[1:], strict=False)
+    ]  # the last one left out
+    first = args.warmup * args.accumulate  # micro-batches of the warm-up steps
     log_every = cli.trainer.log_every_n_steps * args.accumulate
-    quiet = [n for i, n in enumerate(per_batch, start=args.warmup * args.accumulate) if (i + 1) % log_every]
-    return {
-        "syncs_per_batch_max_between_logs": max(quiet, default=0),
-        "syncs_per_batch_mean": sum(per_batch) / len(per_batch),
-    }
+    quiet = [n for i, n in enumerate(per_batch) if i >= first and (i + 1) % log_every]
+    timed = per_batch[first:]
+    return {"syncs_per_batch_max_between_logs": max(quiet, default=0), "syncs_per_batch_mean": sum(timed) / len(timed)}
 
 
 def main() -> None:
