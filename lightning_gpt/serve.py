@@ -36,16 +36,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from lightning_gpt.chat import render_prompt
-from lightning_gpt.commands import chat_stop_ids, is_chat, load_checkpoint
+from lightning_gpt.commands import is_chat, load_checkpoint
 from lightning_gpt.documents import Chunk
 from lightning_gpt.errors import UserInputError
-from lightning_gpt.generate import SamplingSettings, stream, trim_at_stop
 from lightning_gpt.model import GPT
 from lightning_gpt.openai_schema import (
     APIError,
     ChatCompletionRequest,
     CompletionRequest,
-    SamplingFields,
     chat_chunk,
     chat_response,
     completion_response,
@@ -54,119 +52,12 @@ from lightning_gpt.openai_schema import (
     new_id,
 )
 from lightning_gpt.retrieval import DocumentIndex, add_docs_args, context_prompt, index_from_args
+from lightning_gpt.serve_engine import Answer, Engine
 from lightning_gpt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-PARAMS = {"max_new_tokens": "max_tokens"}  # SamplingSettings' field names that OpenAI spells otherwise
 DEFAULT_ANSWER_TOKENS = 256  # with --docs, the room kept for an answer that asks for no max_tokens, as `chat` keeps
-
-
-class Answer:
-    """The text of the tokens generated so far, released in pieces that are final: an incomplete UTF-8 character,
-    or an ending that may be the start of a stop string, is held back until the next token settles it."""
-
-    def __init__(self, tokenizer: Tokenizer, settings: SamplingSettings) -> None:
-        self.tokenizer, self.settings = tokenizer, settings
-        self.tokens: list[int] = []
-        self.sent = 0
-
-    def add(self, token: int) -> str:
-        self.tokens.append(token)
-        text = self.tokenizer.decode(self.tokens)
-        if text.endswith("\ufffd") or self.stopped(text):
-            return ""
-        stops = self.settings.stop_strings
-        held = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-        return self._release(text[: len(text) - held])
-
-    def rest(self) -> str:
-        """What is left to send once generation has ended."""
-        return self._release(self.text())
-
-    def _release(self, final: str) -> str:
-        piece = final[self.sent :]
-        self.sent = max(self.sent, len(final))
-        return piece
-
-    def stopped(self, text: str) -> bool:
-        return any(s in text for s in self.settings.stop_strings)
-
-    def text(self) -> str:
-        return trim_at_stop(self.tokenizer.decode(self.tokens), self.settings.stop_strings)
-
-    def finish_reason(self) -> str:
-        """`length` when max_tokens (or the end of the context) cut the answer, `stop` for a stop token or string."""
-        ran_out = len(self.tokens) >= self.settings.max_new_tokens
-        return "length" if ran_out and not self.stopped(self.tokenizer.decode(self.tokens)) else "stop"
-
-
-class Engine:
-    """The model, and the queue in front of it (see the module docstring)."""
-
-    def __init__(self, model: GPT, tokenizer: Tokenizer, name: str) -> None:
-        self.model, self.tokenizer, self.name = model, tokenizer, name
-        self.context = model.config.block_size
-        self.stop_ids = chat_stop_ids(tokenizer) if is_chat(tokenizer) else (tokenizer.eot_id,)
-        self.lock = asyncio.Lock()
-
-    def settings(self, prompt: list[int], request: SamplingFields, max_tokens: int | None) -> SamplingSettings:
-        """The request's sampling settings, checked against the prompt's length and the model's context.
-
-        Raises:
-            APIError: naming the request field at fault.
-        """
-        if request.n != 1:
-            raise APIError(f"n must be 1 (this server writes one answer per request), got {request.n}.", "n")
-        room = self.context - len(prompt)
-        if room < 1:
-            raise APIError(
-                f"the prompt is {len(prompt)} tokens, which fills this model's context of {self.context} tokens; "
-                "send a shorter one.",
-                "messages" if isinstance(request, ChatCompletionRequest) else "prompt",
-                "context_length_exceeded",
-            )
-        if max_tokens is not None and max_tokens > room:
-            raise APIError(
-                f"max_tokens {max_tokens} is beyond the context: the prompt takes {len(prompt)} of this model's "
-                f"{self.context} tokens, which leaves {room}.",
-                "max_tokens",
-                "context_length_exceeded",
-            )
-        values = {
-            "max_new_tokens": max_tokens or room,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-            "seed": request.seed,
-            "stop_ids": self.stop_ids,
-            "stop_strings": request.stop_strings(),
-        }
-        try:
-            return SamplingSettings(**values)
-        except ValueError as err:  # the message starts with the field's name
-            name = str(err).split()[0]
-            raise APIError(str(err).replace(name, PARAMS.get(name, name), 1), PARAMS.get(name, name)) from None
-
-    async def tokens(self, prompt: list[int], settings: SamplingSettings) -> AsyncIterator[int]:
-        """The answer's tokens as they are generated, once this request's turn has come."""
-        async with self.lock:
-            steps = stream(self.model, [prompt], settings, decode=self.tokenizer.decode)
-            while (pairs := await asyncio.to_thread(next, steps, None)) is not None:
-                yield pairs[0][1]
-
-    async def answer(self, prompt: list[int], settings: SamplingSettings) -> Answer:
-        answer = Answer(self.tokenizer, settings)
-        async for token in self.tokens(prompt, settings):
-            answer.add(token)
-        return answer
-
-    async def pieces(self, prompt: list[int], answer: Answer) -> AsyncIterator[str]:
-        """The answer's new text as tokens arrive; the last piece is the text held back until the end."""
-        async for token in self.tokens(prompt, answer.settings):
-            piece = answer.add(token)
-            if piece:
-                yield piece
-        yield answer.rest()
 
 
 def sse(events: AsyncIterator[dict]):
