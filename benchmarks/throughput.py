@@ -56,7 +56,7 @@ def cli_args(args, workdir: str, max_steps: int) -> list[str]:
 
 
 class _Clock(L.Callback):
-    """Synchronizes and reads the clock at the start of optimizer step `warmup` and at the end of training: the real
+    """Synchronizes and reads the clock at the start of optimizer step `warmup` and after the last step: the real
     tokens in between over that time. Nothing per step, so the run keeps its own pace."""
 
     def __init__(self, warmup: int) -> None:
@@ -69,9 +69,10 @@ class _Clock(L.Callback):
         if self.start is not None:
             self.tokens += batch_tokens(batch)
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        _sync(pl_module.device)
-        self.end = time.perf_counter()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == trainer.max_steps:  # the last optimizer step is taken: what follows is teardown
+            _sync(pl_module.device)
+            self.end = time.perf_counter()
 
 
 class _SyncCounter(L.Callback):
