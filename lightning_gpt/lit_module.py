@@ -12,7 +12,12 @@ from torchmetrics import Accuracy, MeanMetric, SumMetric
 from lightning_gpt.checkpoint import check_resumed_tokenizer, load_pretrained, shape_mismatches
 from lightning_gpt.errors import TrainingStopped, UserInputError
 from lightning_gpt.model import GPT, IGNORE_INDEX, GPTConfig
-from lightning_gpt.optim import adamw_warmup_cosine, check_optimizer_settings
+from lightning_gpt.optim import (
+    adamw_warmup_cosine,
+    check_optimizer_settings,
+    check_validation_between_steps,
+    closed_form_schedule_state,
+)
 from lightning_gpt.rng import collect_rng_states, restore_rng_states
 from lightning_gpt.throughput import batch_tokens
 
@@ -314,38 +319,6 @@ class GPTModule(L.LightningModule):
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
         self._rng_to_restore = checkpoint.get("rng_states")
         schedules = checkpoint.get("lr_schedulers", [])
-        checkpoint["lr_schedulers"] = [self._closed_form_schedule_state(state) for state in schedules]
-
-    def _closed_form_schedule_state(self, state: dict) -> dict:
-        """Checkpoints written before the closed-form schedule hold a SequentialLR's state; its step count is all
-        the LambdaLR needs (on_train_start sets the rate of that step)."""
-        if "lr_lambdas" in state:
-            return state
-        groups = len(state["_last_lr"])
-        return {
-            "base_lrs": [self.hparams.learning_rate] * groups,
-            "last_epoch": state["last_epoch"],
-            "_step_count": state["last_epoch"] + 1,
-            "_is_initial": False,
-            "_get_lr_called_within_step": False,
-            "_last_lr": state["_last_lr"],
-            "lr_lambdas": [None] * groups,
-        }
-
-
-def check_validation_between_steps(trainer: L.Trainer) -> None:
-    """Validation (and the checkpoints it triggers) must fall between optimizer steps: a checkpoint taken inside
-    an accumulation window would lose the gradients accumulated so far, and a resume from it would differ."""
-    k = trainer.accumulate_grad_batches
-    batches = trainer.num_training_batches
-    if k > 1 and batches != float("inf") and batches % k:
-        raise UserInputError(
-            f"--trainer.limit_train_batches gives {batches} training batches per epoch; with "
-            f"--trainer.accumulate_grad_batches {k} it must be a multiple of {k}, so every optimizer step is whole."
-        )
-    if k > 1 and isinstance(trainer.val_check_batch, int) and trainer.val_check_batch % k:
-        raise UserInputError(
-            f"--trainer.val_check_interval counts training batches ({trainer.val_check_batch}); with "
-            f"--trainer.accumulate_grad_batches {k} it must be a multiple of {k}, so that validation and its "
-            "checkpoints fall between optimizer steps."
-        )
+        checkpoint["lr_schedulers"] = [
+            closed_form_schedule_state(state, self.hparams.learning_rate) for state in schedules
+        ]

@@ -1,10 +1,12 @@
-"""AdamW with decay/no-decay groups, and a warmup-cosine learning rate as a closed form of the step."""
+"""AdamW with decay/no-decay groups, and a warmup-cosine learning rate as a closed form of the step; the checks of
+the settings they depend on, and the reading of schedule states from older checkpoints."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
 
+import lightning as L
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -70,3 +72,38 @@ def check_optimizer_settings(
         problems.append(f"--model.betas must be two numbers in [0, 1), got {list(betas)}")
     if problems:
         raise UserInputError("; ".join(problems) + ".")
+
+
+def closed_form_schedule_state(state: dict, learning_rate: float) -> dict:
+    """Checkpoints written before the closed-form schedule hold a SequentialLR's state; its step count is all
+    the LambdaLR needs (on_train_start sets the rate of that step)."""
+    if "lr_lambdas" in state:
+        return state
+    groups = len(state["_last_lr"])
+    return {
+        "base_lrs": [learning_rate] * groups,
+        "last_epoch": state["last_epoch"],
+        "_step_count": state["last_epoch"] + 1,
+        "_is_initial": False,
+        "_get_lr_called_within_step": False,
+        "_last_lr": state["_last_lr"],
+        "lr_lambdas": [None] * groups,
+    }
+
+
+def check_validation_between_steps(trainer: L.Trainer) -> None:
+    """Validation (and the checkpoints it triggers) must fall between optimizer steps: a checkpoint taken inside
+    an accumulation window would lose the gradients accumulated so far, and a resume from it would differ."""
+    k = trainer.accumulate_grad_batches
+    batches = trainer.num_training_batches
+    if k > 1 and batches != float("inf") and batches % k:
+        raise UserInputError(
+            f"--trainer.limit_train_batches gives {batches} training batches per epoch; with "
+            f"--trainer.accumulate_grad_batches {k} it must be a multiple of {k}, so every optimizer step is whole."
+        )
+    if k > 1 and isinstance(trainer.val_check_batch, int) and trainer.val_check_batch % k:
+        raise UserInputError(
+            f"--trainer.val_check_interval counts training batches ({trainer.val_check_batch}); with "
+            f"--trainer.accumulate_grad_batches {k} it must be a multiple of {k}, so that validation and its "
+            "checkpoints fall between optimizer steps."
+        )
