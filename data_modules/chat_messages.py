@@ -72,8 +72,9 @@ WIDTH_MULTIPLE = 64
 
 
 def padded_width(width: int, max_width: int) -> int:
-    """`width` rounded up to a multiple of WIDTH_MULTIPLE, but never past `max_width` (the model's context)."""
-    return min(-(-width // WIDTH_MULTIPLE) * WIDTH_MULTIPLE, max(max_width, width))
+    """`width` (<= max_width: samples are cut to the context) rounded up to a multiple of WIDTH_MULTIPLE, but never
+    past `max_width` (the model's context)."""
+    return min(-(-width // WIDTH_MULTIPLE) * WIDTH_MULTIPLE, max_width)
 
 
 class ChatBatches(Dataset):

@@ -11,15 +11,15 @@ from dataclasses import replace
 
 import torch
 
-from lightning_gpt.chat import END_OF_TURN, SYSTEM, USER, chat_tokenizer, message_problem, render_prompt
+from lightning_gpt.chat import END_OF_TURN, SYSTEM, USER, message_problem, render_prompt
 from lightning_gpt.chat_repl import HELP, ChatSession, TextStream, run_chat
-from lightning_gpt.checkpoint import module_from_checkpoint
+from lightning_gpt.checkpoint import module_from_checkpoint, stored_tokenizer
 from lightning_gpt.checkpoint_io import load_checkpoint_file
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.generate import SamplingSettings, generate, stream
 from lightning_gpt.model import GPT
 from lightning_gpt.retrieval import add_docs_args, index_from_args
-from lightning_gpt.tokenizer import Tokenizer, tokenizer_from_data
+from lightning_gpt.tokenizer import Tokenizer
 
 
 def available_devices() -> list[str]:
@@ -80,17 +80,14 @@ def load_checkpoint(path: str, device: str = "auto") -> tuple[GPT, Tokenizer]:
     if device.startswith("cuda"):
         model = model.to(torch.bfloat16)
     vocab = model.config.vocab_size
-    if "tokenizer" in checkpoint:  # written since tokenizers could be trained: the one the model was trained with
-        tokenizer = tokenizer_from_data(checkpoint["tokenizer"])
-        if tokenizer.vocab_size > vocab:
-            raise UserInputError(
-                f"--ckpt_path {path}: its tokenizer has {tokenizer.vocab_size} tokens, more than the model's {vocab}."
-            )
-        return model, tokenizer
-    for tokenizer in (Tokenizer(), chat_tokenizer()):  # older checkpoints: told apart by vocabulary size
-        if tokenizer.vocab_size == vocab:
-            return model, tokenizer
-    raise UserInputError(f"--ckpt_path {path}: a vocabulary of {vocab} tokens matches no known tokenizer.")
+    tokenizer = stored_tokenizer(checkpoint)  # older checkpoints store none: told apart by vocabulary size
+    if tokenizer is None:
+        raise UserInputError(f"--ckpt_path {path}: a vocabulary of {vocab} tokens matches no known tokenizer.")
+    if tokenizer.vocab_size > vocab:
+        raise UserInputError(
+            f"--ckpt_path {path}: its tokenizer has {tokenizer.vocab_size} tokens, more than the model's {vocab}."
+        )
+    return model, tokenizer
 
 
 def is_chat(tokenizer: Tokenizer) -> bool:

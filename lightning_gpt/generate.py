@@ -175,9 +175,9 @@ def stream(
         seen = torch.where(valid[:, :filled], seq[:, :filled], -1)
         token = next_token(logits[:, -1, : config.vocab_size], seen, settings, generator)  # (B,)
         seq[:, filled] = token
-        # The one device-to-host copy of the step (not one per row): what each row stops on is decided on the host.
         filled += 1
         out = []
+        # The one device-to-host copy of the step (not one per row): what each row stops on is decided on the host.
         for row, token_id in enumerate(token.tolist()):
             if not running[row]:
                 continue
