@@ -22,12 +22,12 @@ from tests.test_ultrafeedback import preference_rows
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TEXT = "Hello, world! Привет, мир! 你好，世界！ 😀🚀 the cat sat on the mat.\n"
-# The real configs shrunk in size only (and no worker processes, to keep this fast): their accumulation (4 or 2
-# batches a step) stays, so one step with a validation after 4 batches.
+# The real configs shrunk in size only: their accumulation (4 or 2 batches a step), dropout and worker processes
+# (2, as on a small machine) stay, so one step with a validation after 4 batches.
 SMALL = [
     *("--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--model.preset", "tiny"),
     *("--model.block_size", "64", "--model.compile", "false", "--data.batch_size", "2", "--data.eval_batch_size", "4"),
-    *("--data.num_workers", "0", "--trainer.max_steps", "1", "--trainer.val_check_interval", "4"),
+    *("--data.num_workers", "2", "--trainer.max_steps", "1", "--trainer.val_check_interval", "4"),
     *("--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1"),
 ]
 
