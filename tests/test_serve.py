@@ -4,12 +4,14 @@ Greedy answers are compared with lightning_gpt.generate.generate on the same pro
 the sampling nor mixes concurrent requests up.
 """
 
+import importlib.util
 import signal
 import socket
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,9 +40,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(ckpt: str, log_path) -> tuple[subprocess.Popen, str]:
+def start(ckpt: str, log_path, *extra: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "lightning_gpt", "serve", "--ckpt_path", ckpt, "--port", str(port)]
+    cmd = [sys.executable, "-m", "lightning_gpt", "serve", "--ckpt_path", ckpt, "--port", str(port), *extra]
     with open(log_path, "w") as log:  # the child keeps its own copy of the file descriptor
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     return proc, f"http://127.0.0.1:{port}/v1"
@@ -59,24 +61,43 @@ def wait_ready(proc: subprocess.Popen, url: str, log_path, timeout: float = 60) 
     raise AssertionError(f"the server did not answer in {timeout} s: {log_path.read_text()}")
 
 
+def write_docs(folder: Path) -> Path:
+    """Three documents about a spare key; the log is the best match and too long to fit the context whole."""
+    folder.mkdir()
+    (folder / "keys.md").write_text("The spare key hangs behind the lighthouse door.\n\nRed mats are dry.\n")
+    (folder / "stock.csv").write_text("item,shelf\nblue rug,B7\nspare key,C3\n")
+    log = " ".join(
+        f"Day {i}: the spare key was where it should be, the keeper checked the spare key." for i in range(9)
+    )
+    (folder / "log.txt").write_text(log + "\n")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    """A chat and a plain (pretraining-vocabulary) server, each a real process, and their models for reference."""
+    """A chat and a plain (pretraining-vocabulary) server, and a chat server over documents (`--docs`, when the docs
+    extra is installed), each a real process, and their models for reference."""
     root = tmp_path_factory.mktemp("serve")
     torch.manual_seed(0)
     out = {}
-    for kind, vocab in (("chat", chat_tokenizer().vocab_size), ("plain", 50257)):
-        module = GPTModule(preset="tiny", vocab_size=vocab, block_size=64, n_layer=1, n_embd=32)
+    kinds = [("chat", chat_tokenizer().vocab_size, 64), ("plain", 50257, 64)]
+    if importlib.util.find_spec("bm25s") is not None:
+        kinds.append(("docs", chat_tokenizer().vocab_size, 96))
+    for kind, vocab, block_size in kinds:
+        module = GPTModule(preset="tiny", vocab_size=vocab, block_size=block_size, n_layer=1, n_embd=32)
         with torch.no_grad():  # at the usual small init, greedy decoding repeats the last token whatever the prompt
             for name, weight in module.named_parameters():
                 if weight.dim() == 2 and "emb" not in name:
                     weight.normal_(0, 0.2)
         path = str(root / f"{kind}.ckpt")
         save_module(module, path)
-        out[kind] = {"ckpt": path, "log": root / f"{kind}.log"}
+        out[kind] = {"ckpt": path, "log": root / f"{kind}.log", "args": []}
+    if "docs" in out:
+        out["docs"]["docs"] = write_docs(root / "docs")
+        out["docs"]["args"] = ["--docs", str(root / "docs"), "--docs_cache", str(root / "cache")]
     try:
-        for server in out.values():  # both start at once: most of a start is importing torch and lightning
-            server["proc"], server["url"] = start(server["ckpt"], server["log"])
+        for server in out.values():  # all start at once: most of a start is importing torch and lightning
+            server["proc"], server["url"] = start(server["ckpt"], server["log"], *server["args"])
         for server in out.values():
             wait_ready(server["proc"], server["url"], server["log"])
             server["model"], server["tokenizer"] = load_checkpoint(server["ckpt"], "cpu")
@@ -240,31 +261,14 @@ def test_serve_and_web_without_the_extra_say_what_to_install(command, monkeypatc
     assert f"lightning-gpt {command} needs FastAPI and uvicorn" in err and 'pip install -e ".[serve]"' in err
 
 
-def test_with_docs_the_answer_lists_the_sources_of_the_passages_in_its_prompt(tmp_path):
-    """In-process (FastAPI's TestClient as the openai client's HTTP client): no server process to start."""
-    pytest.importorskip("bm25s")
-    from fastapi.testclient import TestClient
-
-    from lightning_gpt.model import GPT, GPTConfig
+def test_with_docs_the_answer_lists_the_sources_of_the_passages_in_its_prompt(servers, tmp_path):
+    if "docs" not in servers:
+        pytest.skip("the docs extra (bm25s, pypdf) is not installed")
     from lightning_gpt.retrieval import context_prompt, load_index
-    from lightning_gpt.serve import build_app
 
-    (tmp_path / "docs").mkdir()
-    (tmp_path / "docs" / "keys.md").write_text("The spare key hangs behind the lighthouse door.\n\nRed mats are dry.\n")
-    (tmp_path / "docs" / "stock.csv").write_text("item,shelf\nblue rug,B7\nspare key,C3\n")
-    log = " ".join(
-        f"Day {i}: the spare key was where it should be, the keeper checked the spare key." for i in range(9)
-    )
-    (tmp_path / "docs" / "log.txt").write_text(
-        log + "\n"
-    )  # the best match, too long to fit: cut, and the rest left out
-    index = load_index(str(tmp_path / "docs"), tmp_path / "cache")
-    tokenizer = chat_tokenizer()
-    torch.manual_seed(0)
-    model = GPT(GPTConfig.from_preset("tiny", vocab_size=tokenizer.vocab_size, block_size=96)).eval()
-    client = openai.OpenAI(
-        base_url="http://testserver/v1", api_key="none", http_client=TestClient(build_app(model, tokenizer, "d", index))
-    )
+    server = servers["docs"]
+    client, model, tokenizer = server["client"], server["model"], server["tokenizer"]
+    index = load_index(str(server["docs"]), tmp_path / "cache")  # the same documents, indexed here for reference
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is the spare key?"}]
     prompt, _, used = context_prompt(tokenizer, messages, index.search("Where is the spare key?", 3), 96 - 12)
     sources = [c.source for c in used]
