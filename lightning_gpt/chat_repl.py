@@ -14,39 +14,16 @@ from pathlib import Path
 
 from lightning_gpt.chat import fit_history, render_prompt
 from lightning_gpt.documents import Chunk
-from lightning_gpt.generate import SamplingSettings, stream, trim_at_stop
+from lightning_gpt.generate import SamplingSettings, stream
 from lightning_gpt.model import GPT
 from lightning_gpt.retrieval import DocumentIndex, context_prompt, source_list
+from lightning_gpt.streamed_text import StreamedText
 from lightning_gpt.tokenizer import Tokenizer
 
 HELP = (
     "/system TEXT sets the system message, /reset clears the conversation, /save FILE writes it as JSON, "
     "/quit (or Ctrl+D) exits; Ctrl+C stops an answer."
 )
-
-
-class TextStream:
-    """Prints decoded text as tokens arrive, holding back an incomplete UTF-8 character."""
-
-    def __init__(self, tokenizer: Tokenizer, out=None, stop_strings: tuple[str, ...] = ()) -> None:
-        self.tokenizer, self.out, self.stop_strings = tokenizer, out or sys.stdout, stop_strings
-        self.tokens: list[int] = []
-        self.printed = 0
-
-    def add(self, token: int) -> None:
-        self.tokens.append(token)
-        text = trim_at_stop(self.tokenizer.decode(self.tokens), self.stop_strings)
-        if not text.endswith("\ufffd"):
-            self.out.write(text[self.printed :])
-            self.out.flush()
-            self.printed = len(text)
-
-    def text(self) -> str:
-        return trim_at_stop(self.tokenizer.decode(self.tokens), self.stop_strings)
-
-    def shown(self) -> str:
-        """What has been printed so far (an interrupted answer keeps no more than the user saw)."""
-        return self.text()[: self.printed]
 
 
 class ChatSession:
@@ -100,20 +77,28 @@ class ChatSession:
             prompt, _, self.sources = context_prompt(self.tokenizer, self.messages, passages, self.budget)
         # Room left in the context: asking for more only makes generate warn at every turn.
         settings = replace(self.settings, max_new_tokens=min(self.settings.max_new_tokens, self.budget_left(prompt)))
-        printer = TextStream(self.tokenizer, out=self.out, stop_strings=settings.stop_strings)
+        text = StreamedText(self.tokenizer.decode, settings.stop_strings)
+        shown: list[str] = []  # what was printed: an answer stopped by Ctrl+C keeps no more than the user saw
         stopped = False
         try:
             for pairs in stream(self.model, [prompt], settings, decode=self.tokenizer.decode):
-                printer.add(pairs[0][1])
+                self._print(text.add(pairs[0][1]), shown)
+            self._print(text.rest(), shown)
         except KeyboardInterrupt:
             stopped = True
         self.out.write("\n")
         if self.index is not None:
             self.out.write(f"sources: {source_list(self.sources) or '(no passage matched)'}\n")
         self.out.flush()
-        answer = printer.shown() if stopped else printer.text()
+        answer = "".join(shown) if stopped else text.text()
         self.messages.append({"role": "assistant", "content": answer or " "})
         return answer, stopped
+
+    def _print(self, piece: str, shown: list[str]) -> None:
+        if piece:
+            self.out.write(piece)
+            self.out.flush()
+            shown.append(piece)
 
     def budget_left(self, prompt: list[int]) -> int:
         return max(0, self.model.config.block_size - len(prompt))

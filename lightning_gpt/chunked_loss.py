@@ -18,9 +18,10 @@ DEFAULT_CHUNK_ROWS = 2048
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index: int, chunk_rows: int):
+    def forward(ctx, hidden, weight, targets, ignore_index: int, chunk_rows: int, vocab_size: int):
         """hidden (N, C), weight (V, C), targets (N,). Returns the summed cross-entropy over targets that are not
-        ignore_index, in float32."""
+        ignore_index, in float32, with the softmax over the first `vocab_size` rows of `weight` (the rest are
+        padding: computed, for a matmul of a multiple of 64, then dropped)."""
         device = hidden.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
         w = weight.to(dtype)
@@ -30,7 +31,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_rows):
             h = hidden[start : start + chunk_rows].to(dtype)  # (n, C)
             t = targets[start : start + chunk_rows]  # (n,)
-            logits = (h @ w.T).float()  # (n, V): the same precision as the head's matmul under autocast
+            logits = (h @ w.T).float()[:, :vocab_size]  # (n, vocab): the head's precision under autocast
             scored = t != ignore_index  # (n,)
             safe = torch.where(scored, t, 0)
             lse = torch.logsumexp(logits, dim=-1)  # (n,)
@@ -41,8 +42,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad_logits.scatter_add_(1, safe[:, None], -torch.ones_like(lse)[:, None])
             grad_logits *= scored[:, None]
             grad_logits = grad_logits.to(dtype)
-            grad_hidden[start : start + chunk_rows] = (grad_logits @ w).to(hidden.dtype)
-            grad_weight += (grad_logits.T @ h).float()  # (V, C)
+            grad_hidden[start : start + chunk_rows] = (grad_logits @ w[:vocab_size]).to(hidden.dtype)
+            grad_weight[:vocab_size] += (grad_logits.T @ h).float()  # (vocab, C); padding rows get none
             del logits, grad_logits
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
         return total
@@ -56,6 +57,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
@@ -66,19 +68,24 @@ def chunked_cross_entropy_sum(
     targets: torch.Tensor,
     ignore_index: int,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
-    """Sum over rows of cross_entropy(hidden @ weight.T, targets), skipping targets equal to ignore_index.
+    """Sum over rows of cross_entropy(hidden @ weight[:vocab_size].T, targets), skipping targets equal to
+    ignore_index.
 
-    hidden (N, C) and targets (N,); weight (V, C) is the output projection. Equal to
-    `F.cross_entropy((hidden @ weight.T).float(), targets, ignore_index=ignore_index, reduction="sum")`, with the
-    same gradients, but at most chunk_rows x V logits exist at once. Only for training (it computes gradients in
-    the forward pass): without grad it falls back to the plain computation, chunked the same way.
+    hidden (N, C) and targets (N,); weight (V, C) is the output projection, whose rows past `vocab_size` (default:
+    all rows are real) are padding and take no part in the softmax. Equal to
+    `F.cross_entropy((hidden @ weight.T).float()[:, :vocab_size], targets, ignore_index=ignore_index,
+    reduction="sum")`, with the same gradients, but at most chunk_rows x V logits exist at once. Only for training
+    (it computes gradients in the forward pass): without grad it falls back to the plain computation, chunked the
+    same way.
     """
+    vocab_size = weight.shape[0] if vocab_size is None else vocab_size
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, ignore_index, chunk_rows)
+        return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, ignore_index, chunk_rows, vocab_size)
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk_rows):
-        logits = F.linear(hidden[start : start + chunk_rows], weight).float()
+        logits = F.linear(hidden[start : start + chunk_rows], weight).float()[:, :vocab_size]
         t = targets[start : start + chunk_rows]
         total += F.cross_entropy(logits, t, ignore_index=ignore_index, reduction="sum")
     return total

@@ -84,6 +84,12 @@ class GPTCLI(LightningCLI):
             separate_evaluation_run(config.trainer.logger, self.subcommand)
         tokenizer_from_init_from(config)
 
+    def before_validate(self) -> None:
+        check_init_from_tokenizer(self.model, self.datamodule, self.config[self.subcommand].get("ckpt_path"))
+
+    def before_test(self) -> None:
+        check_init_from_tokenizer(self.model, self.datamodule, self.config[self.subcommand].get("ckpt_path"))
+
     def before_fit(self) -> None:
         check_init_from_tokenizer(self.model, self.datamodule, self.config[self.subcommand].get("ckpt_path"))
         # Runs keep their checkpoints at a fixed place (so that --ckpt_path last finds them); a fresh run there

@@ -12,13 +12,14 @@ from dataclasses import replace
 import torch
 
 from lightning_gpt.chat import END_OF_TURN, SYSTEM, USER, message_problem, render_prompt
-from lightning_gpt.chat_repl import HELP, ChatSession, TextStream, run_chat
+from lightning_gpt.chat_repl import HELP, ChatSession, run_chat
 from lightning_gpt.checkpoint import module_from_checkpoint, stored_tokenizer
 from lightning_gpt.checkpoint_io import load_checkpoint_file
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.generate import SamplingSettings, generate, stream
 from lightning_gpt.model import GPT
 from lightning_gpt.retrieval import add_docs_args, index_from_args
+from lightning_gpt.streamed_text import StreamedText
 from lightning_gpt.tokenizer import Tokenizer
 
 
@@ -148,11 +149,12 @@ def generate_command(argv: list[str]) -> None:
     prompt = tokenizer.encode(args.prompt)
     stop_ids = chat_stop_ids(tokenizer) if is_chat(tokenizer) else (tokenizer.eot_id,)
     settings = replace(settings, stop_ids=stop_ids)
-    printer = TextStream(tokenizer, stop_strings=settings.stop_strings)
+    text = StreamedText(tokenizer.decode, settings.stop_strings)  # holds back what may start a stop string
     sys.stdout.write(args.prompt)
     for pairs in stream(model, [prompt], settings, decode=tokenizer.decode):
-        printer.add(pairs[0][1])
-    sys.stdout.write("\n")
+        sys.stdout.write(text.add(pairs[0][1]))
+        sys.stdout.flush()
+    sys.stdout.write(text.rest() + "\n")
 
 
 def chat_command(argv: list[str], lines: Iterable[str] | None = None) -> None:

@@ -6,8 +6,8 @@ the fused `qkv` rows are q, then k, then v. The folder loads with `AutoModelForC
 
 Decisions:
 - The vocabulary is cut to the real `vocab_size`: the rows padded to a multiple of 64 are never produced by the
-  tokenizer and lightning_gpt/generate.py never samples them, so a Hugging Face model without them generates the
-  same, and its logits equal the project's `logits[..., :vocab_size]`.
+  tokenizer, and the project's logits already leave them out (lightning_gpt/model.py), so a Hugging Face model
+  without them computes the same logits, losses and samples.
 - Weights stay float32 unless --dtype says otherwise.
 """
 

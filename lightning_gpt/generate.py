@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from lightning_gpt.model import GPT
+from lightning_gpt.streamed_text import StreamedText
 
 
 @dataclass
@@ -158,7 +159,8 @@ def stream(
         generator = torch.Generator(device=device).manual_seed(settings.seed)
     caches = model.new_caches(B, total) if use_cache else None
     running = [True] * B  # on the host: deciding a row's stop needs no device access
-    new_tokens: list[list[int]] = [[] for _ in range(B)]
+    # Each row's text, to find its stop strings as tokens arrive (in time linear in the text).
+    texts = [StreamedText(decode, settings.stop_strings) for _ in range(B)] if settings.stop_strings and decode else []
     stop_ids = set(settings.stop_ids)
     filled = P  # slots of `seq` known so far
     while filled < total and any(running):
@@ -173,7 +175,7 @@ def stream(
             seq[:, start:filled], positions=positions[:, start:filled], caches=caches, attn_mask=mask, last_only=True
         )
         seen = torch.where(valid[:, :filled], seq[:, :filled], -1)
-        token = next_token(logits[:, -1, : config.vocab_size], seen, settings, generator)  # (B,)
+        token = next_token(logits[:, -1], seen, settings, generator)  # (B,): over the real vocabulary
         seq[:, filled] = token
         filled += 1
         out = []
@@ -184,13 +186,12 @@ def stream(
             if token_id in stop_ids:
                 running[row] = False
                 continue
-            new_tokens[row].append(token_id)
             out.append((row, token_id))
             if budgets[row] <= filled - P:  # this token is the row's last
                 running[row] = False
-            elif settings.stop_strings and decode is not None:
-                tail = decode(new_tokens[row][-32:])
-                running[row] = not any(s in tail for s in settings.stop_strings)
+            elif texts:
+                texts[row].add(token_id)
+                running[row] = not texts[row].stopped
         if out:
             yield out
 
@@ -208,9 +209,3 @@ def generate(
         for row, token in pairs:
             outputs[row].append(token)
     return outputs
-
-
-def trim_at_stop(text: str, stop_strings: tuple[str, ...]) -> str:
-    """Cuts `text` at the first stop string it contains."""
-    cut = min((text.index(s) for s in stop_strings if s in text), default=len(text))
-    return text[:cut]

@@ -75,7 +75,7 @@ class GPTModule(L.LightningModule):
         # Next-token accuracy over the tokens that carry loss (the assistant's, in chat fine-tuning).
         accuracy = {
             "task": "multiclass",
-            "num_classes": self.config.padded_vocab_size,
+            "num_classes": self.config.vocab_size,
             "average": "micro",
             "ignore_index": IGNORE_INDEX,
         }
@@ -90,10 +90,20 @@ class GPTModule(L.LightningModule):
         self._step_sums: torch.Tensor | None = None
         self._first_nonfinite: torch.Tensor | None = None
         self._rng_to_restore: dict | None = None
+        self._init_from_done = False
 
     def on_fit_start(self) -> None:
-        # Here, not in setup(): only now does the trainer know whether it resumed from a checkpoint. Loading copies
-        # into the existing parameters, so the optimizer built before still holds the right tensors.
+        self._start_from_init_from()
+
+    def _start_from_init_from(self) -> None:
+        """Loads init_from whenever no --ckpt_path supplies the weights: in fit, validate and test alike, before the
+        first forward pass (evaluating the starting model on a new stage's data is a first step), and only once, so
+        that a validate after a fit in one process keeps the trained weights. Called from the start hooks, not
+        setup(): only then does the trainer know whether it restored a checkpoint. Loading copies into the
+        existing parameters, so an optimizer built before still holds the right tensors."""
+        if self._init_from_done:
+            return
+        self._init_from_done = True
         if self.hparams.init_from and self.trainer.ckpt_path is None:
             tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)  # refused unless it is init_from's
             load_pretrained(self.model, self.hparams.init_from, tokenizer=tokenizer)
@@ -171,7 +181,11 @@ class GPTModule(L.LightningModule):
             logger.log_metrics(metrics, step=self.trainer.global_step)
         self.log("train_loss", metrics["train_loss"], prog_bar=True, logger=False)
 
+    def on_test_start(self) -> None:
+        self._start_from_init_from()
+
     def on_validation_start(self) -> None:
+        self._start_from_init_from()  # a `validate` run; in fit, on_fit_start came first
         # A validation (and its samples and checkpoints) after a non-finite loss would only spread it: stop first.
         if self.trainer.training or self.trainer.state.fn == "fit":
             flag = self._first_nonfinite is not None and bool(self._first_nonfinite[0] >= 0)

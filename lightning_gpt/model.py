@@ -212,21 +212,26 @@ class GPT(nn.Module):
         select: torch.Tensor | None = None,
         with_logits: bool = True,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """idx, targets: (B, T) token ids, T <= block_size. Returns logits (B, T, padded_vocab) and the
-        cross-entropy over targets that are not IGNORE_INDEX (None without targets): their mean, or with
-        reduction="sum" their sum (training normalises by the targets of a whole optimizer step).
+        """idx, targets: (B, T) token ids, T <= block_size. Returns logits (B, T, vocab) and the cross-entropy over
+        targets that are not IGNORE_INDEX (None without targets): their mean, or with reduction="sum" their sum
+        (training normalises by the targets of a whole optimizer step). The logits are over the real vocabulary only:
+        the head computes the padded rows (a matmul of a multiple of 64 is faster) and drops them, so they take no
+        probability mass in any loss, log-probability or sample (the exported model has no such rows either).
 
         For generation (lightning_gpt/generate.py): positions (B, T) gives each token's rotary position, caches
         one LayerCache per layer, attn_mask (B, 1, T, S) the slots each token may attend to, and last_only
-        computes logits for the last position alone, (B, 1, padded_vocab): a long prompt's other logits are unused.
-        select (B, T) bool computes logits only where it is True, (n, padded_vocab) in row-major order (preference
+        computes logits for the last position alone, (B, 1, vocab): a long prompt's other logits are unused.
+        select (B, T) bool computes logits only where it is True, (n, vocab) in row-major order (preference
         training scores answer tokens only; the prompt's logits would be most of the work).
         with_logits=False (training) returns (None, loss) and computes the loss over chunks of rows, so the
-        (B, T, padded_vocab) logits and their gradient never exist whole (lightning_gpt/chunked_loss.py).
+        (B, T, vocab) logits and their gradient never exist whole (lightning_gpt/chunked_loss.py).
         """
         x = self.hidden_states(idx, positions, caches, attn_mask)  # (B, T, C)
+        vocab = self.config.vocab_size
         if not with_logits and targets is not None and not last_only and select is None:
-            total = chunked_cross_entropy_sum(x.flatten(0, 1), self.lm_head.weight, targets.flatten(), IGNORE_INDEX)
+            total = chunked_cross_entropy_sum(
+                x.flatten(0, 1), self.lm_head.weight, targets.flatten(), IGNORE_INDEX, vocab_size=vocab
+            )
             if reduction == "sum":
                 return None, total
             return None, total / (targets != IGNORE_INDEX).sum()
@@ -234,7 +239,7 @@ class GPT(nn.Module):
             x = x[:, -1:]
         if select is not None:
             x, targets = x[select], None if targets is None else targets[select]  # (n, C), (n,)
-        logits = self.lm_head(x)  # (B, T, padded_vocab), or (n, padded_vocab)
+        logits = self.lm_head(x)[..., :vocab]  # (B, T, vocab), or (n, vocab): the padding rows dropped
         if targets is None:
             return logits, None
         loss = F.cross_entropy(

@@ -7,51 +7,27 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from lightning_gpt.commands import chat_stop_ids, is_chat
-from lightning_gpt.generate import SamplingSettings, stream, trim_at_stop
+from lightning_gpt.generate import SamplingSettings, stream
 from lightning_gpt.model import GPT
 from lightning_gpt.openai_schema import APIError, ChatCompletionRequest, SamplingFields
+from lightning_gpt.streamed_text import StreamedText
 from lightning_gpt.tokenizer import Tokenizer
 
 PARAMS = {"max_new_tokens": "max_tokens"}  # SamplingSettings' field names that OpenAI spells otherwise
 
 
-class Answer:
-    """The text of the tokens generated so far, released in pieces that are final: an incomplete UTF-8 character,
-    or an ending that may be the start of a stop string, is held back until the next token settles it."""
+class Answer(StreamedText):
+    """A served answer: its text released as it becomes final (lightning_gpt/streamed_text.py, as the CLI prints
+    it), and why it ended."""
 
     def __init__(self, tokenizer: Tokenizer, settings: SamplingSettings) -> None:
-        self.tokenizer, self.settings = tokenizer, settings
-        self.tokens: list[int] = []
-        self.sent = 0
-
-    def add(self, token: int) -> str:
-        self.tokens.append(token)
-        text = self.tokenizer.decode(self.tokens)
-        if text.endswith("\ufffd") or self.stopped(text):
-            return ""
-        stops = self.settings.stop_strings
-        held = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-        return self._release(text[: len(text) - held])
-
-    def rest(self) -> str:
-        """What is left to send once generation has ended."""
-        return self._release(self.text())
-
-    def _release(self, final: str) -> str:
-        piece = final[self.sent :]
-        self.sent = max(self.sent, len(final))
-        return piece
-
-    def stopped(self, text: str) -> bool:
-        return any(s in text for s in self.settings.stop_strings)
-
-    def text(self) -> str:
-        return trim_at_stop(self.tokenizer.decode(self.tokens), self.settings.stop_strings)
+        super().__init__(tokenizer.decode, settings.stop_strings)
+        self.settings = settings
 
     def finish_reason(self) -> str:
         """`length` when max_tokens (or the end of the context) cut the answer, `stop` for a stop token or string."""
         ran_out = len(self.tokens) >= self.settings.max_new_tokens
-        return "length" if ran_out and not self.stopped(self.tokenizer.decode(self.tokens)) else "stop"
+        return "length" if ran_out and not self.stopped else "stop"
 
 
 class Engine:

@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
-from lightning_gpt.generate import SamplingSettings, generate, next_token, penalise_repeats, stream, trim_at_stop
+from lightning_gpt.generate import SamplingSettings, generate, next_token, penalise_repeats, stream
 from lightning_gpt.model import GPT, GPTConfig
+from lightning_gpt.streamed_text import StreamedText
 
 VOCAB = 97
 
@@ -83,8 +84,9 @@ def test_stops_at_a_stop_string(model):
     stop_text = f"<{full[3]}>"
     out = generate(model, PROMPTS[:1], greedy(stop_strings=(stop_text,)), decode=decode)[0]
     assert out == full[: full.index(full[3]) + 1]
-    assert trim_at_stop(decode(out), (stop_text,)) == decode(out)[: decode(out).index(stop_text)]
-    assert trim_at_stop("a b STOP c", ("STOP", "b")) == "a "
+    text = StreamedText(decode, (stop_text,))
+    shown = "".join(text.add(t) for t in out) + text.rest()
+    assert shown == text.text() == decode(out)[: decode(out).index(stop_text)]
 
 
 def test_stream_yields_each_token_as_it_comes(model):

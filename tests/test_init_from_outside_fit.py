@@ -1,0 +1,51 @@
+"""`--model.init_from` starts every stage's model, in `validate` and `test` as in `fit`: evaluating the starting
+model on a new stage's data scores that model, not random weights."""
+
+import math
+
+import pytest
+import torch
+
+from lightning_gpt.__main__ import run
+from lightning_gpt.chat import chat_tokenizer
+from lightning_gpt.lit_module import GPTModule
+from tests.conftest import save_module
+from tests.test_real_configs import REPO
+from tests.test_ultrafeedback import folder, preference_rows
+
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+DPO = str(REPO / "configs" / "dpo_ultrafeedback.yaml")
+SFT = str(REPO / "configs" / "sft_ultrachat.yaml")
+
+
+def metrics(cli) -> dict[str, float]:
+    return {name: float(value) for name, value in cli.trainer.callback_metrics.items()}
+
+
+def test_dpo_validate_before_training_scores_a_policy_equal_to_its_reference(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    sft = save_module(GPTModule(preset="tiny", block_size=128, vocab_size=chat_tokenizer().vocab_size), "sft.ckpt")
+    prefs = folder(tmp_path / "prefs", preference_rows(48, seed=3))
+    args = ["-c", DPO, "-c", SMOKE, "--data.path", str(prefs), "--data.val_fraction", "0.25", "--model.init_from", sft]
+    for command in ("validate", "test"):
+        got = metrics(run([command, *args]))
+        stage = "val" if command == "validate" else "test"
+        assert got[f"{stage}_loss"] == pytest.approx(math.log(2), abs=1e-4)
+        assert got[f"{stage}_rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+        assert got[f"{stage}_rewards/accuracies"] == 0.0  # no pair is won while the rewards are equal
+        assert got[f"{stage}_kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_sft_validate_with_init_from_equals_validate_with_ckpt_path(ultrachat_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = ["-c", SFT, "-c", SMOKE, "--data.path", str(ultrachat_dir), "--data.val_fraction", "0.1"]
+    run(["fit", *base, "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches",
+         "1"])  # fmt: skip
+    ckpt = str(tmp_path / "runs" / "sft_ultrachat" / "smoke" / "checkpoints" / "last.ckpt")
+    for command in ("validate", "test"):
+        from_init = metrics(run([command, *base, "--model.init_from", ckpt]))
+        from_ckpt = metrics(run([command, *base, "--ckpt_path", ckpt]))
+        assert from_init.keys() == from_ckpt.keys() and from_init
+        for name, value in from_ckpt.items():
+            assert from_init[name] == pytest.approx(value, rel=1e-6), name
