@@ -48,7 +48,8 @@ SIDES = ("sft", "dpo-live", "dpo-pre")
 class TimedBatches(Dataset):
     """The timed batches, fixed, laid out as data_modules.ultrafeedback.PairBatches: item i as (x, y), or for a
     training sampler's key (i, step_pairs) as (x, y, step_pairs, pair_ids). `batches` (each batch's pair ids) and
-    `prompt` (one entry per pair) are what DPOModule._precompute_reference_logps reads of a PairBatches."""
+    `prompt` (one entry per pair) and `fingerprint()` are what DPOModule reads of a PairBatches to precompute the
+    reference's log-probabilities."""
 
     def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
         self.items = batches
@@ -57,6 +58,9 @@ class TimedBatches(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def fingerprint(self) -> str:
+        return "timed-batches"  # fixed batches: the one set of pairs the table is computed for
 
     def __getitem__(self, key: int | tuple[int, int]):
         index, step_pairs = key if isinstance(key, tuple) else (key, None)

@@ -8,6 +8,7 @@ that closes an answer are targets: DPO compares the log-probabilities of the two
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections import Counter
@@ -90,6 +91,15 @@ class PairBatches(Dataset):
     def __len__(self) -> int:
         return len(self.batches)
 
+    def fingerprint(self) -> str:
+        """Identifies the pairs, in order: every token id and every part's length (a precomputed table of the
+        reference's log-probabilities belongs to exactly these)."""
+        digest = hashlib.sha256()
+        for part in (self.prompt, self.chosen, self.rejected):
+            digest.update(part.tobytes())
+        digest.update(np.ascontiguousarray(self.tokens.values).tobytes())
+        return digest.hexdigest()[:32]
+
     def pair(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Token ids of pair `index`: (prompt, chosen answer, rejected answer)."""
         start, p, c = int(self.offsets[index]), int(self.prompt[index]), int(self.chosen[index])
@@ -98,15 +108,17 @@ class PairBatches(Dataset):
         return ids[:p], ids[p : p + c], ids[p + c :]
 
     def __getitem__(self, key: int | tuple[int, int]):
-        """Batch `key` as (x, y); a training sampler's key (index, step_pairs) gives (x, y, step_pairs, pair_ids),
-        pair_ids (B,) being the pairs' indices in this dataset (for reference log-probabilities computed ahead)."""
+        """Batch `key` as (x, y); a training sampler's key (index, step_pairs) gives (x, y, step_pairs, pair_ids,
+        real_tokens), pair_ids (B,) being the pairs' indices in this dataset (for reference log-probabilities computed
+        ahead) and real_tokens the inputs that are not padding, a Python int (counted on the host, no device sync)."""
         index, step_pairs = key if isinstance(key, tuple) else (key, None)
         pairs = self.batches[index]
         parts = [self.pair(int(pair)) for pair in pairs]
         x, y = answer_rows([(p, c) for p, c, _ in parts] + [(p, r) for p, _, r in parts], self.pad_id)
         if step_pairs is None:
             return x, y
-        return x, y, torch.tensor(step_pairs), torch.from_numpy(np.asarray(pairs, dtype=np.int64))
+        real_tokens = sum(2 * len(p) + len(c) + len(r) - 2 for p, c, r in parts)  # each row's length - 1
+        return x, y, torch.tensor(step_pairs), torch.from_numpy(np.asarray(pairs, dtype=np.int64)), real_tokens
 
 
 def answer_rows(prompts_and_answers: list[tuple], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,7 @@ from lightning_gpt.errors import UserInputError
 from lightning_gpt.lit_module import GPTModule
 from lightning_gpt.model import GPT
 from lightning_gpt.preference_losses import LOSS_TYPES, answer_logps, answer_positions, dpo_losses, entropy_and_kl
+from lightning_gpt.throughput import batch_tokens
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class DPOModule(GPTModule):
         # holds the policy alone and works with generate/chat; the optimizer and DDP never see it.
         self._reference: list[GPT] = []
         self._reference_logps: torch.Tensor | None = None  # (training pairs, 2): chosen, rejected
+        self._reference_pairs: str | None = None  # the fingerprint of the pairs the table was computed for
         self._reference_fingerprint: float | None = None
         self.eval_metrics = nn.ModuleDict(
             {
@@ -137,22 +139,37 @@ class DPOModule(GPTModule):
     def on_train_start(self) -> None:
         super().on_train_start()
         if not self.hparams.precompute_reference:
+            self._reference_logps = self._reference_pairs = None
+            return
+        pairs = self._training_pairs()
+        if self._reference_logps is not None and self._reference_pairs != pairs.fingerprint():
+            # A resume on other pairs (--data.path, the length limits, the tokenizer): the stored table would give
+            # the reference log-probabilities of other answers.
+            log.warning(
+                "the training pairs differ from those of the checkpoint's reference log-probabilities (other data or "
+                "--data settings since): computing them again"
+            )
             self._reference_logps = None
-        elif self._reference_logps is None:
-            self._reference_logps = self._precompute_reference_logps()
-        else:  # restored from the checkpoint
+        if self._reference_logps is None:
+            self._reference_logps = self._precompute_reference_logps(pairs)
+            self._reference_pairs = pairs.fingerprint()
+        else:  # restored from the checkpoint, for these very pairs
             self._reference_logps = self._reference_logps.to(self.device)
 
-    @torch.no_grad()
-    def _precompute_reference_logps(self) -> torch.Tensor:
-        """The reference's log-probabilities of both answers of every training pair, (pairs, 2), from the very
-        batches training will see (so equal to what the live reference gives); each rank computes a share."""
+    def _training_pairs(self):
+        """The training split's pairs (data_modules.ultrafeedback.PairBatches)."""
         dataset = self.trainer.train_dataloader.dataset
-        if not hasattr(dataset, "batches"):
+        if not hasattr(dataset, "batches") or not hasattr(dataset, "fingerprint"):
             raise UserInputError(
                 "--model.precompute_reference needs preference pairs from data_modules.UltraFeedback; set it to "
                 "false for other data."
             )
+        return dataset
+
+    @torch.no_grad()
+    def _precompute_reference_logps(self, dataset) -> torch.Tensor:
+        """The reference's log-probabilities of both answers of every training pair, (pairs, 2), from the very
+        batches training will see (so equal to what the live reference gives); each rank computes a share."""
         reference, rank, world = self.reference_model(), self.trainer.global_rank, self.trainer.world_size
         logps = torch.zeros(len(dataset.prompt), 2, device=self.device)
         started = time.monotonic()
@@ -207,8 +224,9 @@ class DPOModule(GPTModule):
         x, y = batch[0], batch[1]
         live_reference = not (len(batch) > 3 and self._reference_logps is not None)
         # Forward and backward of the policy, plus the reference's forward when it runs live.
+        real_tokens = batch_tokens(batch)  # padding excluded
         self.flops_per_batch = int(
-            self.model.flops_per_token(x.shape[1]) * x.numel() * (4 / 3 if live_reference else 1)
+            self.model.flops_per_token(x.shape[1]) * real_tokens * (4 / 3 if live_reference else 1)
         )
         terms, logps, (entropy, kl, tokens) = self.pair_terms(x, y, batch[3] if len(batch) > 3 else None)
         half = x.shape[0] // 2
@@ -235,7 +253,7 @@ class DPOModule(GPTModule):
             ]
         )
         self._track(sums, terms.losses.detach().mean())
-        self.tokens_seen += x.numel() * self.trainer.world_size
+        self.tokens_seen += real_tokens * self.trainer.world_size
         return loss
 
     def step_metrics(self, sums: torch.Tensor) -> dict[str, float]:
@@ -297,12 +315,14 @@ class DPOModule(GPTModule):
         checkpoint["dpo_reference"] = {"fingerprint": self._reference_fingerprint}
         if self._reference_logps is not None:
             checkpoint["dpo_reference"]["logps"] = self._reference_logps.cpu()
+            checkpoint["dpo_reference"]["pairs"] = self._reference_pairs
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("dpo_reference", {})
         self._reference_fingerprint = state.get("fingerprint")
         self._reference_logps = state.get("logps")
+        self._reference_pairs = state.get("pairs")  # None in older checkpoints: the table is computed again
 
 
 def _key(name: str) -> str:

@@ -17,6 +17,7 @@ from lightning_gpt.checkpoint_io import load_checkpoint_file
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.lit_module import GPTModule
 from lightning_gpt.model import IGNORE_INDEX
+from lightning_gpt.throughput import batch_tokens
 from lightning_gpt.tokenizer import AnyTokenizer
 
 SCORE_HEAD = "score_head.weight"  # the state-dict key that tells a reward checkpoint from a language model's
@@ -72,7 +73,8 @@ class RewardModule(GPTModule):
         """batch: (x, y) or (x, y, step_pairs, pair_ids), step_pairs being the pairs of the whole optimizer step
         over every micro-batch and rank (data_modules.UltraFeedback counts them)."""
         x, y = batch[0], batch[1]
-        self.flops_per_batch = self.model.flops_per_token(x.shape[1]) * x.numel()  # forward + backward
+        real_tokens = batch_tokens(batch)  # padding excluded
+        self.flops_per_batch = self.model.flops_per_token(x.shape[1]) * real_tokens  # forward + backward
         losses, correct, chosen, rejected = self.pair_losses(x, y)
         loss_sum, pairs = losses.sum(), chosen.shape[0]
         if len(batch) > 2:
@@ -85,7 +87,7 @@ class RewardModule(GPTModule):
         n = torch.full((), float(pairs), device=x.device)  # a kernel argument, no host-to-device copy
         sums = torch.stack([loss_sum, n, correct.sum(), chosen.sum(), rejected.sum()]).detach()
         self._track(sums, loss_sum.detach() / pairs)
-        self.tokens_seen += x.numel() * self.trainer.world_size
+        self.tokens_seen += real_tokens * self.trainer.world_size
         return loss
 
     def step_metrics(self, sums: torch.Tensor) -> dict[str, float]:

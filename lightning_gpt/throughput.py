@@ -1,6 +1,7 @@
 """How a batch is counted (ThroughputMonitor's samples and items, the module's tokens and FLOPs): samples are rows,
-tokens are the real ones. A chat batch pads its rows to one width; its loader puts the count of real tokens in the
-batch as a Python int (data_modules/chat_messages.py), so reading it is no device sync."""
+tokens are the real ones. Chat and preference batches pad their rows to one width; their loaders put the count of
+real tokens last in the batch as a Python int (data_modules/chat_messages.py, data_modules/ultrafeedback.py), so
+reading it is no device sync."""
 
 from __future__ import annotations
 
@@ -11,6 +12,6 @@ def batch_windows(batch) -> int:
 
 def batch_tokens(batch) -> int:
     """Tokens the model reads in this batch, padding excluded."""
-    if len(batch) > 3 and isinstance(batch[3], int):
-        return batch[3]
+    if len(batch) > 3 and isinstance(batch[-1], int):
+        return batch[-1]
     return batch[0].numel()

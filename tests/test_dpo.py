@@ -179,6 +179,48 @@ def test_resume_continues_exactly_with_accumulation_and_workers(stage, pairs_dir
     torch.testing.assert_close(first.losses + second.losses, straight.losses, rtol=0, atol=1e-6)
 
 
+def test_a_resume_on_other_pairs_computes_the_reference_table_again(pairs_dir, tmp_path):
+    """The same number of pairs, other answers (cut shorter): the stored table must not be reused for them."""
+    init = sft_checkpoint(tmp_path / "sft.ckpt")
+    args = {**SHAPE, "vocab_size": chat_tokenizer().vocab_size, "init_from": init, "precompute_reference": True}
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer(tmp_path, 2, [ckpt], enable_checkpointing=True).fit(DPOModule(**args), pref_data(pairs_dir, batch_size=4))
+    dm = pref_data(pairs_dir, batch_size=4, max_answer_tokens=3)
+    module = DPOModule(**args)
+    trainer(tmp_path, 3).fit(module, dm, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    dataset = dm.trainer.train_dataloader.dataset
+    assert len(module._reference_logps) == len(dataset.prompt)  # as many pairs as before: only their tokens differ
+    x, y = dataset[0]
+    select, targets, rows = answer_positions(y)
+    live, _ = answer_logps(module.reference_model()(x, select=select)[0], targets, rows, len(x))
+    torch.testing.assert_close(module._reference_logps[dataset.batches[0]].T.flatten(), live)
+
+
+class RealTokens(L.Callback):
+    """Counts each training batch's real (not padding) input tokens from its targets alone: a row's inputs run up to
+    the position that predicts its last answer token."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        y = batch[1]
+        positions = torch.arange(y.shape[1]).expand_as(y)
+        self.count += int((torch.where(y != IGNORE_INDEX, positions, -1).amax(dim=1) + 1).sum())
+
+
+@pytest.mark.parametrize("stage", ["dpo", "reward"])
+def test_tokens_seen_and_flops_count_real_tokens_not_padding(stage, pairs_dir, tmp_path):
+    init = sft_checkpoint(tmp_path / "sft.ckpt")
+    dm = pref_data(pairs_dir, batch_size=4)
+    args = {**SHAPE, "vocab_size": dm.vocab_size, "init_from": init}
+    module = DPOModule(**args) if stage == "dpo" else RewardModule(**args)
+    counter = RealTokens()
+    trainer(tmp_path, 3, [counter], accumulate_grad_batches=2).fit(module, dm)
+    padded = 6 * 2 * 4 * 63  # what counting every position of the 6 batches would give at most
+    assert 0 < counter.count < padded and module.tokens_seen == counter.count
+
+
 def test_a_changed_reference_file_is_refused_on_resume(pairs_dir, tmp_path):
     init = sft_checkpoint(tmp_path / "sft.ckpt")
     dm = pref_data(pairs_dir)
