@@ -82,7 +82,7 @@ def test_answer_log_probabilities_are_sums_over_the_answer_tokens_alone():
 
 def test_prompt_tokens_are_never_scored(pairs_dir):
     dm = pref_data(pairs_dir)
-    x, y, _, pair_ids = first_batch(dm)
+    x, y, _, pair_ids, _ = first_batch(dm)
     dataset = dm.train_dataset(*dm._cache("train"))[0]
     half = len(pair_ids)
     select, targets, rows = answer_positions(y)
@@ -294,7 +294,7 @@ def test_accumulated_micro_batches_give_the_gradient_of_the_mean_over_all_pairs_
     first, second = next(loader), next(loader)
     # Two micro-batches of 2 pairs (one with fewer tokens than the other), as Lightning runs them: each loss
     # divided by the accumulation, the gradients summed.
-    for x, y, _, pair_ids in (first, second):
+    for x, y, _, pair_ids, _ in (first, second):
         module._reference_logps = None
         loss = module.training_step((x, y, torch.tensor(4), pair_ids), 0)
         (loss / 2).backward()

@@ -252,7 +252,7 @@ def test_training_batches_pair_chosen_and_rejected_rows_and_count_the_pairs_of_a
     batches = list(dm.train_dataloader())
     assert len(batches) == len(dm.train_dataset(*dm._cache("train"))[0])
     seen = []
-    for x, y, step_pairs, pair_ids in batches:
+    for x, y, step_pairs, pair_ids, _ in batches:
         assert x.shape == y.shape and x.shape[0] == 10 and step_pairs == 5  # one device, no accumulation
         seen += pair_ids.tolist()
         (x_chosen, y_chosen), (x_rejected, y_rejected) = split_pair_batch(x, y)
@@ -286,7 +286,7 @@ def test_training_resumes_mid_epoch_in_the_same_order(tmp_path):
     rest = list(resumed.train_dataloader())
     assert len(rest) == len(straight) - 7
     for a, b in zip(straight[7:], rest, strict=True):
-        assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+        assert all(torch.equal(torch.as_tensor(u), torch.as_tensor(v)) for u, v in zip(a, b, strict=True))
     other_seed = pref_data(path, seed=6)
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(straight, other_seed.train_dataloader(), strict=False))
 
@@ -321,7 +321,7 @@ def test_the_real_mirror_reads_every_row_counts_its_ties_and_batches():
     assert stats["rows"] == 800
     assert 60 <= stats["ties"] <= 100  # about a tenth
     assert stats["pairs"] == 800 - stats["ties"] - stats["skipped"] and stats["skipped"] < 10
-    x, y, step_pairs, _ = next(iter(dm.train_dataloader()))
+    x, y, step_pairs, *_ = next(iter(dm.train_dataloader()))
     assert x.shape[0] == 8 and x.shape[1] <= 256 and step_pairs == 4
     assert ((y != IGNORE_INDEX).sum(dim=1) > 0).all()
     assert np.all(np.asarray([prompt_length(row) for row in y]) <= 128)  # max_prompt_tokens = block_size // 2
