@@ -26,9 +26,8 @@ TRAIN = "default/train_prefs-00000-of-00001.parquet"
 def char_chat_tokenizer(rows: list[dict]):
     """A char tokenizer over the rows' text plus the chat tokens: 36 ids, 4 of which end an answer, so a tiny random
     policy ends some answers within a few tokens and not others."""
-    return chat_tokenizer(
-        CharTokenizer.train(turn["content"] for row in rows for turn in row["chosen"] + row["rejected"])
-    )
+    texts = [turn["content"] for row in rows for turn in row["chosen"] + row["rejected"]]
+    return chat_tokenizer(CharTokenizer.train(texts))
 
 
 def save_with_tokenizer(module, tokenizer, path) -> str:
