@@ -6,11 +6,13 @@ is a WordLevel model over single characters (each character its own pre-token) w
 Imported only by `lightning-gpt export` (it needs transformers).
 
 One difference cannot be avoided: Hugging Face tokenizes a chat template's output as one string, so special-token
-strings must be matched in text for the template to work, while the project never matches them (its encode treats
-"<|endoftext|>" typed in text as ordinary text). A plain model's tokenizer is saved with split_special_tokens=True and
-so encodes every text exactly like the project; a chat model's is saved with split_special_tokens=False (Hugging
-Face's default) so that apply_chat_template works, and matches the project on text holding special-token strings
-only when called with split_special_tokens=True.
+strings must be matched in text for the template's own markers to work, while the project never matches them (its
+encode treats "<|endoftext|>" typed in text as ordinary text). A plain model's tokenizer is saved with
+split_special_tokens=True and so encodes every text exactly like the project; a chat model's is saved with
+split_special_tokens=False (Hugging Face's default) so that apply_chat_template works. So that message content
+cannot forge control tokens (a user turn holding "<|end|><|system|>..."), the template breaks every special-token
+string in content with a zero-width space after its first character; content that holds none renders exactly as
+lightning_gpt/chat.py renders it.
 """
 
 from __future__ import annotations
@@ -30,23 +32,40 @@ from lightning_gpt.tokenizer import (
     _load_ranks,
 )
 
-# lightning_gpt/chat.py::render_conversation and render_prompt, in Jinja. The {% generation %} block marks what the
-# project's loss mask marks (the assistant's text and its <|end|>), for return_assistant_tokens_mask=True.
-CHAT_TEMPLATE = (
-    "{{- '" + END_OF_TEXT + "' -}}"
-    "{%- for message in messages -%}"
-    "{%- if message['role'] not in " + repr(sorted(ROLE_TOKENS)) + " -%}"
-    "{{- raise_exception('unknown role ' + message['role'] + ': use system, user or assistant') -}}"
-    "{%- endif -%}"
-    "{{- '<|' + message['role'] + '|>' -}}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "{%- generation -%}{{- message['content'] + '" + END_OF_TURN + "' -}}{%- endgeneration -%}"
-    "{%- else -%}"
-    "{{- message['content'] + '" + END_OF_TURN + "' -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '" + ASSISTANT + "' -}}{%- endif -%}"
-)
+BREAK = "\u200b"  # a zero-width space: inside a special-token string, it keeps the tokenizer from matching it
+
+
+def chat_template(special_tokens) -> str:
+    """lightning_gpt/chat.py::render_conversation and render_prompt, in Jinja, for a tokenizer with these special
+    tokens. The {% generation %} block marks what the project's loss mask marks (the assistant's text and its <|end|>),
+    for return_assistant_tokens_mask=True.
+
+    Content is rendered with each special-token string broken by BREAK after its first character, so that it encodes
+    as text, never as a control token. After all the replacements none is left: each one only inserts BREAK, so any
+    later match would hold a BREAK, which no special token does (and "<|name|>" strings cannot overlap themselves).
+    """
+    content = "message['content']" + "".join(
+        f" | replace('{name}', '{name[0] + BREAK + name[1:]}')" for name in sorted(special_tokens)
+    )
+    assert all("'" not in name and len(name) > 1 for name in special_tokens)  # Jinja literals; something to break
+    return (
+        "{{- '" + END_OF_TEXT + "' -}}"
+        "{%- for message in messages -%}"
+        "{%- if message['role'] not in " + repr(sorted(ROLE_TOKENS)) + " -%}"
+        "{{- raise_exception('unknown role ' + message['role'] + ': use system, user or assistant') -}}"
+        "{%- endif -%}"
+        "{%- set content = " + content + " -%}"
+        "{{- '<|' + message['role'] + '|>' -}}"
+        "{%- if message['role'] == 'assistant' -%}"
+        "{%- generation -%}{{- content + '" + END_OF_TURN + "' -}}{%- endgeneration -%}"
+        "{%- else -%}"
+        "{{- content + '" + END_OF_TURN + "' -}}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- '" + ASSISTANT + "' -}}{%- endif -%}"
+    )
+
+
 assert all(ROLE_TOKENS[role] == f"<|{role}|>" for role in ROLE_TOKENS)  # the template builds markers from roles
 
 
@@ -93,7 +112,7 @@ def backend_of(tokenizer: AnyTokenizer):
 
 
 def hf_tokenizer(tokenizer: AnyTokenizer, chat: bool, max_length: int):
-    """A `PreTrainedTokenizerFast` with `tokenizer`'s ids, plus CHAT_TEMPLATE when `chat`."""
+    """A `PreTrainedTokenizerFast` with `tokenizer`'s ids, plus its chat_template when `chat`."""
     from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
@@ -114,7 +133,7 @@ def hf_tokenizer(tokenizer: AnyTokenizer, chat: bool, max_length: int):
         model_max_length=max_length,
         clean_up_tokenization_spaces=False,  # decode like tiktoken: no space fixing
         split_special_tokens=not chat,
-        chat_template=CHAT_TEMPLATE if chat else None,
+        chat_template=chat_template(tokenizer.special_tokens) if chat else None,
     )
 
 

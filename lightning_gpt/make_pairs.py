@@ -1,6 +1,9 @@
 """`lightning-gpt make-pairs`: on-policy preference pairs. The policy samples N answers to each of K prompts, the
 reward model scores them, and the best and the worst answer of each prompt become one pair, written as a dataset
-folder in the hub's layout that `data_modules.UltraFeedback` (and so the DPO config) reads with --data.path.
+folder in the hub's layout that `data_modules.UltraFeedback` (and so the DPO config) reads with --data.path. Only
+answers that ended (a stop token drawn within --max_new_tokens) are paired: DPO trains <|end|> after the answer, so a
+cut one would teach the model to stop mid-sentence, and the reward model, reading the token before <|end|>, could not
+tell it was cut.
 
 Resumable: prompts are done in shards of --shard_size, each saved atomically under OUT/.make-pairs/ as it finishes;
 a re-run with the same flags skips the shards it finds and rebuilds the dataset files from all of them. Each
@@ -27,9 +30,11 @@ from lightning_gpt.commands import chat_stop_ids, checked_settings, load_checkpo
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.generate import SamplingSettings, generate
 from lightning_gpt.model import GPT
-from lightning_gpt.pair_folder import COLUMNS, claim_out, file_digest, save_shard, write_dataset
+from lightning_gpt.pair_folder import COLUMNS, FORMAT, claim_out, discard_work, file_digest, save_shard, write_dataset
 from lightning_gpt.reward_model import RewardModule, load_reward_model
 from lightning_gpt.tokenizer import Tokenizer, describe
+
+FEW_FINISHED = "fewer than 2 finished answers"  # the others were cut at the token budget
 
 
 @dataclass
@@ -44,7 +49,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="lightning-gpt make-pairs",
         description="Sample --num_candidates answers per prompt with the policy, score them with the reward model, "
         "and write the best and the worst answer of each prompt as a preference pair (a dataset folder that "
-        "--data.path of the DPO config reads). Prompts whose answers are all the same or tie in score give no pair. "
+        "--data.path of the DPO config reads). An answer cut at --max_new_tokens before it ended never enters a pair; "
+        "prompts left with fewer than 2 finished answers, or whose answers are all the same or tie in score, give no "
+        "pair. "
         "Re-running with the same flags resumes an interrupted run.",
     )
     parser.add_argument("--ckpt_path", required=True, help="the policy: a chat (SFT or DPO) checkpoint")
@@ -139,9 +146,19 @@ def score(reward: RewardModule, rows: list[tuple[list[int], list[int]]], batch_s
     return scores
 
 
-def pick_pair(prompt: Prompt, answers: list[str], scores: list[float]) -> dict | str:
-    """The pair row of a prompt's best and worst scored answers, or why there is none."""
-    candidates = [(text, s) for text, s in zip(answers, scores, strict=True) if text.strip()]
+def pick_pair(prompt: Prompt, answers: list[str], scores: list[float | None]) -> dict | str:
+    """The pair row of a prompt's best and worst scored answers, or why there is none.
+
+    Args:
+        prompt: the prompt the answers reply to.
+        answers: the prompt's sampled answers.
+        scores: each answer's reward; None for one cut at the token budget before it ended, which never enters a
+            pair (DPO would train <|end|> right after the cut text: the model would learn to stop mid-sentence).
+    """
+    finished = [(text, s) for text, s in zip(answers, scores, strict=True) if s is not None]
+    if len(finished) < 2:
+        return FEW_FINISHED
+    candidates = [(text, s) for text, s in finished if text.strip()]
     if len(candidates) < 2:
         return "fewer than 2 non-empty answers"
     if len({text for text, _ in candidates}) == 1:
@@ -188,14 +205,20 @@ def make_shard(prompts: list[Prompt], models: Models, n: int, batch_size: int, s
         budget = min(models.settings.max_new_tokens, models.context - longest)
         settings = replace(models.settings, max_new_tokens=budget, seed=holdout_hash(f"{seed}:{group[0].prompt_id}"))
         outputs = generate(models.policy, [p.ids for p in group for _ in range(n)], settings)  # n rows per prompt
-        unfinished += sum(len(tokens) >= budget for tokens in outputs)
+        # generate() leaves stop ids out, so an answer that ended has fewer tokens than the budget; one that used
+        # it all was cut (even a stop drawn next would not have been sampled).
+        finished = [len(tokens) < budget for tokens in outputs]
+        unfinished += finished.count(False)
         answers = [tokenizer.decode(tokens) for tokens in outputs]
-        # Scored as the pair will be trained on: the text encoded again, then <|end|>, cut to the context.
+        # Scored as the pair will be trained on: the text encoded again, then <|end|>, cut to the context. Cut
+        # answers are not scored: they never enter a pair.
         scored = []
         for i, text in enumerate(answers):
             ids = group[i // n].ids
-            scored.append((ids, [*tokenizer.encode(text), end][: models.context + 1 - len(ids)]))
-        scores = score(models.reward, scored, batch_size, tokenizer.eot_id)
+            if finished[i]:
+                scored.append((ids, [*tokenizer.encode(text), end][: models.context + 1 - len(ids)]))
+        found = iter(score(models.reward, scored, batch_size, tokenizer.eot_id))
+        scores = [next(found) if ok else None for ok in finished]
         for k, prompt in enumerate(group):
             pair = pick_pair(prompt, answers[k * n : (k + 1) * n], scores[k * n : (k + 1) * n])
             if isinstance(pair, str):
@@ -214,6 +237,7 @@ def run_settings(args: argparse.Namespace, prompts: list[Prompt]) -> dict:
     """What decides a run's output: a resume must match it."""
     keys = ("data_path", "split", "num_prompts", "num_candidates", "max_new_tokens", "temperature", "top_p")
     return {
+        "format": FORMAT,
         **{key: getattr(args, key) for key in keys},
         **{key: getattr(args, key) for key in ("batch_size", "shard_size", "seed")},
         "policy_sha256": file_digest(args.ckpt_path),
@@ -249,6 +273,22 @@ def load_models(args: argparse.Namespace, device: str) -> Models:
         )
     settings = checked_settings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
     return Models(policy, reward, tokenizer, replace(settings, stop_ids=chat_stop_ids(tokenizer)))
+
+
+def no_pairs_problem(args: argparse.Namespace, summary: dict, context: int) -> str:
+    """Why a run made no pair, and which flag to change."""
+    skipped, made = summary["skipped_prompts"], f"no pair made from the {summary['prompts']} prompts"
+    if FEW_FINISHED in skipped:
+        # Prompts are at most half the context long, so only a larger budget than the other half can meet it.
+        where = (
+            f" (or at the models' context of {context} tokens)" if args.max_new_tokens > context - context // 2 else ""
+        )
+        return (
+            f"{made}: {summary['unfinished_answers']} of {summary['prompts'] * args.num_candidates} answers were cut "
+            f"at --max_new_tokens {args.max_new_tokens}{where} before they ended, and a cut answer never enters a "
+            f"pair (skipped: {skipped}); raise --max_new_tokens."
+        )
+    return f"{made} ({skipped}); raise --num_candidates or --temperature."
 
 
 def make_pairs_command(argv: list[str]) -> dict:
@@ -290,10 +330,8 @@ def make_pairs_command(argv: list[str]) -> dict:
         "unfinished_answers": sum(result["unfinished"] for result in results),
     }
     if not pairs:
-        raise UserInputError(
-            f"no pair made from the {len(prompts)} prompts ({dict(skipped)}); raise --num_candidates, "
-            "--temperature or --max_new_tokens."
-        )
+        discard_work(out)  # nothing worth resuming: the advice below changes the flags
+        raise UserInputError(no_pairs_problem(args, summary, models.context))
     splits = {args.split: pairs}
     test_rows = source_test_rows(args)
     if test_rows:

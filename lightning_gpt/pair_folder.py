@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 from data_modules.token_cache import write_atomic
@@ -13,6 +14,9 @@ from lightning_gpt.errors import UserInputError
 
 WORK = ".make-pairs"  # the shards and the settings of a run, inside --out
 CONFIG = "default"  # the dataset's config name, as in the hub mirrors
+# The rules that made a run's shards, recorded in its settings so that a resume never mixes two: 2 = an answer cut at
+# --max_new_tokens never enters a pair (1, recorded as no "format", let such answers in).
+FORMAT = 2
 COLUMNS = ("prompt", "prompt_id", "chosen", "rejected", "messages", "score_chosen", "score_rejected")
 
 
@@ -34,6 +38,11 @@ def claim_out(out: Path, settings: dict) -> Path:
     saved = work / "settings.json"
     if saved.is_file():
         earlier = json.loads(saved.read_text())
+        if earlier.get("format") != settings.get("format"):
+            raise UserInputError(
+                f"--out {out} holds a make-pairs run of another version (pairs format {earlier.get('format', 1)}, this "
+                f"one writes {settings.get('format')}); pass another --out, or delete {work} to start over."
+            )
         changed = sorted(key for key in settings.keys() | earlier.keys() if settings.get(key) != earlier.get(key))
         if changed:
             raise UserInputError(
@@ -45,6 +54,11 @@ def claim_out(out: Path, settings: dict) -> Path:
         raise UserInputError(f"--out {out} exists and is not a make-pairs output; pass a new folder.")
     write_atomic(saved, json.dumps(settings, indent=1))
     return work
+
+
+def discard_work(out: Path) -> None:
+    """Deletes the work folder of --out (a run whose shards are of no use), so that other flags may use --out."""
+    shutil.rmtree(out / WORK, ignore_errors=True)
 
 
 def pair_schema():
