@@ -66,6 +66,16 @@ def eval_batches(lengths: np.ndarray, batch_size: int, seed: int = EVAL_SEED, gr
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def sample_batches(lengths: np.ndarray, batch_size: int, batches: int, seed: int) -> list[np.ndarray]:
+    """At most `batches` batches of a fixed random sample of `batches * batch_size` samples (all of them if there are
+    fewer), batched by length like `eval_batches`. The samples are drawn one by one, not as whole batches: a batch
+    holds similar lengths, so N drawn batches would be N draws of a length, and their mean length far from the
+    split's."""
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(len(lengths), size=min(len(lengths), batches * batch_size), replace=False))
+    return [picked[b] for b in eval_batches(lengths[picked], batch_size, seed=seed)]
+
+
 # Batch widths are rounded up to a multiple of this: tensor-core friendly shapes, and few distinct ones for a compiled
 # model (with dynamic shapes it compiles 2 graphs whatever the widths; tests/test_compile.py counts them).
 WIDTH_MULTIPLE = 64
@@ -265,7 +275,7 @@ class ChatMessages(ChatTokenizerSetting, HeldOutDataModule):
 
     def train_sample_dataset(self, base: Path, meta: dict, batches: int):
         lengths = self._lengths(meta, base)
-        sample = eval_batches(lengths, self.eval_batch_size, seed=self.seed + 1)[:batches]  # all lengths
+        sample = sample_batches(lengths, self.eval_batch_size, batches, seed=self.seed + 1)  # all lengths
         return ChatBatches(base, meta, lengths, sample, pad_id=self.tokenizer.eot_id, max_width=self.block_size), None
 
     def eval_dataset(self, base: Path, meta: dict):
