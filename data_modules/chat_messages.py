@@ -191,27 +191,33 @@ class ChatMessages(ChatTokenizerSetting, HeldOutDataModule):
     def array_dtypes(self) -> dict[str, np.dtype]:
         return {"tokens": token_dtype(self.vocab_size), "mask": np.dtype(np.uint8), "lengths": np.dtype(np.int32)}
 
+    def conversations(self, rows):
+        """The rows with their conversations in `messages_column`: here they already are. A subclass that builds
+        conversations out of other columns (ContextChats) does it here, on the rows of one part only."""
+        return rows
+
     def encode_rows(self, rows, split: str) -> Iterator[dict[str, np.ndarray]]:
         stats = self.encode_stats
-        stats.update(rows=0, skipped=0, samples=0, split_conversations=0, dropped_exchanges=0, skip_reasons={})
+        stats.update(rows=len(rows), skipped=0, samples=0, split_conversations=0, dropped_exchanges=0, skip_reasons={})
         part = self.holdout_part(getattr(self, "encode_role", None))
-        keep = None
+        numbers = range(len(rows))  # each kept row's number in the split, for the messages that name a row
         if part:
             keep, stats["holdout"] = part_rows(self.held_out_rows(rows), part, self.val_fraction)
-        for batch in rows.iter(batch_size=512):
+            numbers = np.flatnonzero(keep)
+            rows = rows.select(numbers)  # the part's rows only, before `conversations` builds anything from them
+        row_numbers = iter(numbers)
+        for batch in self.conversations(rows).iter(batch_size=512):
             ids: list[int] = []
             mask: list[int] = []
             lengths: list[int] = []
             for messages in batch[self.messages_column]:
-                stats["rows"] += 1
-                if keep is not None and not keep[stats["rows"] - 1]:
-                    continue  # the other part's row
+                row = int(next(row_numbers))
                 problem = message_problem(messages)
                 if problem:
                     stats["skipped"] += 1
                     reason = _WHERE.sub("", problem)  # "message 3 (user) has empty content" -> "empty content"
                     stats["skip_reasons"][reason] = stats["skip_reasons"].get(reason, 0) + 1
-                    stats.setdefault("skip_example", f"row {stats['rows'] - 1}: {problem}")
+                    stats.setdefault("skip_example", f"row {row}: {problem}")
                     continue
                 pieces, dropped = fit_to_length(self.tokenizer, messages, self.block_size + 1)
                 stats["dropped_exchanges"] += dropped
