@@ -66,6 +66,16 @@ def eval_batches(lengths: np.ndarray, batch_size: int, seed: int = EVAL_SEED, gr
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def sample_batches(lengths: np.ndarray, batch_size: int, batches: int, seed: int) -> list[np.ndarray]:
+    """At most `batches` batches of a fixed random sample of `batches * batch_size` samples (all of them if there are
+    fewer), batched by length like `eval_batches`. The samples are drawn one by one, not as whole batches: a batch
+    holds similar lengths, so N drawn batches would be N draws of a length, and their mean length far from the
+    split's."""
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(len(lengths), size=min(len(lengths), batches * batch_size), replace=False))
+    return [picked[b] for b in eval_batches(lengths[picked], batch_size, seed=seed)]
+
+
 # Batch widths are rounded up to a multiple of this: tensor-core friendly shapes, and few distinct ones for a compiled
 # model (with dynamic shapes it compiles 2 graphs whatever the widths; tests/test_compile.py counts them).
 WIDTH_MULTIPLE = 64
@@ -181,27 +191,33 @@ class ChatMessages(ChatTokenizerSetting, HeldOutDataModule):
     def array_dtypes(self) -> dict[str, np.dtype]:
         return {"tokens": token_dtype(self.vocab_size), "mask": np.dtype(np.uint8), "lengths": np.dtype(np.int32)}
 
+    def conversations(self, rows):
+        """The rows with their conversations in `messages_column`: here they already are. A subclass that builds
+        conversations out of other columns (ContextChats) does it here, on the rows of one part only."""
+        return rows
+
     def encode_rows(self, rows, split: str) -> Iterator[dict[str, np.ndarray]]:
         stats = self.encode_stats
-        stats.update(rows=0, skipped=0, samples=0, split_conversations=0, dropped_exchanges=0, skip_reasons={})
+        stats.update(rows=len(rows), skipped=0, samples=0, split_conversations=0, dropped_exchanges=0, skip_reasons={})
         part = self.holdout_part(getattr(self, "encode_role", None))
-        keep = None
+        numbers = range(len(rows))  # each kept row's number in the split, for the messages that name a row
         if part:
             keep, stats["holdout"] = part_rows(self.held_out_rows(rows), part, self.val_fraction)
-        for batch in rows.iter(batch_size=512):
+            numbers = np.flatnonzero(keep)
+            rows = rows.select(numbers)  # the part's rows only, before `conversations` builds anything from them
+        row_numbers = iter(numbers)
+        for batch in self.conversations(rows).iter(batch_size=512):
             ids: list[int] = []
             mask: list[int] = []
             lengths: list[int] = []
             for messages in batch[self.messages_column]:
-                stats["rows"] += 1
-                if keep is not None and not keep[stats["rows"] - 1]:
-                    continue  # the other part's row
+                row = int(next(row_numbers))
                 problem = message_problem(messages)
                 if problem:
                     stats["skipped"] += 1
                     reason = _WHERE.sub("", problem)  # "message 3 (user) has empty content" -> "empty content"
                     stats["skip_reasons"][reason] = stats["skip_reasons"].get(reason, 0) + 1
-                    stats.setdefault("skip_example", f"row {stats['rows'] - 1}: {problem}")
+                    stats.setdefault("skip_example", f"row {row}: {problem}")
                     continue
                 pieces, dropped = fit_to_length(self.tokenizer, messages, self.block_size + 1)
                 stats["dropped_exchanges"] += dropped
@@ -265,7 +281,7 @@ class ChatMessages(ChatTokenizerSetting, HeldOutDataModule):
 
     def train_sample_dataset(self, base: Path, meta: dict, batches: int):
         lengths = self._lengths(meta, base)
-        sample = eval_batches(lengths, self.eval_batch_size, seed=self.seed + 1)[:batches]  # all lengths
+        sample = sample_batches(lengths, self.eval_batch_size, batches, seed=self.seed + 1)  # all lengths
         return ChatBatches(base, meta, lengths, sample, pad_id=self.tokenizer.eot_id, max_width=self.block_size), None
 
     def eval_dataset(self, base: Path, meta: dict):

@@ -10,16 +10,20 @@ Each row becomes
 
 Distractors are what makes this retrieval training and not reading: the model has to find the passage that answers,
 as it must when BM25 returns near misses.
+
+Validation held out of the train split is held out by passage, not by question: SQuAD asks about five questions of
+each passage, and a passage trained on would make its other questions a test of memory. The distractors of a chat
+come from its own part's rows, so no validation passage is seen in training even beside another one.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 
 import numpy as np
 
 from data_modules.chat_messages import ChatMessages
+from data_modules.holdout import held_out_rows
 from lightning_gpt.documents import Chunk
 from lightning_gpt.retrieval import context_turn
 
@@ -50,7 +54,8 @@ class ContextChats(ChatMessages):
         path: Hugging Face dataset id, or a local folder in the hub's layout.
         distractors: how many other rows' passages join each row's passage in its system turn.
         train_split: the split trained on.
-        val_split: the split validated on. None (the default): `val_fraction` of the train split, held out.
+        val_split: the split validated on. None (the default): `val_fraction` of the train split's passages, held
+            out with all their questions (a stable hash of the passage's text).
         test_split: the split tested on (`test` only).
         **kwargs: see `ChatMessages` (name, max_bad_fraction, val_fraction) and `TokenDataModule` (block_size,
             batch_size, num_workers, cache_dir, seed).
@@ -72,7 +77,15 @@ class ContextChats(ChatMessages):
         self.required_columns = ("context", "question", "answers")
 
     def cache_variant(self, role: str | None = None) -> tuple[str, ...]:
-        return (*super().cache_variant(role), f"distractors={self.distractors}")
+        # Held out by passage (older caches held out by question: not reused).
+        held_out_by = ("held_out_by=context",) if self.holdout_part(role) else ()
+        return (*super().cache_variant(role), f"distractors={self.distractors}", *held_out_by)
+
+    def held_out_rows(self, rows) -> np.ndarray:
+        """Which rows of the train split are validation rows: those whose passage's stable hash falls below
+        `val_fraction` (see `data_modules.holdout`), so that all questions of a passage are on one side."""
+        contexts = (c for batch in rows.select_columns(["context"]).iter(batch_size=1024) for c in batch["context"])
+        return held_out_rows(contexts, self.val_fraction)
 
     def to_messages(self, batch: dict, indices: list[int]) -> dict:
         """The conversations of a batch of rows; distractors are the passages of the rows after each, in the batch
@@ -94,7 +107,8 @@ class ContextChats(ChatMessages):
             conversations.append(context_conversation(passages, gold, batch["question"][i], answer))
         return {self.messages_column: conversations}
 
-    def encode_rows(self, rows, split: str) -> Iterator[dict[str, np.ndarray]]:
-        # Batches of 64 rows: neighbours in SQuAD share an article, so distractors are often near misses.
-        rows = rows.map(self.to_messages, batched=True, batch_size=64, with_indices=True, keep_in_memory=True)
-        yield from super().encode_rows(rows, split)
+    def conversations(self, rows):
+        """The chats of a part's rows (train or val, the other part's rows already left out: distractors are drawn
+        from these rows only). Batches of 64 rows: neighbours in SQuAD share an article, so distractors are often
+        near misses."""
+        return rows.map(self.to_messages, batched=True, batch_size=64, with_indices=True, keep_in_memory=True)

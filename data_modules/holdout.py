@@ -49,11 +49,11 @@ def row_keys(rows, fallback_column: str, fallback: Callable[[object], object] | 
 
 def held_out_rows(keys: Iterable[str], val_fraction: float) -> np.ndarray:
     """Which rows are validation rows: those whose stable hash falls below `val_fraction`. Keyed by prompt_id, so
-    that a prompt asked twice stays on one side. At least one row, so that a small split still validates."""
+    that a prompt asked twice stays on one side. At least one key's rows, so that a small split still validates."""
     hashes = np.array([holdout_hash(key) for key in keys], dtype=np.uint64)
     held = hashes < np.uint64(int(val_fraction * 2**64))
     if not held.any() and len(held) > 1:
-        held[np.argmin(hashes)] = True
+        held = hashes == hashes.min()  # every row of that key: it stays on one side
     return held
 
 

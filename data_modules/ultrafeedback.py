@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data_modules.chat_messages import eval_batches, length_grouped_batches
+from data_modules.chat_messages import eval_batches, length_grouped_batches, sample_batches
 from data_modules.chat_tokenizer import ChatTokenizerSetting
 from data_modules.holdout import HeldOutDataModule, held_out_rows, part_rows, row_keys
 from data_modules.token_cache import token_dtype
@@ -366,7 +366,9 @@ class UltraFeedback(ChatTokenizerSetting, HeldOutDataModule):
         return dataset, sampler, None
 
     def train_sample_dataset(self, base: Path, meta: dict, batches: int):
-        sample = length_grouped_batches(pair_lengths(base, meta), self.eval_batch_size, seed=self.seed + 1)[:batches]
+        # A random sample of all lengths: summed log-probabilities grow with length, so a sample of the longest pairs
+        # (the first batches of length-sorted groups) would not compare with validation.
+        sample = sample_batches(pair_lengths(base, meta), self.eval_batch_size, batches, seed=self.seed + 1)
         return PairBatches(base, meta, sample, pad_id=self.tokenizer.eot_id), None
 
     def eval_dataset(self, base: Path, meta: dict):

@@ -3,11 +3,14 @@ for `test` only."""
 
 import itertools
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from lightning.pytorch.trainer.states import TrainerFn
 
 from data_modules import UltraChat200k
+from data_modules.chat_messages import sample_batches
 from data_modules.token_cache import meta_path
 from data_modules.windows import LazyArray
 from lightning_gpt.chat import render_conversation
@@ -129,6 +132,38 @@ def test_limited_validation_is_a_random_sample_of_all_lengths(tmp_path):
     again = chat_data(folder, val_split="test_sft", block_size=512)
     again.setup("validate")
     assert [b.tolist() for b in again.val_dataloader().dataset.batches] == [b.tolist() for b in loader.dataset.batches]
+
+
+def test_a_train_sample_draws_samples_not_batches_so_its_mean_length_is_the_splits():
+    lengths = np.random.default_rng(0).integers(10, 250, size=4096)  # mean 130, sd 69
+    for seed in range(20):
+        batches = sample_batches(lengths, 32, 4, seed)
+        picked = np.concatenate(batches)
+        assert [len(b) for b in batches] == [32] * 4 and len(set(picked.tolist())) == 128
+        # 128 draws: a standard error of 6 tokens. 4 drawn batches of similar lengths would be 4 draws (35 tokens).
+        assert abs(lengths[picked].mean() - lengths.mean()) < 0.15 * lengths.mean()
+        spans = sorted((lengths[b].min(), lengths[b].max()) for b in batches)  # batched by length: little padding
+        assert all(high <= next_low for (_, high), (next_low, _) in itertools.pairwise(spans))
+    assert [b.tolist() for b in sample_batches(lengths, 32, 4, 3)] == [
+        b.tolist() for b in sample_batches(lengths, 32, 4, 3)
+    ]
+    few = sample_batches(lengths[:50], 32, 4, 0)  # fewer samples than asked for: all of them, once
+    assert sorted(np.concatenate(few).tolist()) == list(range(50)) and len(few) == 2
+
+
+def test_the_train_sample_scored_beside_validation_has_the_lengths_of_training(tmp_path):
+    rows = [row for turns in range(1, 7) for row in synthetic_conversations(100, seed=turns, turns=turns)]
+    for i, row in enumerate(rows):
+        row["prompt_id"] = f"id{i}"
+    folder = write_hub_folder(tmp_path / "s", {"train_sft": rows, "test_sft": rows[:160]}, config="default")
+    dm = chat_data(folder, val_split="test_sft", block_size=512)
+    dm.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING), world_size=1, global_rank=0)
+    dm.setup("fit")
+    val, train_sample = dm.val_dataloader()
+    assert len(train_sample) == len(val) == 20
+    training = np.asarray(LazyArray(*dm._cache("train"), "lengths").values)
+    sampled = training[np.concatenate(train_sample.dataset.batches)]
+    assert len(sampled) == 160 and abs(sampled.mean() - training.mean()) < 0.1 * training.mean()
 
 
 ULTRACHAT = REAL_HUB / "HuggingFaceH4" / "ultrachat_200k"

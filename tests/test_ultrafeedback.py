@@ -311,6 +311,45 @@ def test_evaluation_batches_hold_every_pair_once_in_a_fixed_order(tmp_path):
         assert x.shape[0] == 8 and all(map(prompt_length, y_chosen)) and all(map(prompt_length, y_rejected))
 
 
+def sequence_lengths(y: torch.Tensor) -> list[int]:
+    """Each row's sequence length (prompt + answer), read off its targets: its last scored target is the answer's
+    last token, at position length - 2 of y."""
+    return [int((row != IGNORE_INDEX).nonzero()[-1]) + 2 for row in y]
+
+
+def fitting_sample(dm: UltraFeedback):
+    """The fixed sample of training pairs that validation scores beside the validation pairs while fitting."""
+    dm.trainer = fake_trainer(state=SimpleNamespace(fn=TrainerFn.FITTING))
+    dm.setup("fit")
+    val, train_sample = dm.val_dataloader()
+    return val, train_sample
+
+
+def test_the_train_sample_scored_beside_validation_has_the_pair_lengths_of_training(tmp_path):
+    rng = random.Random(4)
+    # Answers of 1 to 100 words, prompts of 2 to 40: pair lengths from about 10 to 250 tokens.
+    rows = [
+        pair_row(str(i), [turn("user", sentence(rng, rng.randint(2, 40)))], *(sentence(rng, rng.randint(1, 100)),) * 2)
+        for i in range(1200)
+    ]
+    for i, row in enumerate(rows):
+        row["rejected"][-1]["content"] += f" No {i}."  # a different answer, as long as the chosen one give or take
+    path = write_hub_folder(tmp_path / "l", {"train_prefs": rows[:1000], "test_prefs": rows[1000:]}, config="default")
+    dm = pref_data(path, block_size=256, batch_size=8, eval_batch_size=8, val_split="test_prefs")
+    val, train_sample = fitting_sample(dm)
+    assert len(train_sample) == len(val) == 25  # 200 validation pairs in batches of 8
+    sample = [n for _, y in train_sample for n in sequence_lengths(y)]
+    training = [n for _, y, *_ in dm.train_dataloader() for n in sequence_lengths(y)]
+    assert len(sample) == 2 * 200 and len(training) == 2 * 1000  # two sequences a pair; every training pair
+    # The length distribution of training, not its longest pairs (which length-sorted groups give first).
+    assert abs(np.mean(sample) - np.mean(training)) < 0.1 * np.mean(training)
+    assert np.quantile(training, 0.1) > min(sample) and max(sample) > np.quantile(training, 0.9)
+    pairs = np.concatenate(train_sample.dataset.batches)
+    assert len(set(pairs.tolist())) == 200  # distinct training pairs
+    _, again = fitting_sample(pref_data(path, block_size=256, batch_size=8, eval_batch_size=8, val_split="test_prefs"))
+    assert [b.tolist() for b in again.dataset.batches] == [b.tolist() for b in train_sample.dataset.batches]
+
+
 ULTRAFEEDBACK = REAL_HUB / "HuggingFaceH4" / "ultrafeedback_binarized"
 
 
@@ -325,3 +364,19 @@ def test_the_real_mirror_reads_every_row_counts_its_ties_and_batches():
     assert x.shape[0] == 8 and x.shape[1] <= 256 and step_pairs == 4
     assert ((y != IGNORE_INDEX).sum(dim=1) > 0).all()
     assert np.all(np.asarray([prompt_length(row) for row in y]) <= 128)  # max_prompt_tokens = block_size // 2
+
+
+@pytest.mark.skipif(not ULTRAFEEDBACK.is_dir(), reason="no ../shared/data/hub mirror here")
+def test_the_real_mirror_train_sample_has_the_pair_lengths_of_training():
+    # As configs/dpo_ultrafeedback.yaml: 1024 tokens, eval batches of 16; validated on test_prefs for 9 batches.
+    dm = UltraFeedback(
+        path=str(ULTRAFEEDBACK), block_size=1024, eval_batch_size=16, num_workers=0, val_split="test_prefs"
+    )
+    _, train_sample = fitting_sample(dm)
+    sample = [n for _, y in train_sample for n in sequence_lengths(y)]
+    training = [
+        n for pair in all_pairs(dm, "train") for n in (len(pair[0]) + len(pair[1]), len(pair[0]) + len(pair[2]))
+    ]
+    assert len(sample) == 2 * 16 * len(train_sample) >= 2 * 144
+    # 288 sequences of a long-tailed distribution (up to 1025 tokens): within 20%, not the ~2x of the longest pairs.
+    assert abs(np.mean(sample) - np.mean(training)) < 0.2 * np.mean(training)
