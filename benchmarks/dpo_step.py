@@ -37,9 +37,9 @@ from timing import training_only_trainer  # benchmarks/timing.py (run as scripts
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_gpt.chat import chat_tokenizer
-from lightning_gpt.dpo import DPOModule
-from lightning_gpt.lit_module import GPTModule
 from lightning_gpt.model import IGNORE_INDEX
+from lightning_gpt.training.dpo import DPOModule
+from lightning_gpt.training.language_model import GPTModule
 
 REAL_PAIRS = Path(__file__).resolve().parents[2] / "shared/data/hub/HuggingFaceH4/ultrafeedback_binarized"
 SIDES = ("sft", "dpo-live", "dpo-pre")

@@ -26,7 +26,7 @@ import openai
 import torch
 
 from lightning_gpt.chat import chat_tokenizer
-from lightning_gpt.lit_module import GPTModule
+from lightning_gpt.training.language_model import GPTModule
 
 
 def write_checkpoint(path: Path, preset: str, block_size: int) -> None:

@@ -11,9 +11,10 @@ from callbacks.text_samples import sampling_from
 from data_modules.ultrafeedback import answer_rows
 from lightning_gpt.chat import END_OF_TURN
 from lightning_gpt.generate import SamplingSettings, generate
+from lightning_gpt.loading import load_reward_model
 from lightning_gpt.model import GPT
-from lightning_gpt.preference_losses import answer_logps, answer_positions, entropy_and_kl
-from lightning_gpt.reward_model import RewardModule, load_reward_model
+from lightning_gpt.reward_head import RewardModel
+from lightning_gpt.training.preference_losses import answer_logps, answer_positions, entropy_and_kl
 
 
 @torch.no_grad()
@@ -24,7 +25,7 @@ def sample_metrics(
     end_id: int,
     pad_id: int,
     max_new_tokens: int,
-    reward_model: RewardModule | None = None,
+    reward_model: RewardModel | None = None,
     batch_size: int = 16,
     seed: int = 0,
 ) -> dict[str, float]:
@@ -85,7 +86,7 @@ class AlignmentSamples(L.Callback):
         super().__init__()
         self.reward_ckpt, self.num_prompts, self.max_new_tokens = reward_ckpt, num_prompts, max_new_tokens
         self.batch_size, self.seed = batch_size, seed
-        self.reward_model: RewardModule | None = None
+        self.reward_model: RewardModel | None = None
         self.last_metrics: dict[str, float] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

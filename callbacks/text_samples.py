@@ -10,8 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lightning_gpt.chat import render_prompt
-from lightning_gpt.commands import chat_stop_ids, is_chat
+from lightning_gpt.chat import chat_stop_ids, is_chat, render_prompt
 from lightning_gpt.generate import SamplingSettings, generate
 
 

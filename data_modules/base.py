@@ -4,7 +4,6 @@ local folder in the hub's layout), encode it once into a token cache, serve batc
 from __future__ import annotations
 
 import logging
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +20,12 @@ from data_modules.token_cache import (
     cache_key,
     default_cache_dir,
     meta_path,
-    owner_tag,
     read_cache_meta,
-    remove_leftovers,
     source_fingerprint,
     write_cache,
 )
 from data_modules.windows import ResumableShuffleSampler
+from lightning_gpt.atomic import remove_leftovers, scratch_folder
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.tokenizer import Tokenizer
 
@@ -188,7 +186,7 @@ class TokenDataModule(L.LightningDataModule):
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         remove_leftovers(self.cache_dir)
         # The pid in the name lets a later run remove this folder if this process is killed.
-        with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=f".raw-{owner_tag()}-") as scratch:
+        with scratch_folder(self.cache_dir) as scratch:
             return self.encode_split(self.load_rows(split, scratch), split, base, role)
 
     def encode_split(self, rows, split: str, base: Path, role: str | None = None) -> dict:

@@ -3,7 +3,7 @@ puts them: fine-tuning on these teaches a chat model to answer from the passages
 
 Each row becomes
 
-    system:    the --docs context turn (lightning_gpt.retrieval.context_turn): the row's passage and `distractors`
+    system:    the --docs context turn (lightning_gpt.passages.context_turn): the row's passage and `distractors`
                passages of other rows, numbered, the row's at a random place (fixed per row)
     user:      the question
     assistant: the answer, then the number of the passage it came from: "Denver Broncos [2]"
@@ -24,8 +24,7 @@ import numpy as np
 
 from data_modules.chat_messages import ChatMessages
 from data_modules.holdout import held_out_rows
-from lightning_gpt.documents import Chunk
-from lightning_gpt.retrieval import context_turn
+from lightning_gpt.passages import Chunk, context_turn
 
 
 def context_conversation(passages: list[Chunk], gold: int, question: str, answer: str) -> list[dict]:

@@ -7,28 +7,19 @@ written last, so a cache without one is unfinished and is rebuilt; a finished ca
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import logging
 import os
-import re
-import shutil
-import socket
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
+from lightning_gpt.atomic import atomic_file, write_atomic
 from lightning_gpt.errors import UserInputError
 
 CACHE_FORMAT = 2
-
-log = logging.getLogger(__name__)
-# Temporary names carry `<host>-<pid>` of their writer, so that a later run can remove what a killed one left (see
-# remove_leftovers); the host keeps a run from touching the files of another machine sharing the cache folder.
-_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
-_LEFTOVER = re.compile(r"^\.(raw-(?P<dir>\w+)-(?P<dir_pid>\d+)-\w+|.+\.(?P<file>\w+)-(?P<file_pid>\d+)\.\w+\.tmp)$")
 
 
 def default_cache_dir() -> Path:
@@ -59,69 +50,6 @@ def cache_key(*parts: str) -> str:
     return hashlib.sha256("\x1f".join((f"v{CACHE_FORMAT}", *parts)).encode()).hexdigest()[:20]
 
 
-def owner_tag() -> str:
-    """`<host>-<pid>` of this process, for the names of its temporary files and folders."""
-    return f"{_HOST}-{os.getpid()}"
-
-
-def _is_alive(pid: int) -> bool:
-    if os.name == "nt" or pid <= 0:  # signal 0 means something else on Windows; never guess there
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def remove_leftovers(folder: Path) -> list[Path]:
-    """Removes the temporary files and scratch folders that killed runs on this machine left in `folder` (a
-    SIGKILL runs no cleanup). Those of a live process are kept: it may be building a cache right now."""
-    removed = []
-    for entry in folder.glob(".*") if folder.is_dir() else ():
-        match = _LEFTOVER.match(entry.name)
-        if match is None:
-            continue
-        host, pid = (match["dir"], match["dir_pid"]) if match["dir"] else (match["file"], match["file_pid"])
-        if host != _HOST or _is_alive(int(pid)):
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-        removed.append(entry)
-    if removed:
-        log.info("removed %d leftovers of killed runs from %s", len(removed), folder)
-    return removed
-
-
-def _temp_beside(path: Path) -> tuple[int, str]:
-    """A temporary file in the destination's folder (so os.replace is atomic), with the usual permissions."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{owner_tag()}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return fd, tmp
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """`path` holds its old content or `data` (text is written as UTF-8), never a part of it: a temporary file
-    beside it, fsynced, then renamed over it. Its folder is made if missing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def array_path(base: Path, name: str) -> Path:
     return base.parent / f"{base.name}.{name}.bin"
 
@@ -137,28 +65,14 @@ def write_cache(base: Path, chunks: Iterable[dict[str, np.ndarray]], dtypes: dic
     Memory stays at one chunk whatever the corpus size. On any error, including Ctrl-C, the temporary files are
     removed and an existing cache is left as it was. Returns the metadata written.
     """
-    base.parent.mkdir(parents=True, exist_ok=True)
-    temps = {name: _temp_beside(array_path(base, name)) for name in dtypes}
     lengths = dict.fromkeys(dtypes, 0)
-    try:
-        files = {name: os.fdopen(fd, "wb") for name, (fd, _) in temps.items()}
-        try:
-            for chunk in chunks:
-                for name, values in chunk.items():
-                    files[name].write(np.asarray(values, dtype=dtypes[name]).tobytes())
-                    lengths[name] += len(values)
-            for f in files.values():
-                f.flush()
-                os.fsync(f.fileno())
-        finally:
-            for f in files.values():
-                f.close()
-        for name, (_, tmp) in temps.items():
-            os.replace(tmp, array_path(base, name))
-    except BaseException:
-        for _, tmp in temps.values():
-            Path(tmp).unlink(missing_ok=True)
-        raise
+    # Each array lands under its name only when every one is complete; on any error none does.
+    with contextlib.ExitStack() as stack:
+        files = {name: stack.enter_context(atomic_file(array_path(base, name))) for name in dtypes}
+        for chunk in chunks:
+            for name, values in chunk.items():
+                files[name].write(np.asarray(values, dtype=dtypes[name]).tobytes())
+                lengths[name] += len(values)
     meta = {
         **meta,
         "format": CACHE_FORMAT,

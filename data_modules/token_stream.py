@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -17,13 +16,11 @@ from data_modules.base import TokenDataModule
 from data_modules.token_cache import (
     batched,
     cache_key,
-    owner_tag,
-    remove_leftovers,
     source_fingerprint,
     token_dtype,
-    write_atomic,
 )
 from data_modules.windows import EvalWindows, LazyArray, ResumableWindowSampler, TrainWindows
+from lightning_gpt.atomic import remove_leftovers, scratch_folder, write_atomic
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.tokenizer import (
     Tokenizer,
@@ -84,7 +81,7 @@ class TokenStream(TokenDataModule):
         log.info("training the %s tokenizer on %s split %r", self.tokenizer_spec, self.path, split)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         remove_leftovers(self.cache_dir)
-        with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=f".raw-{owner_tag()}-") as scratch:
+        with scratch_folder(self.cache_dir) as scratch:
             rows = self.load_rows(split, scratch)
             self.encode_stats, self.encode_role = {}, "train"  # the training part only: held-out documents excluded
             tokenizer = train_tokenizer(self.tokenizer_spec, self.documents(rows))

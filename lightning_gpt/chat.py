@@ -28,6 +28,16 @@ def chat_tokenizer(base: AnyTokenizer | None = None) -> AnyTokenizer:
     return base.with_special_tokens(name for name in CHAT_SPECIAL_TOKENS if name not in base.special_tokens)
 
 
+def is_chat(tokenizer: AnyTokenizer) -> bool:
+    """Whether the tokenizer has the chat tokens (a chat checkpoint's does; a pretraining one's does not)."""
+    return END_OF_TURN in tokenizer.special_tokens
+
+
+def chat_stop_ids(tokenizer: AnyTokenizer) -> tuple[int, ...]:
+    """An answer ends at <|end|>; starting another turn or document also ends it."""
+    return tuple(tokenizer.token_id(t) for t in (END_OF_TURN, USER, SYSTEM)) + (tokenizer.eot_id,)
+
+
 def message_problem(messages) -> str | None:
     """Why a conversation cannot be trained on, or None when it can.
 
@@ -67,14 +77,19 @@ class RenderedTurn:
 
 def render_turns(tokenizer: Tokenizer, messages: list[dict]) -> list[RenderedTurn]:
     """Each message as role marker + text + end-of-turn, with its loss mask."""
-    end = tokenizer.token_id(END_OF_TURN)
     turns = []
     for message in messages:
-        text = tokenizer.encode(message["content"])
-        ids = [tokenizer.token_id(ROLE_TOKENS[message["role"]]), *text, end]
+        text = render_answer(tokenizer, message["content"])  # the text, then <|end|>
+        ids = [tokenizer.token_id(ROLE_TOKENS[message["role"]]), *text]
         trained = message["role"] == "assistant"
-        turns.append(RenderedTurn(ids, [0] + [int(trained)] * (len(text) + 1), message["role"]))
+        turns.append(RenderedTurn(ids, [0] + [int(trained)] * len(text), message["role"]))
     return turns
+
+
+def render_answer(tokenizer: Tokenizer, text: str) -> list[int]:
+    """An assistant answer as it follows a prompt (render_prompt ends with <|assistant|>): its text, then <|end|>.
+    Preference pairs and make-pairs' scoring render answers with it."""
+    return [*tokenizer.encode(text), tokenizer.token_id(END_OF_TURN)]
 
 
 def render_conversation(tokenizer: Tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from pathlib import Path
 
@@ -11,10 +10,24 @@ import torch
 from lightning_gpt.chat import chat_tokenizer
 from lightning_gpt.checkpoint_io import load_checkpoint_file
 from lightning_gpt.errors import UserInputError
-from lightning_gpt.model import GPT
+from lightning_gpt.model import GPT, GPTConfig
 from lightning_gpt.tokenizer import AnyTokenizer, Tokenizer, describe, extends, tokenizer_from_data
 
 log = logging.getLogger(__name__)
+
+
+# The settings (hyperparameters) that shape the model, with their defaults: the training modules take them, and a
+# checkpoint's hyper_parameters hold them, so inference rebuilds the model from the file alone.
+MODEL_SETTINGS = {"preset": "gpt2-124m", "vocab_size": 50257, "block_size": 1024, "n_layer": None, "n_head": None,
+                  "n_embd": None, "dropout": 0.0}  # fmt: skip
+
+
+def model_config(settings: dict) -> GPTConfig:
+    """The GPTConfig that training settings (or a checkpoint's hyper_parameters) describe; other keys are ignored,
+    and an unset n_layer / n_head / n_embd keeps the preset's."""
+    values = {name: settings.get(name, default) for name, default in MODEL_SETTINGS.items()}
+    shape = {k: values.pop(k) for k in ("n_layer", "n_head", "n_embd")}
+    return GPTConfig.from_preset(values.pop("preset"), **values, **{k: v for k, v in shape.items() if v is not None})
 
 
 def shape_mismatches(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> list[str]:
@@ -122,25 +135,3 @@ def load_pretrained(model: GPT, path: str, tokenizer: AnyTokenizer | None = None
         )
     model.load_state_dict(found)
     log.info("initialised from %s (vocabulary %d -> %d)", path, old_vocab, new_vocab)
-
-
-def module_from_checkpoint(module_class, checkpoint: dict, problem: str):
-    """A `module_class` (GPTModule or a subclass) with the checkpoint's model settings and weights, for use outside
-    the Trainer: only GPTModule's settings are read (a DPO checkpoint's beta and the like are training settings),
-    nothing is loaded from init_from and nothing is compiled.
-
-    Raises:
-        UserInputError: `problem` (which names the file and its flag), its "{reason}" replaced by why, when the file
-            is a torch file but not such a module's checkpoint.
-    """
-    from lightning_gpt.lit_module import GPTModule  # it imports this module
-
-    try:
-        known = inspect.signature(GPTModule).parameters
-        settings = {k: v for k, v in checkpoint["hyper_parameters"].items() if k in known}
-        module = module_class(**{**settings, "init_from": None, "compile": False})
-        module.load_state_dict(checkpoint["state_dict"])
-    except (KeyError, TypeError, RuntimeError, UserInputError) as err:
-        # replace, not format: the file's path may hold braces
-        raise UserInputError(problem.replace("{reason}", f"{type(err).__name__}: {str(err)[:160]}")) from None
-    return module

@@ -1,40 +1,24 @@
-"""Checkpoint files written so that a kill never leaves a broken one, and read without running code from them.
-
-`SafeCheckpointIO` is a Lightning CheckpointIO plugin: `Trainer(plugins=[SafeCheckpointIO()])`. Every checkpoint the
-Trainer writes (ModelCheckpoint, save_checkpoint) and every one it reads (fit/validate/test --ckpt_path) goes through
-it. `check_ckpt_path` refuses a bad --ckpt_path before Lightning starts; `remove_stale_temp_files` clears what killed
-saves left behind.
-"""
+"""Checkpoint files read without running code from them: every load is weights-only, and every way a file can be
+unusable (missing, a folder, empty, truncated, damaged, holding other objects than weights, remote) is one
+UserInputError that names the flag and the file. Writing them atomically is lightning_gpt/atomic.py's job (the
+Trainer's saves go through lightning_gpt/training/checkpoint_plugin.py)."""
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import pickle
 import re
-import secrets
-import socket
 import struct
 import zipfile
-import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 
 from lightning_gpt.errors import UserInputError
 
 # Lightning resolves these --ckpt_path values to a file itself (from the callbacks' state or the run folder).
 CKPT_KEYWORDS = ("last", "best", "hpc")
-
-# A save writes `.<name>.<pid>.<host>-<random>.tmp` next to `<name>`. The host tag keeps a cleanup on one machine
-# from judging the temp files of another one writing to the same shared folder: its pids mean nothing here.
-_HOST = f"{zlib.crc32(socket.gethostname().encode()) & 0xFFFFFF:06x}"
-_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<host>[0-9a-f]{6})-[0-9a-f]{8}\.tmp$")
 
 # What reading a damaged file raises, found by truncating real checkpoints and flipping bytes in them. Python's
 # zipfile (the directory check): BadZipFile, UnicodeDecodeError (a garbled member name), NotImplementedError (a
@@ -54,7 +38,7 @@ _DAMAGED = (
 )
 
 
-def _is_remote(path: Any) -> bool:
+def is_remote(path: Any) -> bool:
     return "://" in str(path)
 
 
@@ -102,7 +86,7 @@ def check_ckpt_path(path: str | os.PathLike | None, flag: str = "--ckpt_path") -
     names `flag`. Only the archive's directory is read: the weights are checked when the Trainer loads them."""
     if path is None or str(path) in CKPT_KEYWORDS:
         return
-    if _is_remote(path):
+    if is_remote(path):
         raise _remote_error(path, flag)
     problem = _structure_problem(Path(path))
     if problem:
@@ -114,7 +98,7 @@ def load_checkpoint_file(
 ) -> dict[str, Any]:
     """torch.load with weights_only=True of a local checkpoint file; every way it can fail is one UserInputError
     that names `flag` and the file. `mmap` maps the tensors instead of reading them (to read only a few entries)."""
-    if _is_remote(path):
+    if is_remote(path):
         raise _remote_error(path, flag)
     problem = _structure_problem(Path(path))
     if problem:
@@ -145,131 +129,3 @@ def _first_line(err: BaseException) -> str:
     detail = text[0] if text else ""
     detail = detail.split(". This is an internal miniz error")[0]
     return f"{type(err).__name__}: {detail[:160]}" if detail else type(err).__name__
-
-
-def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
-    """Deletes the temp files of saves that were killed, in `folder`; returns the paths it deleted.
-
-    A temp file is stale when the process named in it (by pid, on this host) no longer runs. Files of live
-    processes, of other hosts and any file whose name is not a SafeCheckpointIO temp name are kept."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    removed = []
-    for entry in folder.iterdir():
-        match = _TEMP_NAME.match(entry.name)
-        if not match or match["host"] != _HOST or not entry.is_file() or _is_alive(int(match["pid"])):
-            continue
-        with contextlib.suppress(FileNotFoundError):  # another cleanup got there first
-            entry.unlink()
-            removed.append(entry)
-    return removed
-
-
-def _is_alive(pid: int) -> bool:
-    if pid <= 0:  # not a process: os.kill(0, ...) would address our own process group
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by another user
-        return True
-    return True
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Makes the rename in `folder` durable. Some filesystems cannot fsync a folder; those are skipped."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # e.g. Windows, where folders cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError as err:
-        if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
-
-
-class SafeCheckpointIO(TorchCheckpointIO):
-    """Lightning's TorchCheckpointIO with an atomic local save and a weights-only load.
-
-    Overridden because Lightning's save (`_atomic_save`) serializes into memory and writes through an fsspec
-    transaction whose temp file lives in $TMPDIR, then moves it: with $TMPDIR on another filesystem the move is a
-    copy, and a kill during it left a 0-byte last.ckpt; nothing is fsynced. Its load turns weights_only off for
-    http(s) URLs and follows any fsspec URL. Here a save writes and fsyncs a temp file next to the destination and
-    renames it over the destination, so the destination is always the old or the new complete file; a load reads
-    local files only, always with weights_only=True, and turns every failure into one UserInputError.
-    remove_checkpoint is inherited.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._cleaned_folders: set[Path] = set()
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__}.save_checkpoint takes no storage_options, got {storage_options!r}.")
-        if _is_remote(path):
-            raise UserInputError(
-                f"checkpoint {path}: lightning-gpt saves checkpoints to local folders only; set "
-                "--trainer.default_root_dir (or the ModelCheckpoint dirpath) to a local folder and copy the files "
-                "afterwards."
-            )
-        path = Path(path)
-        folder = path.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        key = folder.resolve()
-        if key not in self._cleaned_folders:
-            remove_stale_temp_files(folder)
-            self._cleaned_folders.add(key)
-
-        temp = folder / f".{path.name}.{os.getpid()}.{_HOST}-{secrets.token_hex(4)}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # O_EXCL: never another save's file
-        try:
-            with os.fdopen(fd, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp, path)
-        except BaseException:  # KeyboardInterrupt and SystemExit too: the old checkpoint stays, the temp goes
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-        _fsync_folder(folder)
-
-    def load_checkpoint(
-        self,
-        path: Any,
-        map_location: Callable | None = lambda storage, loc: storage,
-        weights_only: bool | None = None,
-    ) -> dict[str, Any]:
-        if weights_only is False:
-            raise UserInputError(
-                "--weights_only false: lightning-gpt loads checkpoints with weights_only=True only. Its own "
-                "checkpoints hold nothing else, and loading other objects could run code from the file."
-            )
-        return load_checkpoint_file(path, map_location=map_location)
-
-
-def use_safe_checkpoint_io(trainer: Any) -> None:
-    """Makes `trainer` save and load through SafeCheckpointIO, whatever --trainer.plugins said.
-
-    A list given on the command line replaces a `trainer_defaults` one, so a default plugin alone can be dropped by
-    a flag. Lightning's own TorchCheckpointIO (what a Trainer without a CheckpointIO plugin uses) is swapped for a
-    SafeCheckpointIO; any other CheckpointIO is refused. A wrapper such as AsyncCheckpointIO passes when it wraps a
-    SafeCheckpointIO."""
-    io = trainer.strategy.checkpoint_io  # Lightning creates its default TorchCheckpointIO here if none was given
-    base = io.checkpoint_io if isinstance(io, _WrappingCheckpointIO) else io
-    if isinstance(base, SafeCheckpointIO):
-        return
-    if type(io) is TorchCheckpointIO:
-        trainer.strategy.checkpoint_io = SafeCheckpointIO()
-        return
-    raise UserInputError(
-        f"--trainer.plugins: {type(base).__name__} would write and read the checkpoints; lightning-gpt saves them "
-        "atomically and loads weights only through lightning_gpt.checkpoint_io.SafeCheckpointIO, so leave other "
-        "CheckpointIO plugins out (an AsyncCheckpointIO must wrap a SafeCheckpointIO)."
-    )

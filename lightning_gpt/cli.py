@@ -13,13 +13,17 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from callbacks.sigterm import SIGTERM_EXIT_CODE, CheckpointOnSigterm
 from data_modules.base import TokenDataModule
 from lightning_gpt.checkpoint import check_init_tokenizer
-from lightning_gpt.checkpoint_io import (
-    check_ckpt_path,
-    load_checkpoint_file,
-    use_safe_checkpoint_io,
-)
+from lightning_gpt.checkpoint_io import check_ckpt_path, load_checkpoint_file
 from lightning_gpt.errors import TrainingStopped, UserInputError
-from lightning_gpt.lit_module import GPTModule
+from lightning_gpt.training import GPTModule
+from lightning_gpt.training.checkpoint_plugin import use_safe_checkpoint_io
+
+# Where the training modules lived before lightning_gpt/training/: older checkpoints name them so.
+MOVED_CLASSES = {
+    "lightning_gpt.lit_module.GPTModule": "lightning_gpt.training.GPTModule",
+    "lightning_gpt.dpo.DPOModule": "lightning_gpt.training.DPOModule",
+    "lightning_gpt.reward_model.RewardModule": "lightning_gpt.training.RewardModule",
+}
 
 DESCRIPTION = (
     "Train a GPT and turn it into a chat model. Training: fit, validate, test (below); the config's model.class_path "
@@ -41,13 +45,20 @@ class GPTCLI(LightningCLI):
             check_ckpt_path(self.config[self.config.subcommand].get("ckpt_path"))
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads the checkpoint's hyperparameters with its own weights-only torch.load, whose refusals
-        # and read errors are tracebacks; our loader turns the same failure into one message naming the file.
-        try:
-            super()._parse_ckpt_path()
-        except Exception:
-            load_checkpoint_file(self.config[self.config.subcommand].get("ckpt_path"))
-            raise
+        """LightningCLI's: the checkpoint's hyperparameters update the config (they win over the command line). Read
+        with our loader, whose failures are one message naming the file, and with the module paths of checkpoints
+        written before lightning_gpt/training/ existed mapped to today's."""
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        hparams = load_checkpoint_file(ckpt_path, mmap=True).get("hyper_parameters", {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            class_path = hparams.pop("_class_path")
+            hparams = {"class_path": MOVED_CLASSES.get(class_path, class_path), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
 
     def instantiate_classes(self) -> None:
         try:
@@ -68,7 +79,7 @@ class GPTCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # A config without model.class_path trains the plain language model (pretraining, SFT); the DPO and reward
         # configs name their subclass of it.
-        parser.set_defaults({"model": {"class_path": "lightning_gpt.lit_module.GPTModule"}})
+        parser.set_defaults({"model": {"class_path": "lightning_gpt.training.GPTModule"}})
         # The model's context length sets the data windows; the data's tokenizer sets the vocabulary.
         parser.link_arguments("model.init_args.block_size", "data.init_args.block_size")
         parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")

@@ -159,3 +159,12 @@ def squad_folder(root: Path) -> Path:
     return write_hub_folder(
         root, {"train": squad_rows(20, seed=1), "validation": squad_rows(4, seed=2)}, config="plain_text"
     )
+
+
+def command(name: str, argv: list[str], **kwargs):
+    """Runs `lightning-gpt NAME ARGV...` in this process, as the console script does (its argument parser, then the
+    command), and returns what the command returns; keyword arguments go to its run (e.g. chat's `lines`)."""
+    from lightning_gpt.__main__ import command_parser
+
+    module, parser = command_parser(name)
+    return module.run(parser.parse_args(argv), **kwargs)

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from data_modules.windows import ResumableShuffleSampler
 from lightning_gpt.model import IGNORE_INDEX
-from lightning_gpt.optim import warmup_cosine
+from lightning_gpt.training.optim import warmup_cosine
 from tests.test_sft import chat_data
 from tests.test_training import StopAt, datamodule, tiny_module, trainer
 

@@ -8,7 +8,7 @@ from data_modules.ultrafeedback import answer_rows
 from lightning_gpt.chat import END_OF_TURN, chat_tokenizer
 from lightning_gpt.generate import SamplingSettings, generate
 from lightning_gpt.model import GPT, IGNORE_INDEX, GPTConfig
-from lightning_gpt.reward_model import RewardModule
+from lightning_gpt.training.reward_model import RewardModule
 
 TOKENIZER = chat_tokenizer()
 END = TOKENIZER.token_id(END_OF_TURN)

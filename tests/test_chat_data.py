@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from data_modules import ChatMessages, UltraChat200k
-from lightning_gpt.__main__ import run
 from lightning_gpt.chat import ASSISTANT, END_OF_TURN
+from lightning_gpt.cli import run
 from lightning_gpt.model import IGNORE_INDEX
 from tests.conftest import synthetic_conversations, write_hub_folder
 

@@ -7,9 +7,8 @@ import warnings
 import pytest
 import torch
 
-from lightning_gpt.chat import chat_tokenizer
-from lightning_gpt.chat_repl import ChatSession, run_chat
-from lightning_gpt.commands import chat_stop_ids
+from lightning_gpt.chat import chat_stop_ids, chat_tokenizer
+from lightning_gpt.commands.chat_session import ChatSession, run_chat
 from lightning_gpt.generate import SamplingSettings
 from lightning_gpt.model import GPT, GPTConfig
 

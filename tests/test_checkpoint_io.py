@@ -19,14 +19,10 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
 from callbacks import TrainValGapEarlyStopping
-from lightning_gpt.checkpoint_io import (
-    _HOST,
-    SafeCheckpointIO,
-    check_ckpt_path,
-    remove_stale_temp_files,
-    use_safe_checkpoint_io,
-)
+from lightning_gpt.atomic import HOST, remove_leftovers
+from lightning_gpt.checkpoint_io import check_ckpt_path
 from lightning_gpt.errors import UserInputError
+from lightning_gpt.training.checkpoint_plugin import SafeCheckpointIO, use_safe_checkpoint_io
 from tests.test_training import datamodule, tiny_module, trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +43,7 @@ def temp_files(folder: Path) -> list[str]:
 
 def live_temp_file(folder: Path, name: str = "last.ckpt") -> Path:
     """A temp file named as a save of this (live) test process writes it."""
-    path = folder / f".{name}.{os.getpid()}.{_HOST}-0123abcd.tmp"
+    path = folder / f".{name}.{HOST}-{os.getpid()}.0123abcd.tmp"
     path.write_bytes(b"half a checkpoint")
     return path
 
@@ -77,7 +73,7 @@ def test_a_save_that_fails_midway_keeps_the_previous_checkpoint(tmp_path, monkey
 # process that has imported torch and Lightning once keeps the test to a few seconds.
 SAVER = r"""
 import os, sys, torch
-from lightning_gpt.checkpoint_io import SafeCheckpointIO
+from lightning_gpt.training.checkpoint_plugin import SafeCheckpointIO
 torch.set_num_threads(1)
 dest = sys.argv[1]
 checkpoint = {"state_dict": {"model.w": torch.arange(16_000_000, dtype=torch.float32)}, "global_step": 0}
@@ -128,7 +124,7 @@ def test_sigkill_during_saves_never_breaks_the_checkpoint(tmp_path):
             if round_ < 4:  # anywhere: writing, fsyncing, renaming or between saves
                 time.sleep(rng.uniform(0.0, 0.4))
             else:  # surely mid-save: as soon as this saver's temp file has bytes in it
-                pattern = f".last.ckpt.{saver}.*.tmp"
+                pattern = f".last.ckpt.{HOST}-{saver}.*.tmp"
                 wait_for(lambda pattern=pattern: any(has_bytes(p) for p in tmp_path.glob(pattern)))
             os.kill(saver, signal.SIGKILL)
             assert server.stdout.readline().strip() == "reaped"
@@ -137,10 +133,10 @@ def test_sigkill_during_saves_never_breaks_the_checkpoint(tmp_path):
             checkpoint = SafeCheckpointIO().load_checkpoint(dest)  # weights only, and complete
             assert checkpoint["global_step"] >= 1
             assert torch.equal(checkpoint["state_dict"]["model.w"], expected)
-            stale = [name for name in temp_files(tmp_path) if name.startswith(f".last.ckpt.{saver}.")]
+            stale = [name for name in temp_files(tmp_path) if name.startswith(f".last.ckpt.{HOST}-{saver}.")]
             left_behind += bool(stale)
             live = live_temp_file(tmp_path)
-            assert sorted(p.name for p in remove_stale_temp_files(tmp_path)) == stale
+            assert sorted(p.name for p in remove_leftovers(tmp_path)) == stale
             assert temp_files(tmp_path) == [live.name]  # a live process's temp file stays
             live.unlink()
         assert left_behind >= 2  # the kills did land mid-save
@@ -155,8 +151,8 @@ def test_sigkill_during_saves_never_breaks_the_checkpoint(tmp_path):
 def test_stale_temp_files_are_removed_before_the_first_save_only(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".last.ckpt.{dead.pid}.{_HOST}-00000000.tmp"
-    other_host = tmp_path / f".last.ckpt.{dead.pid}.{'f' * 6 if _HOST != 'f' * 6 else '0' * 6}-00000000.tmp"
+    stale = tmp_path / f".last.ckpt.{HOST}-{dead.pid}.00000000.tmp"
+    other_host = tmp_path / f".last.ckpt.{'f' * 6 if HOST != 'f' * 6 else '0' * 6}-{dead.pid}.00000000.tmp"
     unrelated = tmp_path / f".notes.{dead.pid}.tmp"
     for path in (stale, other_host, unrelated):
         path.write_bytes(b"x")

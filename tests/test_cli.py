@@ -6,8 +6,7 @@ import pytest
 import torch
 import yaml
 
-from lightning_gpt.__main__ import run
-from lightning_gpt.cli import build_cli
+from lightning_gpt.cli import build_cli, run
 from lightning_gpt.errors import UserInputError
 from tests.conftest import squad_folder, text_folder
 
@@ -101,7 +100,7 @@ def test_print_config_prints_the_merged_config(wikitext_dir, capsys):
         run(smoke_args("fit", wikitext_dir, "--print_config"))
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["class_path"] == "lightning_gpt.lit_module.GPTModule"  # the default model class
+    assert printed["model"]["class_path"] == "lightning_gpt.training.GPTModule"  # the default model class
     assert printed["model"]["init_args"]["preset"] == "tiny"
     assert printed["model"]["init_args"]["block_size"] == 128
     assert printed["trainer"]["accelerator"] == "cpu"

@@ -12,11 +12,11 @@ from torchmetrics.text import ROUGEScore
 from callbacks import GenerateSamples
 from callbacks.text_samples import markdown_sample
 from data_modules import UltraChat200k, WikiText103
-from lightning_gpt import chat_repl, commands
 from lightning_gpt.__main__ import main
-from lightning_gpt.chat import chat_tokenizer, render_prompt
+from lightning_gpt.chat import chat_stop_ids, chat_tokenizer, fit_history, render_prompt
 from lightning_gpt.generate import SamplingSettings, generate
-from tests.conftest import synthetic_conversations, wikitext_folder, write_hub_folder
+from lightning_gpt.loading import load_checkpoint
+from tests.conftest import command, synthetic_conversations, wikitext_folder, write_hub_folder
 from tests.test_training import tiny_module, trainer
 
 
@@ -86,7 +86,7 @@ def test_generate_with_a_missing_checkpoint_says_so(monkeypatch, capsys, tmp_pat
 
 def test_chat_answers_each_line_and_reset_forgets(checkpoints, capsys):
     args = ["--ckpt_path", checkpoints["chat"], "--max_new_tokens", "10", "--temperature", "0", "--system", "Be brief."]
-    commands.chat_command(args, lines=["Hi there", "What sat on the mat?", "/reset", "Hi there", "/quit", "never"])
+    command("chat", args, lines=["Hi there", "What sat on the mat?", "/reset", "Hi there", "/quit", "never"])
     answers = capsys.readouterr().out.split("\n")[:-1]
     assert len(answers) == 3  # one per message; /reset and /quit print nothing; nothing after /quit
     assert answers[2] == answers[0]  # after /reset the same first message gets the same answer
@@ -117,7 +117,7 @@ def test_chat_with_docs_prints_the_sources_after_each_answer(checkpoints, monkey
 
 def test_chat_with_a_pretraining_checkpoint_is_refused(checkpoints):
     with pytest.raises(Exception, match="without chat tokens"):
-        commands.chat_command(["--ckpt_path", checkpoints["pretrain"]], lines=[])
+        command("chat", ["--ckpt_path", checkpoints["pretrain"]], lines=[])
 
 
 def test_chat_history_keeps_the_system_turn_and_drops_the_oldest_exchange():
@@ -126,7 +126,7 @@ def test_chat_history_keeps_the_system_turn_and_drops_the_oldest_exchange():
     for i in range(6):
         messages += [{"role": "user", "content": f"question {i} " * 5}, {"role": "assistant", "content": "answer " * 5}]
     messages.append({"role": "user", "content": "last"})
-    kept = chat_repl.fit_history(tok, messages, budget=60)
+    kept = fit_history(tok, messages, budget=60)
     assert kept[0]["role"] == "system" and kept[-1]["content"] == "last"
     assert len(kept) < len(messages) and kept[1]["role"] == "user"
 
@@ -137,14 +137,14 @@ def evaluate_chat(checkpoints, *flags: str) -> list[str]:
 
 def test_evaluate_chat_score_is_torchmetrics_rouge_l_of_the_greedy_answers(checkpoints, capsys):
     """The whole split (12 conversations) is the sample, so the score cannot depend on the sampling order."""
-    result = commands.evaluate_chat_command(
-        evaluate_chat(checkpoints, "--data_path", checkpoints["chat_data"], "--num_samples", "12")
+    result = command(
+        "evaluate-chat", evaluate_chat(checkpoints, "--data_path", checkpoints["chat_data"], "--num_samples", "12")
     )
     assert json.loads(capsys.readouterr().out) == result
-    model, tokenizer = commands.load_checkpoint(checkpoints["chat"], "cpu")
+    model, tokenizer = load_checkpoint(checkpoints["chat"], "cpu")
     conversations = [row["messages"] for row in synthetic_conversations(12, seed=2)]  # the fixture's test_sft
     prompts = [render_prompt(tokenizer, messages[:1]) for messages in conversations]
-    greedy = SamplingSettings(max_new_tokens=8, temperature=0, stop_ids=commands.chat_stop_ids(tokenizer))
+    greedy = SamplingSettings(max_new_tokens=8, temperature=0, stop_ids=chat_stop_ids(tokenizer))
     answers = [tokenizer.decode(ids) for ids in generate(model, prompts, greedy)]
     rouge = ROUGEScore(rouge_keys="rougeL")
     rouge.update(answers, [messages[1]["content"] for messages in conversations])
@@ -172,7 +172,7 @@ def test_evaluate_chat_on_a_split_of_malformed_rows_says_why(checkpoints, monkey
 def test_evaluate_chat_warns_when_fewer_samples_than_asked_are_usable(checkpoints, capsys, tmp_path):
     rows = [MALFORMED, *synthetic_conversations(2, seed=3), MALFORMED]
     data = write_hub_folder(tmp_path / "few", {"test_sft": rows}, config="default")
-    result = commands.evaluate_chat_command(evaluate_chat(checkpoints, "--data_path", str(data), "--num_samples", "5"))
+    result = command("evaluate-chat", evaluate_chat(checkpoints, "--data_path", str(data), "--num_samples", "5"))
     err = capsys.readouterr().err
     assert result["samples"] == 2
     assert "warning:" in err and "only 2 usable conversations (2 skipped as malformed" in err
@@ -215,7 +215,7 @@ def test_evaluate_chat_scores_do_not_depend_on_the_batch_size(checkpoints, capsy
     scores = set()
     for batch_size in ("1", "5", "12"):
         argv = ["--data_path", checkpoints["chat_data"], "--num_samples", "12", "--max_new_tokens", "60"]
-        result = commands.evaluate_chat_command(evaluate_chat(checkpoints, *argv, "--batch_size", batch_size))
+        result = command("evaluate-chat", evaluate_chat(checkpoints, *argv, "--batch_size", batch_size))
         scores.add(round(result["rougeL_fmeasure"], 9))
     assert len(scores) == 1
 

@@ -10,7 +10,7 @@ from data_modules.token_cache import meta_path
 from data_modules.windows import LazyArray
 from lightning_gpt.chat import ASSISTANT, END_OF_TURN, USER
 from lightning_gpt.model import IGNORE_INDEX
-from lightning_gpt.retrieval import CONTEXT_HEADER
+from lightning_gpt.passages import CONTEXT_HEADER
 from tests.conftest import squad_folder, squad_rows, write_hub_folder
 
 

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lightning_gpt.__main__ import run
+from lightning_gpt.cli import run
 from tests.conftest import synthetic_conversations, write_hub_folder
 from tests.test_cli import PRETRAIN, SFT, SMOKE
 

@@ -13,14 +13,21 @@ pytest.importorskip("bm25s")
 pytest.importorskip("pypdf")
 
 from lightning_gpt.__main__ import main  # noqa: E402
-from lightning_gpt.chat import chat_tokenizer, render_prompt  # noqa: E402
-from lightning_gpt.chat_repl import ChatSession, run_chat  # noqa: E402
-from lightning_gpt.commands import chat_stop_ids  # noqa: E402
-from lightning_gpt.documents import CHUNK_WORDS, Chunk, file_chunks  # noqa: E402
+from lightning_gpt.chat import (  # noqa: E402
+    chat_stop_ids,  # noqa: E402
+    chat_tokenizer,
+    render_prompt,
+)
+from lightning_gpt.commands.chat_session import ChatSession, run_chat  # noqa: E402
 from lightning_gpt.errors import UserInputError  # noqa: E402
 from lightning_gpt.generate import SamplingSettings  # noqa: E402
 from lightning_gpt.model import GPT, GPTConfig  # noqa: E402
-from lightning_gpt.retrieval import context_prompt, load_index, source_list  # noqa: E402
+from lightning_gpt.passages import (
+    Chunk,  # noqa: E402
+    source_list,  # noqa: E402
+)
+from lightning_gpt.retrieval.documents import CHUNK_WORDS, file_chunks  # noqa: E402
+from lightning_gpt.retrieval.index import context_prompt, load_index  # noqa: E402
 from tests.conftest import WORDS, text_documents, text_folder  # noqa: E402
 
 TOKENIZER = chat_tokenizer()

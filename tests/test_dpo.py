@@ -9,15 +9,15 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_gpt.__main__ import run
 from lightning_gpt.chat import chat_tokenizer
-from lightning_gpt.commands import load_checkpoint
-from lightning_gpt.dpo import DPOModule
+from lightning_gpt.cli import run
 from lightning_gpt.errors import UserInputError
-from lightning_gpt.lit_module import GPTModule
+from lightning_gpt.loading import load_checkpoint
 from lightning_gpt.model import IGNORE_INDEX
-from lightning_gpt.preference_losses import answer_logps, answer_positions, dpo_losses, initial_loss
-from lightning_gpt.reward_model import RewardModule
+from lightning_gpt.training.dpo import DPOModule
+from lightning_gpt.training.language_model import GPTModule
+from lightning_gpt.training.preference_losses import answer_logps, answer_positions, dpo_losses, initial_loss
+from lightning_gpt.training.reward_model import RewardModule
 from tests.conftest import save_module
 from tests.test_real_configs import REPO, scalars
 from tests.test_training import LossRecorder, StopAt, trainer

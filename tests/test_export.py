@@ -12,12 +12,17 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
 from lightning_gpt.__main__ import main  # noqa: E402
-from lightning_gpt.chat import CHAT_SPECIAL_TOKENS, chat_tokenizer, render_conversation, render_prompt  # noqa: E402
-from lightning_gpt.commands import chat_stop_ids  # noqa: E402
-from lightning_gpt.export import export  # noqa: E402
+from lightning_gpt.chat import (  # noqa: E402
+    CHAT_SPECIAL_TOKENS,
+    chat_stop_ids,  # noqa: E402
+    chat_tokenizer,
+    render_conversation,
+    render_prompt,
+)
+from lightning_gpt.commands.export_model import export  # noqa: E402
 from lightning_gpt.generate import SamplingSettings, generate  # noqa: E402
-from lightning_gpt.lit_module import GPTModule  # noqa: E402
 from lightning_gpt.tokenizer import END_OF_TEXT, Tokenizer  # noqa: E402
+from lightning_gpt.training.language_model import GPTModule  # noqa: E402
 from tests.conftest import save_module  # noqa: E402
 
 TEXTS = [

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from lightning_gpt.__main__ import run
 from lightning_gpt.chat import chat_tokenizer
-from lightning_gpt.lit_module import GPTModule
+from lightning_gpt.cli import run
+from lightning_gpt.training.language_model import GPTModule
 from tests.conftest import save_module
 from tests.test_real_configs import REPO
 from tests.test_ultrafeedback import folder, preference_rows

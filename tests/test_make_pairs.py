@@ -9,14 +9,15 @@ import torch
 
 from data_modules import UltraFeedback
 from data_modules.ultrafeedback import answer_rows
-from lightning_gpt import make_pairs, pair_folder
 from lightning_gpt.__main__ import main
-from lightning_gpt.chat import END_OF_TURN, chat_tokenizer, render_prompt
+from lightning_gpt.chat import END_OF_TURN, chat_stop_ids, chat_tokenizer, render_prompt
+from lightning_gpt.commands import make_pairs, pair_folder, pair_sampling
 from lightning_gpt.errors import UserInputError
-from lightning_gpt.lit_module import GPTModule
-from lightning_gpt.reward_model import RewardModule, load_reward_model
+from lightning_gpt.loading import load_reward_model
 from lightning_gpt.tokenizer import CharTokenizer
-from tests.conftest import REAL_HUB, save_module
+from lightning_gpt.training.language_model import GPTModule
+from lightning_gpt.training.reward_model import RewardModule
+from tests.conftest import REAL_HUB, command, save_module
 from tests.test_reward_model import TINY
 from tests.test_ultrafeedback import folder, preference_rows
 
@@ -74,9 +75,9 @@ def argv(setup: dict, out, *extra) -> list[str]:
 
 
 def record_candidates(monkeypatch, tokenizer) -> dict:
-    """Wraps make_pairs.generate to record, per prompt (its ids), each sampled answer's text and whether it ended
+    """Wraps pair_sampling.generate to record, per prompt (its ids), each sampled answer's text and whether it ended
     (a stop id drawn, which generate() leaves out) or was cut at the batch's token budget."""
-    candidates, real_generate = {}, make_pairs.generate
+    candidates, real_generate = {}, pair_sampling.generate
 
     def recording(model, prompts, settings, *rest, **kwargs):
         outputs = real_generate(model, prompts, settings, *rest, **kwargs)
@@ -85,12 +86,12 @@ def record_candidates(monkeypatch, tokenizer) -> dict:
             candidates.setdefault(tuple(prompt), []).append((tokenizer.decode(tokens), ended))
         return outputs
 
-    monkeypatch.setattr(make_pairs, "generate", recording)
+    monkeypatch.setattr(pair_sampling, "generate", recording)
     return candidates
 
 
 def test_pairs_are_the_best_and_worst_answer_and_ultrafeedback_trains_on_them(setup, tmp_path):
-    summary = make_pairs.make_pairs_command(argv(setup, tmp_path / "pairs"))
+    summary = command("make-pairs", argv(setup, tmp_path / "pairs"))
     assert summary["prompts"] == 6 and summary["copied_split"] == "test_prefs"
     assert summary["pairs"] >= 3 and summary["pairs"] + sum(summary["skipped_prompts"].values()) == 6
     rows = pq.read_table(tmp_path / "pairs" / TRAIN).to_pylist()
@@ -117,7 +118,7 @@ def test_pairs_are_the_best_and_worst_answer_and_ultrafeedback_trains_on_them(se
 
 
 def test_a_run_interrupted_or_partly_deleted_resumes_to_the_same_output(setup, tmp_path, monkeypatch):
-    pairs = make_pairs.make_pairs_command(argv(setup, tmp_path / "straight"))["pairs"]
+    pairs = command("make-pairs", argv(setup, tmp_path / "straight"))["pairs"]
     expected = {name: (tmp_path / "straight" / name).read_bytes() for name in (TRAIN, "README.md")}
 
     saved, real_save = [], pair_folder.save_shard
@@ -131,41 +132,41 @@ def test_a_run_interrupted_or_partly_deleted_resumes_to_the_same_output(setup, t
     monkeypatch.setattr(make_pairs, "save_shard", killed_after_one)
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        make_pairs.make_pairs_command(argv(setup, out))
+        command("make-pairs", argv(setup, out))
     assert len(list((out / pair_folder.WORK).glob("shard-*.json"))) == 1 and not (out / TRAIN).exists()
     monkeypatch.setattr(make_pairs, "save_shard", real_save)
-    made, real_make = [], make_pairs.make_shard
+    made, real_make = [], pair_sampling.make_shard
     monkeypatch.setattr(
-        make_pairs, "make_shard", lambda prompts, *rest: made.append(prompts) or real_make(prompts, *rest)
+        pair_sampling, "make_shard", lambda prompts, *rest: made.append(prompts) or real_make(prompts, *rest)
     )
-    assert make_pairs.make_pairs_command(argv(setup, out))["pairs"] == pairs
+    assert command("make-pairs", argv(setup, out))["pairs"] == pairs
     assert {name: (out / name).read_bytes() for name in expected} == expected
     assert len(made) == 2  # the shard saved before the kill was not redone
 
     (out / pair_folder.WORK / "shard-00001.json").unlink()  # part of the output lost: only that part is redone
     (out / TRAIN).unlink()
-    assert make_pairs.make_pairs_command(argv(setup, out))["pairs"] == pairs
+    assert command("make-pairs", argv(setup, out))["pairs"] == pairs
     assert {name: (out / name).read_bytes() for name in expected} == expected
     assert len(made) == 3
 
 
 def test_ties_and_identical_answers_give_no_pair():
-    prompt = make_pairs.Prompt("p", [{"role": "user", "content": "Hi."}], [1, 2])
-    assert make_pairs.pick_pair(prompt, ["A.", "A.", "A."], [1.0, 2.0, 3.0]) == "all answers the same"
-    assert make_pairs.pick_pair(prompt, ["A.", "B."], [1.5, 1.5]) == "best and worst scores tie"
-    assert make_pairs.pick_pair(prompt, ["A.", " ", ""], [1.0, 2.0, 3.0]) == "fewer than 2 non-empty answers"
-    pair = make_pairs.pick_pair(prompt, ["A.", "B.", "C."], [0.5, 2.0, -1.0])
+    prompt = pair_sampling.Prompt("p", [{"role": "user", "content": "Hi."}], [1, 2])
+    assert pair_sampling.pick_pair(prompt, ["A.", "A.", "A."], [1.0, 2.0, 3.0]) == "all answers the same"
+    assert pair_sampling.pick_pair(prompt, ["A.", "B."], [1.5, 1.5]) == "best and worst scores tie"
+    assert pair_sampling.pick_pair(prompt, ["A.", " ", ""], [1.0, 2.0, 3.0]) == "fewer than 2 non-empty answers"
+    pair = pair_sampling.pick_pair(prompt, ["A.", "B.", "C."], [0.5, 2.0, -1.0])
     assert (pair["chosen"][-1]["content"], pair["rejected"][-1]["content"]) == ("B.", "C.")
     assert (pair["score_chosen"], pair["score_rejected"]) == (2.0, -1.0)
     # None: an answer cut at the token budget, never in a pair, whatever the others.
-    assert make_pairs.pick_pair(prompt, ["A.", "B.", "C."], [None, 2.0, None]) == "fewer than 2 finished answers"
-    pair = make_pairs.pick_pair(prompt, ["A.", "B.", "C.", "D"], [0.5, None, -1.0, None])
+    assert pair_sampling.pick_pair(prompt, ["A.", "B.", "C."], [None, 2.0, None]) == "fewer than 2 finished answers"
+    pair = pair_sampling.pick_pair(prompt, ["A.", "B.", "C.", "D"], [0.5, None, -1.0, None])
     assert (pair["chosen"][-1]["content"], pair["rejected"][-1]["content"]) == ("A.", "C.")
 
 
 def test_answers_cut_at_max_new_tokens_never_enter_a_pair_and_their_prompts_are_counted(setup, tmp_path, monkeypatch):
     candidates = record_candidates(monkeypatch, setup["tokenizer"])
-    summary = make_pairs.make_pairs_command(argv(setup, tmp_path / "pairs"))
+    summary = command("make-pairs", argv(setup, tmp_path / "pairs"))
     assert len(candidates) == 6 and all(len(answers) == 3 for answers in candidates.values())
     rows = pq.read_table(tmp_path / "pairs" / TRAIN).to_pylist()
     for row in rows:
@@ -204,12 +205,12 @@ def test_every_answer_cut_is_one_line_naming_max_new_tokens_and_writes_no_datase
 
 def test_a_folder_of_an_older_make_pairs_is_not_resumed(setup, tmp_path):
     out = tmp_path / "pairs"
-    make_pairs.make_pairs_command(argv(setup, out))
+    command("make-pairs", argv(setup, out))
     saved = out / pair_folder.WORK / "settings.json"
     older = {key: value for key, value in json.loads(saved.read_text()).items() if key != "format"}
     saved.write_text(json.dumps(older))  # as make-pairs wrote it before cut answers were left out
     with pytest.raises(UserInputError, match=r"another version \(pairs format 1, this one writes 2\)"):
-        make_pairs.make_pairs_command(argv(setup, out))
+        command("make-pairs", argv(setup, out))
 
 
 @pytest.mark.parametrize(
@@ -240,12 +241,12 @@ def test_bad_input_is_one_line_naming_the_flag(change, message, setup, tmp_path,
 
 
 def test_the_chat_tokenizer_ends_answers(setup):
-    assert chat_tokenizer().token_id(END_OF_TURN) in make_pairs.chat_stop_ids(chat_tokenizer())
+    assert chat_tokenizer().token_id(END_OF_TURN) in chat_stop_ids(chat_tokenizer())
 
 
 @pytest.mark.skipif(not (REAL_HUB / "HuggingFaceH4" / "ultrafeedback_binarized").is_dir(), reason="no local mirror")
 def test_the_real_mirror_gives_one_prompt_per_prompt_id_ending_with_a_user_turn():
     rows = make_pairs.load_split(str(REAL_HUB / "HuggingFaceH4" / "ultrafeedback_binarized"), "train_prefs")
-    prompts, _ = make_pairs.read_prompts(rows, chat_tokenizer(), limit=50, max_tokens=512)
+    prompts, _ = pair_sampling.read_prompts(rows, chat_tokenizer(), limit=50, max_tokens=512)
     assert len(prompts) == 50 and len({p.prompt_id for p in prompts}) == 50
     assert all(p.turns[-1]["role"] == "user" and len(p.ids) <= 512 for p in prompts)

@@ -86,7 +86,7 @@ def test_unknown_preset_lists_the_known_ones():
 
 
 def test_schedule_warms_up_linearly_then_decays_to_the_floor():
-    from lightning_gpt.optim import adamw_warmup_cosine
+    from lightning_gpt.training.optim import adamw_warmup_cosine
 
     params = [torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))]
     optimizer, schedule = adamw_warmup_cosine(

@@ -109,8 +109,9 @@ def test_the_token_cache_key_follows_the_tokenizer_setting(tmp_path):
 
 
 def test_the_checkpoint_alone_rebuilds_the_tokenizer(tmp_path, monkeypatch, capsys):
-    from lightning_gpt.__main__ import run
-    from lightning_gpt.commands import generate_command, load_checkpoint
+    from lightning_gpt.cli import run
+    from lightning_gpt.loading import load_checkpoint
+    from tests.conftest import command
 
     corpus = _corpus(tmp_path / "corpus")
     monkeypatch.chdir(tmp_path)
@@ -131,5 +132,5 @@ def test_the_checkpoint_alone_rebuilds_the_tokenizer(tmp_path, monkeypatch, caps
     text = (corpus / "doc3.txt").read_text(encoding="utf-8")
     assert type(tokenizer).__name__ == "CharTokenizer" and tokenizer.decode(tokenizer.encode(text)) == text
     capsys.readouterr()
-    generate_command(["--ckpt_path", str(ckpt), "--prompt", "Привет", "--max_new_tokens", "5", "--device", "cpu"])
+    command("generate", ["--ckpt_path", str(ckpt), "--prompt", "Привет", "--max_new_tokens", "5", "--device", "cpu"])
     assert capsys.readouterr().out.startswith("Привет")

@@ -53,8 +53,8 @@ def test_the_logged_test_loss_equals_the_exported_models_loss(wikitext_dir, tmp_
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("safetensors")
     from data_modules import WikiText103
-    from lightning_gpt.__main__ import run
-    from lightning_gpt.export import export
+    from lightning_gpt.cli import run
+    from lightning_gpt.commands.export_model import export
     from tests.test_real_configs import REPO
 
     monkeypatch.chdir(tmp_path)

@@ -13,9 +13,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_gpt.__main__ import run
-from lightning_gpt.checkpoint_io import SafeCheckpointIO
-from lightning_gpt.tensorboard import tensorboard_tag
+from lightning_gpt.cli import run
+from lightning_gpt.training.checkpoint_plugin import SafeCheckpointIO
+from lightning_gpt.training.tensorboard import tensorboard_tag
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = str(REPO / "configs" / "pretrain_wikitext103.yaml")

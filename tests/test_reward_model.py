@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from data_modules.ultrafeedback import answer_rows
-from lightning_gpt.__main__ import run
-from lightning_gpt.bradley_terry import bradley_terry
 from lightning_gpt.chat import chat_tokenizer
+from lightning_gpt.cli import run
 from lightning_gpt.errors import UserInputError
-from lightning_gpt.lit_module import GPTModule
+from lightning_gpt.loading import load_reward_model
 from lightning_gpt.model import IGNORE_INDEX
-from lightning_gpt.reward_model import RewardModule, load_reward_model
+from lightning_gpt.training.bradley_terry import bradley_terry
+from lightning_gpt.training.language_model import GPTModule
+from lightning_gpt.training.reward_model import RewardModule
 from tests.conftest import save_module
 from tests.test_real_configs import scalars
 from tests.test_ultrafeedback import folder, pair_row, sentence, turn

@@ -20,10 +20,14 @@ pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 
 from lightning_gpt.__main__ import main  # noqa: E402
-from lightning_gpt.chat import chat_tokenizer, render_prompt  # noqa: E402
-from lightning_gpt.commands import chat_stop_ids, load_checkpoint  # noqa: E402
+from lightning_gpt.chat import (  # noqa: E402
+    chat_stop_ids,  # noqa: E402
+    chat_tokenizer,
+    render_prompt,
+)
 from lightning_gpt.generate import SamplingSettings, generate  # noqa: E402
-from lightning_gpt.lit_module import GPTModule  # noqa: E402
+from lightning_gpt.loading import load_checkpoint  # noqa: E402
+from lightning_gpt.training.language_model import GPTModule  # noqa: E402
 from tests.conftest import save_module  # noqa: E402
 
 CONVERSATION = [
@@ -264,7 +268,7 @@ def test_serve_and_web_without_the_extra_say_what_to_install(command, monkeypatc
 def test_with_docs_the_answer_lists_the_sources_of_the_passages_in_its_prompt(servers, tmp_path):
     if "docs" not in servers:
         pytest.skip("the docs extra (bm25s, pypdf) is not installed")
-    from lightning_gpt.retrieval import context_prompt, load_index
+    from lightning_gpt.retrieval.index import context_prompt, load_index
 
     server = servers["docs"]
     client, model, tokenizer = server["client"], server["model"], server["tokenizer"]

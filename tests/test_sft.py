@@ -15,8 +15,8 @@ from data_modules.ultrachat import length_grouped_batches, padding_waste
 from lightning_gpt.chat import chat_tokenizer, render_conversation
 from lightning_gpt.checkpoint import load_pretrained
 from lightning_gpt.errors import UserInputError
-from lightning_gpt.lit_module import GPTModule
 from lightning_gpt.model import IGNORE_INDEX
+from lightning_gpt.training.language_model import GPTModule
 from tests.conftest import synthetic_conversations, wikitext_folder, write_hub_folder
 from tests.test_training import LossRecorder, StopAt, tiny_module, trainer
 

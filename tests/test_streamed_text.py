@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from lightning_gpt.__main__ import main
-from lightning_gpt.lit_module import GPTModule
 from lightning_gpt.streamed_text import StopMatcher, StreamedText
 from lightning_gpt.tokenizer import Tokenizer
+from lightning_gpt.training.language_model import GPTModule
 from tests.conftest import save_module
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from data_modules import TextFiles
-from lightning_gpt.__main__ import run
+from lightning_gpt.cli import run
 from lightning_gpt.errors import UserInputError
 from tests.conftest import text_documents, text_folder, write_hub_folder
 

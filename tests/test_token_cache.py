@@ -171,7 +171,7 @@ def _dead_pid() -> int:
 
 
 def _tag(pid: int, host: str | None = None) -> str:
-    """The `<host>-<pid>` part of temporary names (data_modules.token_cache.owner_tag)."""
+    """The `<host>-<pid>` part of temporary names (lightning_gpt.atomic.owner_tag)."""
     return f"{host or re.sub(r'[^A-Za-z0-9_]', '_', socket.gethostname())[:40] or 'host'}-{pid}"
 
 

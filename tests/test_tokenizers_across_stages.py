@@ -8,14 +8,14 @@ import torch
 
 from data_modules import TextFiles, UltraChat200k, UltraFeedback
 from data_modules.windows import LazyArray
-from lightning_gpt.__main__ import run
 from lightning_gpt.chat import CHAT_SPECIAL_TOKENS, USER, chat_tokenizer, render_conversation
 from lightning_gpt.checkpoint import check_resumed_tokenizer, load_pretrained
-from lightning_gpt.commands import load_checkpoint
+from lightning_gpt.cli import run
 from lightning_gpt.errors import UserInputError
-from lightning_gpt.lit_module import GPTModule
+from lightning_gpt.loading import load_checkpoint
 from lightning_gpt.model import GPT
 from lightning_gpt.tokenizer import BPETokenizer, extends, train_tokenizer
+from lightning_gpt.training.language_model import GPTModule
 from tests.conftest import WORDS, synthetic_conversations, write_hub_folder
 from tests.test_ultrafeedback import folder as preference_folder
 from tests.test_ultrafeedback import preference_rows
@@ -164,8 +164,10 @@ def test_a_resume_with_another_tokenizer_is_refused(tmp_path):
 
 
 def test_make_pairs_refuses_a_reward_model_of_another_tokenizer(tmp_path):
-    from lightning_gpt import make_pairs
-    from lightning_gpt.reward_model import RewardModule, load_reward_model
+    from lightning_gpt.__main__ import command_parser
+    from lightning_gpt.commands import pair_sampling
+    from lightning_gpt.loading import load_reward_model
+    from lightning_gpt.training import RewardModule
 
     bpe_chat = chat_tokenizer(train_tokenizer("bpe-300", [TEXT]))
     paths = {}
@@ -178,7 +180,8 @@ def test_make_pairs_refuses_a_reward_model_of_another_tokenizer(tmp_path):
         torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
                     "tokenizer": tokenizer.to_data()}, paths[name])  # fmt: skip
     assert load_reward_model(paths["reward"])[1].fingerprint == bpe_chat.fingerprint  # its own, not GPT-2's
-    args = make_pairs.parse_args(["--ckpt_path", paths["policy"], "--reward_ckpt", paths["reward"], "--data_path",
-                                  str(tmp_path), "--out", str(tmp_path / "pairs")])  # fmt: skip
+    flags = ["--ckpt_path", paths["policy"], "--reward_ckpt", paths["reward"], "--data_path", str(tmp_path), "--out",
+             str(tmp_path / "pairs")]  # fmt: skip
+    args = command_parser("make-pairs")[1].parse_args(flags)
     with pytest.raises(UserInputError, match=r"--reward_ckpt .* was trained with bpe .* --ckpt_path .* with gpt2"):
-        make_pairs.load_models(args, "cpu")
+        pair_sampling.load_models(args, "cpu")

@@ -9,8 +9,8 @@ import torch
 from callbacks import TrainValGapEarlyStopping
 from data_modules import WikiText103
 from lightning_gpt.errors import UserInputError
-from lightning_gpt.lit_module import GPTModule
 from lightning_gpt.model import IGNORE_INDEX
+from lightning_gpt.training.language_model import GPTModule
 from tests.conftest import synthetic_articles, wikitext_rows, write_hub_folder
 
 

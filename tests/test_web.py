@@ -19,10 +19,10 @@ import torch
 
 pytest.importorskip("fastapi")
 
+from lightning_gpt.__main__ import COMMANDS  # noqa: E402
 from lightning_gpt.chat import chat_tokenizer  # noqa: E402
-from lightning_gpt.commands import COMMANDS  # noqa: E402
-from lightning_gpt.lit_module import GPTModule  # noqa: E402
-from lightning_gpt.web import page  # noqa: E402
+from lightning_gpt.serving.web import page  # noqa: E402
+from lightning_gpt.training.language_model import GPTModule  # noqa: E402
 from tests.conftest import save_module  # noqa: E402
 
 SYSTEM = "You are terse."

@@ -16,21 +16,14 @@ import io
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from lightning_gpt.errors import UserInputError
+from lightning_gpt.passages import Chunk
 
 SUFFIXES = (".txt", ".md", ".csv", ".pdf")
 CHUNK_WORDS = 120  # small enough that a few chunks fit a small model's context beside the conversation
 SNIFF_BYTES = 8192  # a NUL byte this early means a binary file, whatever its name says
-
-
-@dataclass(frozen=True)
-class Chunk:
-    text: str
-    source: str
-    """Where the text comes from, as the answer cites it: "notes.md, lines 3-9"."""
 
 
 class Skipped(Exception):

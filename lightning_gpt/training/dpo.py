@@ -11,10 +11,16 @@ from torchmetrics import MeanMetric
 
 from lightning_gpt.checkpoint import load_pretrained
 from lightning_gpt.errors import UserInputError
-from lightning_gpt.lit_module import GPTModule
 from lightning_gpt.model import GPT
-from lightning_gpt.preference_losses import LOSS_TYPES, answer_logps, answer_positions, dpo_losses, entropy_and_kl
 from lightning_gpt.throughput import batch_tokens
+from lightning_gpt.training.language_model import GPTModule
+from lightning_gpt.training.preference_losses import (
+    LOSS_TYPES,
+    answer_logps,
+    answer_positions,
+    dpo_losses,
+    entropy_and_kl,
+)
 
 log = logging.getLogger(__name__)
 

@@ -13,17 +13,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from lightning_gpt.chat import fit_history, render_prompt
-from lightning_gpt.documents import Chunk
 from lightning_gpt.generate import SamplingSettings, stream
 from lightning_gpt.model import GPT
-from lightning_gpt.retrieval import DocumentIndex, context_prompt, source_list
+from lightning_gpt.passages import Chunk, source_list
+from lightning_gpt.retrieval.index import DocumentIndex, context_prompt
 from lightning_gpt.streamed_text import StreamedText
 from lightning_gpt.tokenizer import Tokenizer
-
-HELP = (
-    "/system TEXT sets the system message, /reset clears the conversation, /save FILE writes it as JSON, "
-    "/quit (or Ctrl+D) exits; Ctrl+C stops an answer."
-)
 
 
 class ChatSession:
@@ -104,8 +99,11 @@ class ChatSession:
         return max(0, self.model.config.block_size - len(prompt))
 
 
-def run_chat(session: ChatSession, lines: Iterable[str] | None = None, interactive: bool = False, err=None) -> None:
-    """Reads user messages and commands from `lines` (stdin by default) until /quit or their end (Ctrl+D)."""
+def run_chat(
+    session: ChatSession, lines: Iterable[str] | None = None, interactive: bool = False, err=None, help_text: str = ""
+) -> None:
+    """Reads user messages and commands from `lines` (stdin by default) until /quit or their end (Ctrl+D);
+    `help_text` lists the commands (when interactive, and after an unknown one)."""
     err = err or sys.stderr
     source = iter(lines if lines is not None else sys.stdin)
 
@@ -113,7 +111,7 @@ def run_chat(session: ChatSession, lines: Iterable[str] | None = None, interacti
         if interactive:
             print(message, file=err, flush=True)
 
-    note(f"Chatting. {HELP}")
+    note(f"Chatting. {help_text}")
     while True:
         if interactive:
             print("you> ", end="", flush=True, file=err)
@@ -141,7 +139,7 @@ def run_chat(session: ChatSession, lines: Iterable[str] | None = None, interacti
             else:
                 note(f"(saved to {session.save(rest.strip())})")
         elif text.startswith("/") and " " not in text:
-            note(f"(unknown command {command}; {HELP})")
+            note(f"(unknown command {command}; {help_text})")
         elif text:
             if interactive:
                 print("model> ", end="", flush=True, file=err)

@@ -9,7 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
-from data_modules.token_cache import write_atomic
+from lightning_gpt.atomic import write_atomic
 from lightning_gpt.errors import UserInputError
 
 WORK = ".make-pairs"  # the shards and the settings of a run, inside --out

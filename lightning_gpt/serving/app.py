@@ -1,46 +1,23 @@
-"""`lightning-gpt serve`: an OpenAI-compatible HTTP server over a checkpoint.
-
-    lightning-gpt serve --ckpt_path chat.ckpt [--host 127.0.0.1] [--port 8000] [--docs my_notes/]
-
-Routes: `POST /v1/chat/completions` (chat checkpoints: the messages rendered by lightning_gpt.chat's template),
-`POST /v1/completions` (any checkpoint: the prompt as plain text, as `lightning-gpt generate` continues it) and
-`GET /v1/models`; both POST routes stream (server-sent events, `data: {...}` chunks then `data: [DONE]`) when asked.
-The tokens come from `lightning_gpt.generate.stream`, the function `generate` and `chat` use: no second copy of the
-sampling code, and greedy answers equal `lightning-gpt generate`'s.
-
-With `--docs PATH` (see lightning_gpt/retrieval.py) each chat request's last user message is looked up in the
-documents, the best passages go into the prompt's system turn (older turns are dropped to make room, newest kept),
-and the response (the first chunk, when streamed) carries an extra field `"sources": ["notes.md, lines 3-9", ...]`,
-one label per passage in the order the prompt numbers them; OpenAI clients ignore it.
-
-Why FastAPI + uvicorn and not LitServe (which litgpt serves with): LitServe 0.2.19's `OpenAISpec` always reports
-finish_reason "stop", reports usage only if predict yields counts, and runs several processes that are left
-orphaned on SIGTERM. FastAPI checks requests with pydantic models (lightning_gpt.openai_schema), uvicorn is one
-process that stops cleanly on Ctrl+C / SIGTERM, and tests can start it as a real server.
-
-Queueing: one model, one request generating at a time. Requests wait on an asyncio lock, which wakes them in
-arrival order, and each runs `stream` on its own prompt alone, so no request can see another's tokens and a seeded
-request samples the same answer whoever else is waiting. (Batching requests into one `stream` call would share one
-set of sampling settings and one random generator between them; it is left for later.) The model's forward steps
-run in a worker thread, so the server keeps accepting requests and sending streamed tokens meanwhile.
+"""The HTTP side of `lightning-gpt serve`: OpenAI's routes over one model (`build_app`). `POST /v1/chat/completions`
+renders the messages through lightning_gpt.chat's template, `POST /v1/completions` continues plain text as `generate`
+does, `GET /v1/models` names the model; both POST routes stream server-sent events when asked. With an index of the
+user's documents, chat answers get the best passages for the last user message and list them in an extra `sources`
+field. Why FastAPI and how requests queue: docs/design.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 
-from lightning_gpt.chat import render_prompt
-from lightning_gpt.commands import is_chat, load_checkpoint
-from lightning_gpt.documents import Chunk
-from lightning_gpt.errors import UserInputError
+from lightning_gpt.chat import is_chat, render_prompt
 from lightning_gpt.model import GPT
-from lightning_gpt.openai_schema import (
+from lightning_gpt.passages import Chunk
+from lightning_gpt.retrieval.index import DocumentIndex, context_prompt
+from lightning_gpt.serving.engine import Answer, Engine
+from lightning_gpt.serving.openai_schema import (
     APIError,
     ChatCompletionRequest,
     CompletionRequest,
@@ -51,8 +28,6 @@ from lightning_gpt.openai_schema import (
     model_list,
     new_id,
 )
-from lightning_gpt.retrieval import DocumentIndex, add_docs_args, context_prompt, index_from_args
-from lightning_gpt.serve_engine import Answer, Engine
 from lightning_gpt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -86,7 +61,7 @@ def build_app(model: GPT, tokenizer: Tokenizer, name: str, index: DocumentIndex 
     from starlette.exceptions import HTTPException
 
     engine = Engine(model, tokenizer, name)
-    app = FastAPI(title="lightning-gpt", description=__doc__)
+    app = FastAPI(title="lightning-gpt", description="An OpenAI-compatible server over a lightning-gpt checkpoint.")
 
     @app.exception_handler(APIError)
     async def refused(_: Request, err: APIError) -> JSONResponse:
@@ -188,50 +163,3 @@ def build_app(model: GPT, tokenizer: Tokenizer, name: str, index: DocumentIndex 
         return sse(events())
 
     return app
-
-
-def server_args(argv: list[str], prog: str, description: str, port: int) -> argparse.Namespace:
-    """The flags `serve` and `web` share."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by lightning-gpt fit")
-    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept connections from other machines")
-    parser.add_argument("--port", type=int, default=port)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--model_name", default=None, help="the name /v1/models lists (default: the file's stem)")
-    add_docs_args(parser)
-    args = parser.parse_args(argv)
-    if not 0 <= args.port <= 65535:
-        raise UserInputError(f"--port must be in 0..65535, got {args.port}")
-    return args
-
-
-def load_app(args: argparse.Namespace, command: str = "serve"):
-    """The FastAPI application over the checkpoint that `args` name.
-
-    Raises:
-        UserInputError: without the serve extra, saying how to install it; for a bad --ckpt_path or --device.
-    """
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as err:
-        raise UserInputError(
-            f'lightning-gpt {command} needs FastAPI and uvicorn ({err}); install them with: pip install -e ".[serve]"'
-        ) from None
-    index = index_from_args(args)
-    model, tokenizer = load_checkpoint(args.ckpt_path, args.device)
-    return build_app(model, tokenizer, args.model_name or Path(args.ckpt_path).stem, index, args.docs_top_k)
-
-
-def run_server(app, args: argparse.Namespace) -> None:
-    import uvicorn
-
-    # uvicorn shuts down on SIGINT / SIGTERM, then raises the signal again: SIGTERM ends the process (exit 143),
-    # Ctrl+C comes back as a KeyboardInterrupt, after the shutdown, and ends it with exit 0.
-    with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=5)
-
-
-def serve_command(argv: list[str]) -> None:
-    args = server_args(argv, "lightning-gpt serve", __doc__.split("\n\n")[0], port=8000)
-    run_server(load_app(args), args)

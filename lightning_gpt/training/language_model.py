@@ -12,14 +12,14 @@ from torchmetrics import Accuracy, MeanMetric, SumMetric
 from lightning_gpt.checkpoint import check_resumed_tokenizer, load_pretrained, shape_mismatches
 from lightning_gpt.errors import TrainingStopped, UserInputError
 from lightning_gpt.model import GPT, IGNORE_INDEX, GPTConfig
-from lightning_gpt.optim import (
+from lightning_gpt.throughput import batch_tokens
+from lightning_gpt.training.optim import (
     adamw_warmup_cosine,
     check_optimizer_settings,
     check_validation_between_steps,
     closed_form_schedule_state,
 )
-from lightning_gpt.rng import collect_rng_states, restore_rng_states
-from lightning_gpt.throughput import batch_tokens
+from lightning_gpt.training.rng import collect_rng_states, restore_rng_states
 
 
 class GPTModule(L.LightningModule):

@@ -1,15 +1,15 @@
 """The generation side of `lightning-gpt serve`: one model behind a queue (`Engine`), and the text of an answer
-released as it becomes final (`Answer`). The HTTP side is lightning_gpt/serve.py."""
+released as it becomes final (`Answer`). The HTTP side is lightning_gpt/serving/app.py."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 
-from lightning_gpt.commands import chat_stop_ids, is_chat
+from lightning_gpt.chat import chat_stop_ids, is_chat
 from lightning_gpt.generate import SamplingSettings, stream
 from lightning_gpt.model import GPT
-from lightning_gpt.openai_schema import APIError, ChatCompletionRequest, SamplingFields
+from lightning_gpt.serving.openai_schema import APIError, ChatCompletionRequest, SamplingFields
 from lightning_gpt.streamed_text import StreamedText
 from lightning_gpt.tokenizer import Tokenizer
 
@@ -31,7 +31,7 @@ class Answer(StreamedText):
 
 
 class Engine:
-    """The model, and the queue in front of it (see lightning_gpt/serve.py's docstring)."""
+    """The model, and the queue in front of it (docs/design.md, "Serving")."""
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, name: str) -> None:
         self.model, self.tokenizer, self.name = model, tokenizer, name

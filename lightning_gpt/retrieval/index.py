@@ -15,23 +15,22 @@ one.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from lightning_gpt.atomic import atomic_folder, remove_leftovers
 from lightning_gpt.chat import fit_history, render_prompt
-from lightning_gpt.documents import Chunk, document_files, read_documents
 from lightning_gpt.errors import UserInputError
+from lightning_gpt.passages import Chunk, context_turn
+from lightning_gpt.retrieval.documents import document_files, read_documents
 from lightning_gpt.tokenizer import Tokenizer
 
 CACHE_VERSION = 1  # bump when chunking or the index changes, so that old caches are not read
-CONTEXT_HEADER = "Answer using these passages from the user's documents, and cite them by number."
 MIN_PASSAGE_WORDS = 5  # a passage cut shorter than this says nothing; it is left out instead
 
 
@@ -141,27 +140,14 @@ def load_index(spec: str, cache_dir: str | Path | None = None, note: Callable[[s
             ".txt, .md, .csv or .pdf files."
         )
     index = DocumentIndex.build(chunks)
-    spec_dir.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(dir=spec_dir, prefix=".building-"))
-    try:
+    remove_leftovers(spec_dir)  # what killed builds left
+    with atomic_folder(folder, replace=True) as building:  # replacing a damaged cache under the same name
         index.save(building)
         (building / "skipped.json").write_text(json.dumps(skipped))
-        shutil.rmtree(folder, ignore_errors=True)  # a damaged cache under the same name
-        os.replace(building, folder)
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
     for old in spec_dir.iterdir():  # indexes of earlier versions of the files
-        if old != folder and not old.name.startswith(".building-"):
+        if old != folder and not old.name.startswith("."):
             shutil.rmtree(old, ignore_errors=True)
     return index
-
-
-def context_turn(system: str | None, passages: list[Chunk]) -> str | None:
-    """The system turn that carries `passages`: the user's system message (if any), then the numbered passages."""
-    if not passages:
-        return system
-    numbered = "\n\n".join(f"[{i}] ({c.source}) {c.text}" for i, c in enumerate(passages, start=1))
-    return "\n\n".join(filter(None, [system, CONTEXT_HEADER, numbered]))
 
 
 def with_system(system: str | None, turns: list[dict]) -> list[dict]:
@@ -205,31 +191,3 @@ def context_prompt(
         break
     kept = fit_history(tokenizer, with_system(context_turn(system, used), turns), budget)
     return render_prompt(tokenizer, kept), kept, used
-
-
-def add_docs_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--docs", default=None, help="a folder or glob of .txt, .md, .csv and .pdf files to answer from (BM25 search)"
-    )
-    parser.add_argument("--docs_top_k", type=int, default=3, help="how many passages each answer is given at most")
-    parser.add_argument(
-        "--docs_cache", default=None, help="where the index is cached (default $LIGHTNING_GPT_CACHE/docs)"
-    )
-
-
-def index_from_args(args: argparse.Namespace) -> DocumentIndex | None:
-    """The index `--docs` asks for, or None without it.
-
-    Raises:
-        UserInputError: for a bad --docs_top_k, a missing extra, or documents with nothing to read.
-    """
-    if args.docs is None:
-        return None
-    if args.docs_top_k < 1:
-        raise UserInputError(f"--docs_top_k must be a positive integer, got {args.docs_top_k}")
-    return load_index(args.docs, args.docs_cache)
-
-
-def source_list(passages: list[Chunk]) -> str:
-    """The sources of an answer as printed under it, in the order the prompt numbers them."""
-    return "; ".join(f"[{i}] {c.source}" for i, c in enumerate(passages, start=1))

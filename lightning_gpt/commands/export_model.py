@@ -1,4 +1,5 @@
-"""`lightning-gpt export`: a checkpoint as a Hugging Face model folder (`LlamaForCausalLM` + fast tokenizer).
+"""A checkpoint as a Hugging Face model folder (`LlamaForCausalLM` + fast tokenizer): what `lightning-gpt export`
+(lightning_gpt/commands/export.py) writes.
 
 The model is Llama-shaped already (lightning_gpt/model.py), so export is a table of weight names plus one split:
 the fused `qkv` rows are q, then k, then v. The folder loads with `AutoModelForCausalLM.from_pretrained(DIR)` and
@@ -13,15 +14,14 @@ Decisions:
 
 from __future__ import annotations
 
-import argparse
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from lightning_gpt.atomic import atomic_folder
+from lightning_gpt.chat import is_chat
 from lightning_gpt.errors import UserInputError
+from lightning_gpt.loading import load_checkpoint
 from lightning_gpt.model import GPT, GPTConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -128,43 +128,18 @@ def export(ckpt_path: str, out: str, dtype: str = "float32") -> Path:
         ) from None
     from safetensors.torch import save_file
 
-    from lightning_gpt.commands import is_chat, load_checkpoint
-    from lightning_gpt.export_tokenizer import hf_tokenizer, stop_token_ids
+    from lightning_gpt.commands.export_tokenizer import hf_tokenizer, stop_token_ids
 
     path = check_out_dir(out)
     model, tokenizer = load_checkpoint(ckpt_path, device="cpu")  # float32 on the CPU
     chat = is_chat(tokenizer)
     stop_ids = stop_token_ids(tokenizer, chat)
     torch_dtype = DTYPES[dtype]
-    build = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_folder(path) as build:  # built beside --out, renamed into place when complete
         config = llama_config(model.config, stop_ids, tokenizer.eot_id, torch_dtype)
         config.save_pretrained(build)
         generation_config(model.config, stop_ids, tokenizer.eot_id).save_pretrained(build)
         weights = hf_state_dict(model, torch_dtype)
         save_file(weights, str(build / "model.safetensors"), metadata={"format": "pt"})
         hf_tokenizer(tokenizer, chat, model.config.block_size).save_pretrained(build, save_jinja_files=False)
-        os.chmod(build, 0o755)  # mkdtemp makes it private
-        if path.exists():
-            path.rmdir()  # empty (checked above); rename cannot replace a folder
-        build.rename(path)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
-    return path
-
-
-def export_command(argv: list[str]) -> Path:
-    parser = argparse.ArgumentParser(
-        prog="lightning-gpt export",
-        description="Write a checkpoint as a Hugging Face model folder (LlamaForCausalLM weights in safetensors, "
-        "config.json, generation_config.json, and a fast tokenizer with the chat template for chat models). "
-        'Needs pip install -e ".[hf]".',
-    )
-    parser.add_argument("--ckpt_path", required=True, help="a pretraining, SFT or DPO checkpoint")
-    parser.add_argument("--out", required=True, help="a new folder to write (must not exist or be empty)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="the weights' dtype")
-    args = parser.parse_args(argv)
-    path = export(args.ckpt_path, args.out, args.dtype)
-    print(f"wrote {path}")
     return path

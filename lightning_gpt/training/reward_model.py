@@ -10,17 +10,10 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from lightning_gpt.bradley_terry import bradley_terry
-from lightning_gpt.chat import END_OF_TURN
-from lightning_gpt.checkpoint import module_from_checkpoint, stored_tokenizer
-from lightning_gpt.checkpoint_io import load_checkpoint_file
-from lightning_gpt.errors import UserInputError
-from lightning_gpt.lit_module import GPTModule
-from lightning_gpt.model import IGNORE_INDEX
+from lightning_gpt.reward_head import rewards
 from lightning_gpt.throughput import batch_tokens
-from lightning_gpt.tokenizer import AnyTokenizer
-
-SCORE_HEAD = "score_head.weight"  # the state-dict key that tells a reward checkpoint from a language model's
+from lightning_gpt.training.bradley_terry import bradley_terry
+from lightning_gpt.training.language_model import GPTModule
 
 
 class RewardModule(GPTModule):
@@ -48,19 +41,9 @@ class RewardModule(GPTModule):
         self.pair_metrics["train_eval_loss"] = MeanMetric()
 
     def rewards(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x, y: (N, T) rows as `answer_rows` collates them. Returns (N,) float32 rewards.
-
-        The head reads the final hidden state at each row's last scored position (its last y != IGNORE_INDEX).
-        There x holds the token before the answer's last one: causal attention has read the prompt and the whole
-        answer but that last token (its <|end|> when the answer finished), and nothing after it, so the right
-        padding never changes a reward. A row with no scored token reads position 0.
-        """
-        hidden = self.model.hidden_states(x)  # (N, T, C)
-        T = y.shape[1]
-        positions = torch.arange(T, device=y.device).expand_as(y)  # (N, T)
-        last = torch.where(y != IGNORE_INDEX, positions, 0).amax(dim=1)  # (N,)
-        states = hidden[torch.arange(y.shape[0], device=y.device), last]  # (N, C)
-        return self.score_head(states).squeeze(-1).float()  # (N,)
+        """x, y: (N, T) rows as `answer_rows` collates them. Returns (N,) float32 rewards (lightning_gpt/reward_head.py:
+        the hidden state at each row's last scored position, through the score head)."""
+        return rewards(self.model, self.score_head, x, y)
 
     def pair_losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """For a batch of B pairs (2B rows, chosen first): per-pair losses, correctness, chosen and rejected
@@ -127,37 +110,3 @@ class RewardModule(GPTModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_pairs("test_loss", "test_accuracy")
-
-
-def load_reward_model(path: str, device: str = "cpu") -> tuple[RewardModule, AnyTokenizer]:
-    """A reward checkpoint's module, in eval mode on `device` (bfloat16 on CUDA), and the chat tokenizer it was
-    trained with (GPT-2's for checkpoints that store none); for use
-    outside the Trainer. Only weights are unpickled.
-
-    Raises:
-        UserInputError: naming --reward_ckpt, when the file cannot be read or is not a reward model's checkpoint
-            (a language model's, say).
-    """
-    checkpoint = load_checkpoint_file(path, map_location=device, flag="--reward_ckpt")
-    state = checkpoint.get("state_dict")
-    if not isinstance(state, dict) or SCORE_HEAD not in state:
-        raise UserInputError(
-            f"--reward_ckpt {path} is not a reward model's checkpoint (it holds no score head); pass one written by "
-            "lightning-gpt fit -c configs/reward_ultrafeedback.yaml."
-        )
-    problem = f"--reward_ckpt {path} is not a usable reward checkpoint ({{reason}})."
-    module = module_from_checkpoint(RewardModule, checkpoint, problem)
-    module = module.to(device).eval()
-    if device.startswith("cuda"):
-        module = module.to(torch.bfloat16)
-    tokenizer = stored_tokenizer(checkpoint)
-    if (
-        tokenizer is None
-        or END_OF_TURN not in tokenizer.special_tokens
-        or tokenizer.vocab_size > module.config.vocab_size
-    ):
-        raise UserInputError(
-            f"--reward_ckpt {path}: a vocabulary of {module.config.vocab_size} tokens with no chat tokenizer; a reward "
-            "model is trained from a chat (SFT) checkpoint."
-        )
-    return module, tokenizer

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-from lightning_gpt.chat import ASSISTANT, END_OF_TURN, ROLE_TOKENS, USER
+from lightning_gpt.chat import ASSISTANT, END_OF_TURN, ROLE_TOKENS, USER, chat_stop_ids
 from lightning_gpt.tokenizer import (
     END_OF_TEXT,
     GPT2_PATTERN,
@@ -138,10 +138,9 @@ def hf_tokenizer(tokenizer: AnyTokenizer, chat: bool, max_length: int):
 
 
 def stop_token_ids(tokenizer: AnyTokenizer, chat: bool) -> list[int]:
-    """The ids that end an answer, as lightning_gpt/commands.py::chat_stop_ids; <|end|> first (the eos)."""
+    """The ids that end an answer, as lightning_gpt/chat.py::chat_stop_ids; <|end|> first (the eos)."""
     if not chat:
         return [tokenizer.eot_id]
-    from lightning_gpt.commands import chat_stop_ids
 
     ids = chat_stop_ids(tokenizer)
     assert ids[0] == tokenizer.token_id(END_OF_TURN) and tokenizer.token_id(USER) in ids
