@@ -36,6 +36,7 @@ import torch
 from timing import training_only_trainer  # benchmarks/timing.py (run as scripts)
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_gpt.batch import Batch
 from lightning_gpt.chat import chat_tokenizer
 from lightning_gpt.model import IGNORE_INDEX
 from lightning_gpt.training.dpo import DPOModule
@@ -46,10 +47,10 @@ SIDES = ("sft", "dpo-live", "dpo-pre")
 
 
 class TimedBatches(Dataset):
-    """The timed batches, fixed, laid out as data_modules.ultrafeedback.PairBatches: item i as (x, y), or for a
-    training sampler's key (i, step_pairs) as (x, y, step_pairs, pair_ids). `batches` (each batch's pair ids) and
-    `prompt` (one entry per pair) and `fingerprint()` are what DPOModule reads of a PairBatches to precompute the
-    reference's log-probabilities."""
+    """The timed batches, fixed, laid out as data_modules.ultrafeedback.PairBatches: item i a Batch, with its pair
+    count and pair ids for a training sampler's key (i, step_pairs). `batches` (each batch's pair ids), `prompt`
+    (one entry per pair) and `fingerprint()` are what DPOModule reads of a PairBatches to precompute the reference's
+    log-probabilities."""
 
     def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
         self.items = batches
@@ -65,7 +66,7 @@ class TimedBatches(Dataset):
     def __getitem__(self, key: int | tuple[int, int]):
         index, step_pairs = key if isinstance(key, tuple) else (key, None)
         x, y, pair_ids = self.items[index]
-        return (x, y) if step_pairs is None else (x, y, torch.tensor(step_pairs), pair_ids)
+        return Batch(x, y) if step_pairs is None else Batch(x, y, torch.tensor(step_pairs), pair_ids=pair_ids)
 
 
 def make_batches(args, vocab_size: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], str]:
@@ -82,7 +83,7 @@ def make_batches(args, vocab_size: int) -> tuple[list[tuple[torch.Tensor, torch.
             num_workers=0,
         )
         for batch in dm.train_dataloader():
-            raw.append(batch[:2])
+            raw.append((batch.inputs, batch.targets))
             if len(raw) == args.steps:
                 break
         source = f"UltraFeedback train_prefs ({REAL_PAIRS})"
@@ -142,10 +143,10 @@ def run_side(args) -> dict:
     common = {**shape, "warmup_steps": 10, "init_from": str(work / "init.ckpt")}
     if args.side == "sft":
         module = GPTModule(**common)
-        loader = DataLoader(dataset, batch_size=None, shuffle=False)  # (x, y): the micro-batch's own mean
+        loader = DataLoader(dataset, batch_size=None, shuffle=False)  # no step count: the micro-batch's own mean
     else:
         module = DPOModule(precompute_reference=args.side == "dpo-pre", **common)
-        keys = [(i, len(pair_ids)) for i, (_, _, pair_ids) in enumerate(batches)]  # (x, y, step_pairs, pair_ids)
+        keys = [(i, len(pair_ids)) for i, (_, _, pair_ids) in enumerate(batches)]  # each batch with its pair count
         loader = DataLoader(dataset, batch_size=None, sampler=keys)
     timer = _StepTimer()
     trainer = training_only_trainer(args.device, args.precision, len(batches), [timer])

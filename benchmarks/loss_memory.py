@@ -20,8 +20,9 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from lightning_gpt.model import GPT, GPTConfig
+from lightning_gpt.model import GPT, IGNORE_INDEX, GPTConfig
 
 
 def peak_rss_bytes() -> int:
@@ -47,7 +48,10 @@ def one_side(args) -> dict:
     for _ in range(args.steps):
         start = time.perf_counter()
         with autocast:
-            _, loss = model(x, y, with_logits=with_logits)
+            if with_logits:
+                loss = F.cross_entropy(model.logits(x).flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX)
+            else:
+                loss = model(x, y) / (y != IGNORE_INDEX).sum()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -30,8 +30,8 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 
+from lightning_gpt.batch import batch_tokens
 from lightning_gpt.cli import build_cli
-from lightning_gpt.throughput import batch_tokens
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_HUB = REPO.parent / "shared/data/hub"
@@ -129,9 +129,10 @@ def plain_side(args) -> dict:
         if step == args.warmup and start is None:
             _sync(device)
             start = time.perf_counter()
-        x, y, step_targets = (t.to(device, non_blocking=True) for t in batch[:3])
+        x, y = batch.inputs.to(device, non_blocking=True), batch.targets.to(device, non_blocking=True)
+        step_targets = batch.step_count.to(device, non_blocking=True)
         with autocast:
-            _, nll_sum = model(x, y, reduction="sum", with_logits=False)
+            nll_sum = model(x, y)
         (nll_sum / step_targets.flatten()[0].clamp(min=1)).backward()
         tokens += batch_tokens(batch) if start is not None else 0
         if micro % args.accumulate == 0:

@@ -25,7 +25,7 @@ class CheckpointOnSigterm(L.Callback):
     it; SLURM's requeue on SIGUSR1 is untouched); only Lightning's stop-after-this-batch is deferred to the end of
     the accumulation window. When a validation is due after that step, the save waits until the validation and the
     ModelCheckpoints after it are done (a resume would skip that validation): Lightning calls callbacks' hooks before
-    the module's and orders ModelCheckpoints last, so GPTModule.on_validation_end calls `after_validation`. The
+    the module's and orders ModelCheckpoints last, so TrainingModule.on_validation_end calls `after_validation`. The
     lightning-gpt CLI adds this callback to every run.
     """
 

@@ -26,6 +26,7 @@ from data_modules.token_cache import (
 )
 from data_modules.windows import ResumableShuffleSampler
 from lightning_gpt.atomic import remove_leftovers, scratch_folder
+from lightning_gpt.batch import collate
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.tokenizer import Tokenizer
 
@@ -265,6 +266,8 @@ class TokenDataModule(L.LightningDataModule):
             # Its own generator: a DataLoader otherwise draws its workers' base seed from the global torch RNG at each
             # new iterator, which moves the dropout stream and breaks an exact resume.
             generator=torch.Generator().manual_seed(self.seed),
+            # Datasets of single sequences are stacked into a Batch; the others yield whole Batches.
+            collate_fn=collate if batch_size is not None else None,
         )
 
     def sampler_args(self, items_per_batch: int) -> dict:

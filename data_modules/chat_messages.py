@@ -22,6 +22,7 @@ from data_modules.chat_tokenizer import ChatTokenizerSetting
 from data_modules.holdout import HeldOutDataModule, held_out_rows, part_rows, row_keys
 from data_modules.token_cache import token_dtype
 from data_modules.windows import LazyArray, ResumableShuffleSampler
+from lightning_gpt.batch import Batch
 from lightning_gpt.chat import fit_to_length, message_problem
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.model import IGNORE_INDEX
@@ -108,9 +109,8 @@ class ChatBatches(Dataset):
         per_sample = np.add.reduceat(scored, self.offsets) - scored[self.offsets]  # a sample's first token is no target
         return np.array([int(per_sample[b].sum()) for b in self.batches], dtype=np.int64)
 
-    def __getitem__(self, key: int | tuple[int, int]):
-        """A batch index gives (x, y); (index, step_targets) from a counting sampler gives (x, y, step_targets,
-        real_tokens)."""
+    def __getitem__(self, key: int | tuple[int, int]) -> Batch:
+        """A batch index, or (index, step_targets) from a training sampler that counts targets."""
         index, step_targets = key if isinstance(key, tuple) else (key, None)
         samples = self.batches[index]
         width = padded_width(int(self.lengths[samples].max()) - 1, self.max_width)
@@ -122,11 +122,9 @@ class ChatBatches(Dataset):
             keep = torch.from_numpy(self.mask.values[start + 1 : start + n].astype(bool))
             x[row, : n - 1] = ids[:-1]
             y[row, : n - 1] = torch.where(keep, ids[1:], IGNORE_INDEX)
-        if step_targets is None:
-            return x, y
-        # The real tokens as a Python int: the throughput count reads it on the host, with no device sync.
-        real_tokens = int(self.lengths[samples].sum()) - len(samples)
-        return x, y, torch.tensor(step_targets), real_tokens
+        real_tokens = int(self.lengths[samples].sum()) - len(samples)  # each sample's inputs: all but its last token
+        step_count = None if step_targets is None else torch.tensor(step_targets)
+        return Batch(x, y, step_count, real_tokens)
 
 
 class ChatMessages(ChatTokenizerSetting, HeldOutDataModule):

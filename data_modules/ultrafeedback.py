@@ -24,6 +24,7 @@ from data_modules.chat_tokenizer import ChatTokenizerSetting
 from data_modules.holdout import HeldOutDataModule, held_out_rows, part_rows, row_keys
 from data_modules.token_cache import token_dtype
 from data_modules.windows import LazyArray, ResumableShuffleSampler
+from lightning_gpt.batch import Batch
 from lightning_gpt.chat import END_OF_TURN, message_problem, render_prompt
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.model import IGNORE_INDEX
@@ -107,18 +108,15 @@ class PairBatches(Dataset):
         ids = self.tokens.values[start:end].astype(np.int64)
         return ids[:p], ids[p : p + c], ids[p + c :]
 
-    def __getitem__(self, key: int | tuple[int, int]):
-        """Batch `key` as (x, y); a training sampler's key (index, step_pairs) gives (x, y, step_pairs, pair_ids,
-        real_tokens), pair_ids (B,) being the pairs' indices in this dataset (for reference log-probabilities computed
-        ahead) and real_tokens the inputs that are not padding, a Python int (counted on the host, no device sync)."""
+    def __getitem__(self, key: int | tuple[int, int]) -> Batch:
+        """A batch index, or (index, step_pairs) from a training sampler that counts pairs."""
         index, step_pairs = key if isinstance(key, tuple) else (key, None)
         pairs = self.batches[index]
         parts = [self.pair(int(pair)) for pair in pairs]
         x, y = answer_rows([(p, c) for p, c, _ in parts] + [(p, r) for p, _, r in parts], self.pad_id)
-        if step_pairs is None:
-            return x, y
         real_tokens = sum(2 * len(p) + len(c) + len(r) - 2 for p, c, r in parts)  # each row's length - 1
-        return x, y, torch.tensor(step_pairs), torch.from_numpy(np.asarray(pairs, dtype=np.int64)), real_tokens
+        step_count = None if step_pairs is None else torch.tensor(step_pairs)
+        return Batch(x, y, step_count, real_tokens, torch.from_numpy(np.asarray(pairs, dtype=np.int64)))
 
 
 def answer_rows(prompts_and_answers: list[tuple], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ from data_modules.base import TokenDataModule
 from lightning_gpt.checkpoint import check_init_tokenizer
 from lightning_gpt.checkpoint_io import check_ckpt_path, load_checkpoint_file
 from lightning_gpt.errors import TrainingStopped, UserInputError
-from lightning_gpt.training import GPTModule
+from lightning_gpt.training import TrainingModule
 from lightning_gpt.training.checkpoint_plugin import use_safe_checkpoint_io
 
 # Where the training modules lived before lightning_gpt/training/: older checkpoints name them so.
@@ -132,7 +132,7 @@ def tokenizer_from_init_from(config) -> None:
     """--data.tokenizer left unset: the tokenizer of --model.init_from, so that fine-tuning reads its data with the
     ids the model was trained on (the chat DataModules add the chat tokens to it); without init_from (or where its
     file is gone on a resume), that of a --ckpt_path file, so that `validate --ckpt_path FILE` needs no flag for it.
-    Otherwise (--ckpt_path last) the resumed checkpoint checks the tokenizer (GPTModule.on_load_checkpoint)."""
+    Otherwise (--ckpt_path last) the resumed checkpoint checks the tokenizer (TrainingModule.on_load_checkpoint)."""
     data = getattr(config.data, "init_args", None)
     if data is None or "tokenizer" not in data or data.tokenizer is not None:
         return
@@ -175,10 +175,10 @@ class KeepEarlierConfigs(SaveConfigCallback):
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> GPTCLI:
-    """The CLI over GPTModule or a subclass of it (`model.class_path`: DPO, the reward model) and any DataModule;
-    with run=False it only parses and builds the objects (tests)."""
+    """The CLI over the training modules (`model.class_path`: the language model by default, DPO, the reward
+    model) and any DataModule; with run=False it only parses and builds the objects (tests)."""
     return GPTCLI(
-        GPTModule,
+        TrainingModule,
         TokenDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,

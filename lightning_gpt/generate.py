@@ -170,12 +170,10 @@ def stream(
         else:  # every slot again, at most a context's worth: a running row's tokens all lie in the last block_size
             start = max(0, filled - config.block_size)
             mask = _attention_mask(valid[:, start:filled], 0, filled - start)
-        # .forward, not __call__: a model compiled in place for training would recompile at every new cache length.
-        logits, _ = model.forward(
-            seq[:, start:filled], positions=positions[:, start:filled], caches=caches, attn_mask=mask, last_only=True
-        )
+        # decode, not __call__: the training loss compiled in place is no part of it, so no recompiling per length.
+        logits = model.decode(seq[:, start:filled], positions[:, start:filled], caches, mask)  # (B, vocab)
         seen = torch.where(valid[:, :filled], seq[:, :filled], -1)
-        token = next_token(logits[:, -1], seen, settings, generator)  # (B,): over the real vocabulary
+        token = next_token(logits, seen, settings, generator)  # (B,)
         seq[:, filled] = token
         filled += 1
         out = []

@@ -200,52 +200,36 @@ class GPT(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(
-        self,
-        idx: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        positions: torch.Tensor | None = None,
-        caches: list[LayerCache] | None = None,
-        attn_mask: torch.Tensor | None = None,
-        last_only: bool = False,
-        reduction: str = "mean",
-        select: torch.Tensor | None = None,
-        with_logits: bool = True,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """idx, targets: (B, T) token ids, T <= block_size. Returns logits (B, T, vocab) and the cross-entropy over
-        targets that are not IGNORE_INDEX (None without targets): their mean, or with reduction="sum" their sum
-        (training normalises by the targets of a whole optimizer step). The logits are over the real vocabulary only:
-        the head computes the padded rows (a matmul of a multiple of 64 is faster) and drops them, so they take no
-        probability mass in any loss, log-probability or sample (the exported model has no such rows either).
-
-        For generation (lightning_gpt/generate.py): positions (B, T) gives each token's rotary position, caches
-        one LayerCache per layer, attn_mask (B, 1, T, S) the slots each token may attend to, and last_only
-        computes logits for the last position alone, (B, 1, vocab): a long prompt's other logits are unused.
-        select (B, T) bool computes logits only where it is True, (n, vocab) in row-major order (preference
-        training scores answer tokens only; the prompt's logits would be most of the work).
-        with_logits=False (training) returns (None, loss) and computes the loss over chunks of rows, so the
-        (B, T, vocab) logits and their gradient never exist whole (lightning_gpt/chunked_loss.py).
-        """
-        x = self.hidden_states(idx, positions, caches, attn_mask)  # (B, T, C)
-        vocab = self.config.vocab_size
-        if not with_logits and targets is not None and not last_only and select is None:
-            total = chunked_cross_entropy_sum(
-                x.flatten(0, 1), self.lm_head.weight, targets.flatten(), IGNORE_INDEX, vocab_size=vocab
-            )
-            if reduction == "sum":
-                return None, total
-            return None, total / (targets != IGNORE_INDEX).sum()
-        if last_only:
-            x = x[:, -1:]
-        if select is not None:
-            x, targets = x[select], None if targets is None else targets[select]  # (n, C), (n,)
-        logits = self.lm_head(x)[..., :vocab]  # (B, T, vocab), or (n, vocab): the padding rows dropped
-        if targets is None:
-            return logits, None
-        loss = F.cross_entropy(
-            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction=reduction
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss: idx, targets (B, T), T <= block_size. Returns the summed cross-entropy (float32) over
+        the targets that are not IGNORE_INDEX; the caller divides (training normalises by the targets of a whole
+        optimizer step). The head runs over chunks of rows, so the (B, T, vocab) logits and their gradient never
+        exist whole (lightning_gpt/chunked_loss.py). This is what torch.compile compiles."""
+        x = self.hidden_states(idx)  # (B, T, C)
+        return chunked_cross_entropy_sum(
+            x.flatten(0, 1), self.lm_head.weight, targets.flatten(), IGNORE_INDEX, vocab_size=self.config.vocab_size
         )
-        return logits, loss
+
+    def logits(self, idx: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+        """idx (B, T) -> logits over the real vocabulary, (B, T, vocab); with `select` (B, T) bool, only where it is
+        True, (n, vocab) in row-major order (preference training scores answer tokens only; the prompt's logits
+        would be most of the work). The head computes the padded rows (a matmul of a multiple of 64 is faster) and
+        drops them, so they take no probability mass in any loss, log-probability or sample; the exported model
+        has no such rows either."""
+        x = self.hidden_states(idx)  # (B, T, C)
+        if select is not None:
+            x = x[select]  # (n, C)
+        return self.lm_head(x)[..., : self.config.vocab_size]
+
+    def decode(
+        self, idx: torch.Tensor, positions: torch.Tensor, caches: list[LayerCache] | None, attn_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """One step of generation (lightning_gpt/generate.py): idx (B, T) continues the sequences held in `caches`
+        (one LayerCache per layer; None recomputes every slot), positions (B, T) gives each token's rotary position
+        and attn_mask (B, 1, T, S) the slots each may attend to. Returns the logits at the last position, (B, vocab):
+        a long prompt's other logits are unused."""
+        x = self.hidden_states(idx, positions, caches, attn_mask)[:, -1]  # (B, C)
+        return self.lm_head(x)[..., : self.config.vocab_size]
 
     def hidden_states(
         self,
@@ -255,7 +239,7 @@ class GPT(nn.Module):
         attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """idx: (B, T) token ids. Returns the final, normalised hidden states (B, T, C), what the language-model
-        head reads (and a reward model's scalar head). The other arguments are forward's."""
+        head reads (and a reward model's scalar head). The other arguments are decode's."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than the model's block_size {self.config.block_size}")

@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from data_modules.windows import ResumableShuffleSampler
+from lightning_gpt.batch import Batch
 from lightning_gpt.model import IGNORE_INDEX
 from lightning_gpt.training.optim import warmup_cosine
 from tests.test_sft import chat_data
@@ -24,7 +25,7 @@ class FirstStep(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == 0:
-            self.batches.append([t.clone() if torch.is_tensor(t) else t for t in batch])
+            self.batches.append(batch)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         if self.grads is None:
@@ -32,11 +33,11 @@ class FirstStep(L.Callback):
 
 
 def pad_together(batches):
-    """One batch from several right-padded ones of different widths: (x, y, step_targets) as the data module gives."""
-    width = max(b[0].shape[1] for b in batches)
-    xs = [torch.nn.functional.pad(b[0], (0, width - b[0].shape[1]), value=50256) for b in batches]
-    ys = [torch.nn.functional.pad(b[1], (0, width - b[1].shape[1]), value=IGNORE_INDEX) for b in batches]
-    return torch.cat(xs), torch.cat(ys), batches[0][2]
+    """One batch from several right-padded ones of different widths, as the data module would give it."""
+    width = max(b.inputs.shape[1] for b in batches)
+    xs = [torch.nn.functional.pad(b.inputs, (0, width - b.inputs.shape[1]), value=50256) for b in batches]
+    ys = [torch.nn.functional.pad(b.targets, (0, width - b.targets.shape[1]), value=IGNORE_INDEX) for b in batches]
+    return Batch(torch.cat(xs), torch.cat(ys), batches[0].step_count)
 
 
 def test_four_micro_batches_give_the_gradients_of_one_batch_of_eight(ultrachat_dir, tmp_path):
@@ -47,9 +48,9 @@ def test_four_micro_batches_give_the_gradients_of_one_batch_of_eight(ultrachat_d
     run.fit(tiny_module(dm, warmup_steps=0), dm)
     micro = accumulated.batches
     assert len(micro) == 4
-    targets = [int((b[1] != IGNORE_INDEX).sum()) for b in micro]
+    targets = [int((b.targets != IGNORE_INDEX).sum()) for b in micro]
     assert len(set(targets)) > 1  # the micro-batches really hold different numbers of assistant tokens
-    assert all(int(b[2]) == sum(targets) for b in micro)  # each knows its whole step's count
+    assert all(int(b.step_count) == sum(targets) for b in micro)  # each knows its whole step's count
 
     L.seed_everything(0)
     whole = FirstStep()

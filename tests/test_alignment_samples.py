@@ -28,7 +28,7 @@ def prompts() -> list[list[int]]:
 def sequence_logp(model: GPT, prompt: list[int], answer: list[int]) -> float:
     """log p(answer | prompt), one token at a time from the full logits."""
     ids = torch.tensor([prompt + answer])
-    log_probs = F.log_softmax(model(ids)[0][0].float(), dim=-1)  # (T, V)
+    log_probs = F.log_softmax(model.logits(ids)[0].float(), dim=-1)  # (T, V)
     return sum(float(log_probs[len(prompt) - 1 + i, token]) for i, token in enumerate(answer))
 
 

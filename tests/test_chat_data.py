@@ -40,7 +40,8 @@ def test_no_robots_style_data_trains_through_the_cli_with_loss_on_assistant_toke
     assert type(dm) is ChatMessages and dm.splits == {"train": "train", "val": "train", "test": "test"}
     assert cli.trainer.global_step == 3 and np.isfinite(cli.trainer.callback_metrics["val_loss"].item())
     # Scored targets: only what follows <|assistant|> up to and including <|end|>; system and user turns never.
-    x, y, *_ = next(iter(dm.train_dataloader()))
+    batch = next(iter(dm.train_dataloader()))
+    x, y = batch.inputs, batch.targets
     assistant, end = dm.tokenizer.token_id(ASSISTANT), dm.tokenizer.token_id(END_OF_TURN)
     system = dm.tokenizer.token_id("<|system|>")
     assert (x == system).any()  # system turns made it in

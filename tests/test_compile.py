@@ -24,7 +24,7 @@ def test_chat_batches_of_many_widths_compile_two_graphs(tmp_path):
     dm.prepare_data()
     dm.setup("fit")
     batches = list(dm.train_dataloader())
-    widths = {batch[0].shape[1] for batch in batches}
+    widths = {batch.inputs.shape[1] for batch in batches}
     assert len(widths) >= 3, widths  # the fixture must exercise several widths
     assert all(w % WIDTH_MULTIPLE == 0 for w in widths), widths
 
@@ -33,8 +33,8 @@ def test_chat_batches_of_many_widths_compile_two_graphs(tmp_path):
     model.compile()  # as GPTModule.configure_model compiles it: in place, inductor
     torch._dynamo.reset()
     counters.clear()
-    for x, y, *_ in batches:
-        _, loss = model(x, y, reduction="sum", with_logits=False)  # the training step's call
+    for batch in batches:
+        loss = model(batch.inputs, batch.targets)  # the training step's call
         loss.backward()
         assert torch.isfinite(loss)
     # One graph for the first width, one with the width dynamic for every other: not one per width.

@@ -37,7 +37,8 @@ def test_the_loss_is_on_the_cited_answers_only(tmp_path):
     )
     dm.prepare_data()
     dm.setup("fit")
-    x, y, *_ = next(iter(dm.train_dataloader()))
+    batch = next(iter(dm.train_dataloader()))
+    x, y = batch.inputs, batch.targets
     tok = dm.tokenizer
     assert (x == tok.token_id("<|system|>")).sum() == len(x)  # every conversation opens with its passages
     for inputs, targets in zip(x.tolist(), y.tolist(), strict=True):

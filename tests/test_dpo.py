@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_gpt.batch import Batch
 from lightning_gpt.chat import chat_tokenizer
 from lightning_gpt.cli import run
 from lightning_gpt.errors import UserInputError
@@ -82,7 +83,8 @@ def test_answer_log_probabilities_are_sums_over_the_answer_tokens_alone():
 
 def test_prompt_tokens_are_never_scored(pairs_dir):
     dm = pref_data(pairs_dir)
-    x, y, _, pair_ids, _ = first_batch(dm)
+    batch = first_batch(dm)
+    y, pair_ids = batch.targets, batch.pair_ids
     dataset = dm.train_dataset(*dm._cache("train"))[0]
     half = len(pair_ids)
     select, targets, rows = answer_positions(y)
@@ -97,7 +99,8 @@ def test_prompt_tokens_are_never_scored(pairs_dir):
 
 def test_at_the_start_the_loss_is_ln2_the_rewards_zero_and_no_pair_counts_as_won(pairs_dir, tmp_path):
     dm = pref_data(pairs_dir)
-    x, y, *_ = first_batch(dm)
+    batch = first_batch(dm)
+    x, y = batch.inputs, batch.targets
     init = sft_checkpoint(tmp_path / "sft.ckpt")
     for loss_type, smoothing in (("sigmoid", 0.0), ("sigmoid", 0.2), ("ipo", 0.0)):
         module = dpo_module(init, beta=0.25, loss_type=loss_type, label_smoothing=smoothing).eval()
@@ -113,7 +116,8 @@ def test_at_the_start_the_loss_is_ln2_the_rewards_zero_and_no_pair_counts_as_won
 
 def test_one_joint_pass_gives_the_log_probabilities_of_each_sequence_alone(pairs_dir, tmp_path):
     dm = pref_data(pairs_dir)
-    x, y, *_ = first_batch(dm)
+    batch = first_batch(dm)
+    x, y = batch.inputs, batch.targets
     module = dpo_module(sft_checkpoint(tmp_path / "sft.ckpt")).eval()
     _, joint, _ = module.pair_terms(x, y)
     alone = []
@@ -121,7 +125,7 @@ def test_one_joint_pass_gives_the_log_probabilities_of_each_sequence_alone(pairs
         length = int((y[row] != IGNORE_INDEX).nonzero().max()) + 1
         xr, yr = x[row : row + 1, :length], y[row : row + 1, :length]
         select, targets, rows = answer_positions(yr)
-        alone.append(answer_logps(module.model(xr, select=select)[0], targets, rows, 1)[0][0])
+        alone.append(answer_logps(module.model.logits(xr, select=select), targets, rows, 1)[0][0])
     torch.testing.assert_close(joint, torch.stack(alone), rtol=0, atol=2e-5)
 
 
@@ -140,9 +144,9 @@ def test_precomputed_reference_log_probabilities_give_the_live_losses(pairs_dir,
         losses[precompute] = recorder.losses
         if precompute:  # the stored values are the live reference's on each training pair
             dataset = dm.trainer.train_dataloader.dataset
-            x, y = dataset[0]
+            x, y = dataset[0].inputs, dataset[0].targets
             select, targets, rows = answer_positions(y)
-            live, _ = answer_logps(module.reference_model()(x, select=select)[0], targets, rows, len(x))
+            live, _ = answer_logps(module.reference_model().logits(x, select=select), targets, rows, len(x))
             torch.testing.assert_close(module._reference_logps[dataset.batches[0]].T.flatten(), live)
     assert len(losses[True]) == 12 and losses[False][0] != losses[False][-1]
     torch.testing.assert_close(losses[True], losses[False], rtol=0, atol=1e-6)
@@ -190,9 +194,9 @@ def test_a_resume_on_other_pairs_computes_the_reference_table_again(pairs_dir, t
     trainer(tmp_path, 3).fit(module, dm, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     dataset = dm.trainer.train_dataloader.dataset
     assert len(module._reference_logps) == len(dataset.prompt)  # as many pairs as before: only their tokens differ
-    x, y = dataset[0]
+    x, y = dataset[0].inputs, dataset[0].targets
     select, targets, rows = answer_positions(y)
-    live, _ = answer_logps(module.reference_model()(x, select=select)[0], targets, rows, len(x))
+    live, _ = answer_logps(module.reference_model().logits(x, select=select), targets, rows, len(x))
     torch.testing.assert_close(module._reference_logps[dataset.batches[0]].T.flatten(), live)
 
 
@@ -204,7 +208,7 @@ class RealTokens(L.Callback):
         self.count = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        y = batch[1]
+        y = batch.targets
         positions = torch.arange(y.shape[1]).expand_as(y)
         self.count += int((torch.where(y != IGNORE_INDEX, positions, -1).amax(dim=1) + 1).sum())
 
@@ -294,21 +298,21 @@ def test_accumulated_micro_batches_give_the_gradient_of_the_mean_over_all_pairs_
     first, second = next(loader), next(loader)
     # Two micro-batches of 2 pairs (one with fewer tokens than the other), as Lightning runs them: each loss
     # divided by the accumulation, the gradients summed.
-    for x, y, _, pair_ids, _ in (first, second):
+    for batch in (first, second):
         module._reference_logps = None
-        loss = module.training_step((x, y, torch.tensor(4), pair_ids), 0)
+        loss = module.training_step(Batch(batch.inputs, batch.targets, torch.tensor(4), pair_ids=batch.pair_ids), 0)
         (loss / 2).backward()
     accumulated = [p.grad.clone() for p in module.model.parameters()]
     module.model.zero_grad()
     # The same 4 pairs in one batch: chosen rows first, then the rejected ones, padded to one width.
-    width = max(first[0].shape[1], second[0].shape[1])
+    width = max(first.inputs.shape[1], second.inputs.shape[1])
 
     def pad(t, value):
         return F.pad(t, (0, width - t.shape[1]), value=value)
 
-    halves = [(pad(b[0], dm.tokenizer.eot_id), pad(b[1], IGNORE_INDEX)) for b in (first, second)]
+    halves = [(pad(b.inputs, dm.tokenizer.eot_id), pad(b.targets, IGNORE_INDEX)) for b in (first, second)]
     x = torch.cat([halves[0][0][:2], halves[1][0][:2], halves[0][0][2:], halves[1][0][2:]])
     y = torch.cat([halves[0][1][:2], halves[1][1][:2], halves[0][1][2:], halves[1][1][2:]])
-    module.training_step((x, y), 0).backward()  # no step count: the batch's own mean
+    module.training_step(Batch(x, y), 0).backward()  # no step count: the batch's own mean
     for got, expected in zip(accumulated, (p.grad for p in module.model.parameters()), strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)

@@ -28,8 +28,8 @@ def reference_greedy(model: GPT, prompt: list[int], n: int) -> list[int]:
     seq = list(prompt)
     with torch.no_grad():
         for _ in range(n):
-            logits, _ = model(torch.tensor([seq]))
-            seq.append(int(logits[0, -1, :VOCAB].argmax()))
+            logits = model.logits(torch.tensor([seq]))
+            seq.append(int(logits[0, -1].argmax()))
     return seq[len(prompt) :]
 
 
@@ -191,7 +191,7 @@ def test_padding_never_turns_into_nan(model):
     x = torch.tensor([[0, 0, 5, 6], [1, 2, 3, 4]])
     positions = torch.tensor([[0, 0, 0, 1], [0, 1, 2, 3]])
     with torch.no_grad():
-        logits, _ = model(x, positions=positions, attn_mask=mask)
+        logits = model.decode(x, positions, None, mask)
     assert torch.isfinite(logits).all()
     assert mask[0, 0, 0].tolist() == [True, False, False, False]  # a padding slot sees only itself
     assert mask[0, 0, 3].tolist() == [False, False, True, True]  # a real token never sees padding

@@ -113,7 +113,8 @@ def test_pairs_are_the_best_and_worst_answer_and_ultrafeedback_trains_on_them(se
 
     dm = UltraFeedback(path=str(tmp_path / "pairs"), block_size=64, batch_size=2, num_workers=0, val_fraction=0.2)
     dm.setup("fit")
-    x, y, step_pairs, *_ = next(iter(dm.train_dataloader()))
+    batch = next(iter(dm.train_dataloader()))
+    x, step_pairs = batch.inputs, batch.step_count
     assert x.shape[0] == 4 and int(step_pairs) == 2
 
 

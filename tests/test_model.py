@@ -18,8 +18,8 @@ def test_changing_a_token_changes_no_earlier_logit():
     changed = idx.clone()
     changed[:, t] = (changed[:, t] + 1) % 97
     with torch.no_grad():
-        before, _ = model(idx)
-        after, _ = model(changed)
+        before = model.logits(idx)
+        after = model.logits(changed)
     torch.testing.assert_close(before[:, :t], after[:, :t])
     assert not torch.allclose(before[:, t:], after[:, t:])
 
@@ -57,18 +57,18 @@ def test_loss_skips_ignored_targets():
     idx = torch.randint(0, 97, (1, 16))
     targets = idx.roll(-1, dims=1)
     with torch.no_grad():
-        logits, full = model(idx, targets)
+        logits, full = model.logits(idx), model(idx, targets)
         masked = targets.clone()
         masked[:, 8:] = IGNORE_INDEX
-        _, partial = model(idx, masked)
-    expected = torch.nn.functional.cross_entropy(logits[0, :8], targets[0, :8])
+        partial = model(idx, masked)
+    expected = torch.nn.functional.cross_entropy(logits[0, :8], targets[0, :8], reduction="sum")
     torch.testing.assert_close(partial, expected)
     assert not torch.allclose(partial, full)
 
 
 def test_sequence_longer_than_context_is_refused():
     with pytest.raises(ValueError, match="block_size"):
-        tiny()(torch.zeros(1, 17, dtype=torch.long))
+        tiny().logits(torch.zeros(1, 17, dtype=torch.long))
 
 
 @pytest.mark.parametrize(
@@ -110,11 +110,13 @@ def test_schedule_warms_up_linearly_then_decays_to_the_floor():
     assert lrs[-1] == pytest.approx(0.1, abs=0.02)
 
 
-def test_last_only_gives_the_last_positions_logits():
+def test_a_decoding_step_gives_the_last_positions_logits():
     model = tiny().eval()
     idx = torch.randint(0, 97, (2, 16))
+    positions = torch.arange(16).expand(2, 16)
+    mask = torch.ones(16, 16, dtype=torch.bool).tril()[None, None].expand(2, 1, 16, 16)
     with torch.no_grad():
-        full, _ = model(idx)
-        last, _ = model(idx, last_only=True)
-    assert last.shape == (2, 1, 97)  # the real vocabulary: the padding rows are dropped
-    torch.testing.assert_close(last[:, 0], full[:, -1])
+        full = model.logits(idx)
+        last = model.decode(idx, positions, None, mask)
+    assert last.shape == (2, 97)  # the real vocabulary: the padding rows are dropped
+    torch.testing.assert_close(last, full[:, -1])

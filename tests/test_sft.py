@@ -29,7 +29,8 @@ def chat_data(path, **overrides) -> UltraChat200k:
 def test_batches_train_only_on_assistant_tokens(ultrachat_dir):
     dm = chat_data(ultrachat_dir)
     dm.setup("fit")
-    x, y, step_targets, real_tokens = next(iter(dm.train_dataloader()))
+    batch = next(iter(dm.train_dataloader()))
+    x, y, step_targets, real_tokens = batch.inputs, batch.targets, batch.step_count, batch.real_tokens
     assert x.shape == y.shape and x.shape[0] == 8
     assert step_targets == (y != IGNORE_INDEX).sum()  # one device, no accumulation: the step is this batch
     tok = dm.tokenizer
@@ -56,7 +57,7 @@ def test_targets_match_the_renderer(ultrachat_dir):
         ids, mask = render_conversation(dm.tokenizer, row["messages"])
         rendered[tuple(ids[:-1])] = [t if m else IGNORE_INDEX for t, m in zip(ids[1:], mask[1:], strict=True)]
     seen = 0
-    for x, y in dm.test_dataloader():
+    for x, y in ((b.inputs, b.targets) for b in dm.test_dataloader()):
         for row_x, row_y in zip(x, y, strict=True):
             n = int((row_y != IGNORE_INDEX).nonzero().max()) + 1
             assert rendered[tuple(row_x[:n].tolist())] == row_y[:n].tolist()
@@ -67,13 +68,14 @@ def test_targets_match_the_renderer(ultrachat_dir):
 def test_a_conversation_gives_the_same_logits_padded_in_a_batch_as_alone(ultrachat_dir):
     dm = chat_data(ultrachat_dir)
     dm.setup("test")
-    x, y = next(iter(dm.test_dataloader()))
+    batch = next(iter(dm.test_dataloader()))
+    x, y = batch.inputs, batch.targets
     module = GPTModule(preset="tiny", vocab_size=dm.vocab_size, block_size=64, n_layer=2).eval()
     shortest = int(x.shape[0] - 1)
     n = int((y[shortest] != IGNORE_INDEX).nonzero().max()) + 1
     with torch.no_grad():
-        batched_logits, _ = module(x)
-        alone_logits, _ = module(x[shortest : shortest + 1, :n])
+        batched_logits = module.model.logits(x)
+        alone_logits = module.model.logits(x[shortest : shortest + 1, :n])
     assert n < x.shape[1]  # the row really is padded
     torch.testing.assert_close(batched_logits[shortest, :n], alone_logits[0], atol=1e-5, rtol=1e-5)
 

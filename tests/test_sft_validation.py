@@ -103,7 +103,7 @@ def test_fit_and_validate_never_read_test_sft_and_test_does(ultrachat_dir):
     dm.prepare_data()  # the fit stage: train and val
     assert not list(dm.cache_dir.glob("ultrachat200k-test_sft-*"))
     dm.setup("test")
-    test_samples = sum(len(x) for x, _ in dm.test_dataloader())
+    test_samples = sum(b.rows for b in dm.test_dataloader())
     assert test_samples == 24  # the whole of test_sft
     assert list(dm.cache_dir.glob("ultrachat200k-test_sft-*"))
 

@@ -48,7 +48,8 @@ def test_txt_md_and_jsonl_files_become_one_stream_with_line_breaks_kept(tmp_path
     train, val = decoded_documents(dm, "train"), decoded_documents(dm, "val")
     assert len(val) == 1  # at least one document held out, even at val_fraction 0.01
     assert train == [d for d in documents if d not in val]  # in order, one end-of-text after each
-    x, y, *_ = next(iter(dm.train_dataloader()))
+    batch = next(iter(dm.train_dataloader()))
+    x, y = batch.inputs, batch.targets
     stream = np.asarray(dm.tokens("train")).tolist()
     window = x[0].tolist()
     assert any(stream[i : i + len(window)] == window for i in range(len(stream)))  # windows over that stream

@@ -101,8 +101,8 @@ def test_validation_metrics_are_token_means_over_the_whole_split(wikitext_dir, t
     metrics = trainer(tmp_path, 1, limit_val_batches=None).validate(module, dm, verbose=False)[0]
     nll, hits, count = 0.0, 0, 0
     with torch.no_grad():
-        for x, y in dm.val_dataloader():
-            logits, _ = module.model(x)
+        for x, y in ((b.inputs, b.targets) for b in dm.val_dataloader()):
+            logits = module.model.logits(x)
             scored = y != IGNORE_INDEX
             nll += torch.nn.functional.cross_entropy(logits[scored], y[scored], reduction="sum").item()
             hits += int((logits.argmax(-1)[scored] == y[scored]).sum())
@@ -151,11 +151,11 @@ def test_the_gap_compares_eval_mode_losses_on_a_fixed_training_sample(wikitext_d
     assert len(sample) == len(val)  # as many batches as validation; Lightning's limit_val_batches cuts both to 3
     assert run.num_val_batches == [3, 3]
     batches = list(sample)[:3]
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, list(dm.val_dataloader()[1])[:3], strict=True))
+    assert all(torch.equal(a.inputs, b.inputs) for a, b in zip(batches, list(dm.val_dataloader()[1])[:3], strict=True))
     module.eval()
     with torch.no_grad():
-        sums = [module.model(x, y, reduction="sum")[1] for x, y in batches]
-    expected = float(sum(sums)) / sum(int((y != IGNORE_INDEX).sum()) for _, y in batches)
+        sums = [module.model(b.inputs, b.targets) for b in batches]
+    expected = float(sum(sums)) / sum(int((b.targets != IGNORE_INDEX).sum()) for b in batches)
     metrics = run.callback_metrics
     assert float(metrics["train_eval_loss"]) == pytest.approx(expected, rel=1e-5)
     assert float(metrics["train_val_gap"]) == pytest.approx(float(metrics["val_loss"] - metrics["train_eval_loss"]))

@@ -65,6 +65,12 @@ def pref_data(path, **overrides) -> UltraFeedback:
     return UltraFeedback(path=str(path), **{**args, **overrides})
 
 
+def same_batch(a, b) -> bool:
+    """Every part of two Batches equal."""
+    parts = ("inputs", "targets", "step_count", "real_tokens", "pair_ids")
+    return all(torch.equal(torch.as_tensor(getattr(a, p)), torch.as_tensor(getattr(b, p))) for p in parts)
+
+
 def stats_of(dm: UltraFeedback, role: str) -> dict:
     dm.setup("test" if role == "test" else "fit")
     return json.loads(meta_path(dm.cache_base(dm.splits[role], role)).read_text())["stats"]
@@ -95,7 +101,8 @@ def test_a_pair_is_the_hand_rendering_with_only_the_answers_scored(tmp_path):
     )
     dm = pref_data(folder(tmp_path / "one", preference_rows(20), [row]))
     dm.setup("test")
-    (x, y), *rest = list(dm.test_dataloader())
+    first, *rest = list(dm.test_dataloader())
+    x, y = first.inputs, first.targets
     assert not rest
     prompt, chosen, rejected = hand_pair(dm, row)
     width = len(prompt) + max(len(chosen), len(rejected)) - 1
@@ -252,7 +259,8 @@ def test_training_batches_pair_chosen_and_rejected_rows_and_count_the_pairs_of_a
     batches = list(dm.train_dataloader())
     assert len(batches) == len(dm.train_dataset(*dm._cache("train"))[0])
     seen = []
-    for x, y, step_pairs, pair_ids, _ in batches:
+    for batch in batches:
+        x, y, step_pairs, pair_ids = batch.inputs, batch.targets, batch.step_count, batch.pair_ids
         assert x.shape == y.shape and x.shape[0] == 10 and step_pairs == 5  # one device, no accumulation
         seen += pair_ids.tolist()
         (x_chosen, y_chosen), (x_rejected, y_rejected) = split_pair_batch(x, y)
@@ -263,7 +271,7 @@ def test_training_batches_pair_chosen_and_rejected_rows_and_count_the_pairs_of_a
     n_pairs = len(dm.train_dataset(*dm._cache("train"))[0].prompt)
     assert len(set(seen)) == len(seen) >= n_pairs - 5 and set(seen) <= set(range(n_pairs))  # each pair once, by index
     dm.trainer = fake_trainer(accumulate=3)
-    assert {int(batch[2]) for batch in dm.train_dataloader()} == {15}  # the pairs of the whole optimizer step
+    assert {int(batch.step_count) for batch in dm.train_dataloader()} == {15}  # the pairs of the whole optimizer step
 
 
 def test_training_resumes_mid_epoch_in_the_same_order(tmp_path):
@@ -286,27 +294,27 @@ def test_training_resumes_mid_epoch_in_the_same_order(tmp_path):
     rest = list(resumed.train_dataloader())
     assert len(rest) == len(straight) - 7
     for a, b in zip(straight[7:], rest, strict=True):
-        assert all(torch.equal(torch.as_tensor(u), torch.as_tensor(v)) for u, v in zip(a, b, strict=True))
+        assert same_batch(a, b)
     other_seed = pref_data(path, seed=6)
-    assert not all(torch.equal(a[0], b[0]) for a, b in zip(straight, other_seed.train_dataloader(), strict=False))
+    assert not all(same_batch(a, b) for a, b in zip(straight, other_seed.train_dataloader(), strict=False))
 
 
 def test_evaluation_batches_hold_every_pair_once_in_a_fixed_order(tmp_path):
     path = folder(tmp_path / "e", preference_rows(10), preference_rows(30, seed=9))
     dm = pref_data(path, eval_batch_size=4)
     dm.setup("test")
-    first = [(x.clone(), y.clone()) for x, y in dm.test_dataloader()]
+    first = [(b.inputs.clone(), b.targets.clone()) for b in dm.test_dataloader()]
     assert sum(len(x) for x, _ in first) == 60  # 30 pairs, two rows each
     again = pref_data(path, eval_batch_size=4)
     again.setup("test")
-    for (x, y), (x2, y2) in zip(first, again.test_dataloader(), strict=True):
-        assert torch.equal(x, x2) and torch.equal(y, y2)
+    for (x, y), b in zip(first, again.test_dataloader(), strict=True):
+        assert torch.equal(x, b.inputs) and torch.equal(y, b.targets)
 
     dm.trainer = fake_trainer(state=SimpleNamespace(fn=TrainerFn.FITTING), limit_val_batches=2)
     dm.setup("fit")
     val, train_sample = dm.val_dataloader()  # while fitting: validation, then a fixed sample of training pairs
     assert len(train_sample) == len(val) == 1  # as many batches as validation has (the one held-out pair)
-    for x, y in train_sample:
+    for x, y in ((b.inputs, b.targets) for b in train_sample):
         (_, y_chosen), (_, y_rejected) = split_pair_batch(x, y)
         assert x.shape[0] == 8 and all(map(prompt_length, y_chosen)) and all(map(prompt_length, y_rejected))
 
@@ -338,8 +346,8 @@ def test_the_train_sample_scored_beside_validation_has_the_pair_lengths_of_train
     dm = pref_data(path, block_size=256, batch_size=8, eval_batch_size=8, val_split="test_prefs")
     val, train_sample = fitting_sample(dm)
     assert len(train_sample) == len(val) == 25  # 200 validation pairs in batches of 8
-    sample = [n for _, y in train_sample for n in sequence_lengths(y)]
-    training = [n for _, y, *_ in dm.train_dataloader() for n in sequence_lengths(y)]
+    sample = [n for b in train_sample for n in sequence_lengths(b.targets)]
+    training = [n for b in dm.train_dataloader() for n in sequence_lengths(b.targets)]
     assert len(sample) == 2 * 200 and len(training) == 2 * 1000  # two sequences a pair; every training pair
     # The length distribution of training, not its longest pairs (which length-sorted groups give first).
     assert abs(np.mean(sample) - np.mean(training)) < 0.1 * np.mean(training)
@@ -360,7 +368,8 @@ def test_the_real_mirror_reads_every_row_counts_its_ties_and_batches():
     assert stats["rows"] == 800
     assert 60 <= stats["ties"] <= 100  # about a tenth
     assert stats["pairs"] == 800 - stats["ties"] - stats["skipped"] and stats["skipped"] < 10
-    x, y, step_pairs, *_ = next(iter(dm.train_dataloader()))
+    batch = next(iter(dm.train_dataloader()))
+    x, y, step_pairs = batch.inputs, batch.targets, batch.step_count
     assert x.shape[0] == 8 and x.shape[1] <= 256 and step_pairs == 4
     assert ((y != IGNORE_INDEX).sum(dim=1) > 0).all()
     assert np.all(np.asarray([prompt_length(row) for row in y]) <= 128)  # max_prompt_tokens = block_size // 2
@@ -373,7 +382,7 @@ def test_the_real_mirror_train_sample_has_the_pair_lengths_of_training():
         path=str(ULTRAFEEDBACK), block_size=1024, eval_batch_size=16, num_workers=0, val_split="test_prefs"
     )
     _, train_sample = fitting_sample(dm)
-    sample = [n for _, y in train_sample for n in sequence_lengths(y)]
+    sample = [n for b in train_sample for n in sequence_lengths(b.targets)]
     training = [
         n for pair in all_pairs(dm, "train") for n in (len(pair[0]) + len(pair[1]), len(pair[0]) + len(pair[2]))
     ]

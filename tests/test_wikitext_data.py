@@ -28,7 +28,7 @@ def test_rows_are_joined_into_articles_at_level_one_titles():
 def test_validation_predicts_every_token_exactly_once(wikitext_dir):
     dm = ready(wikitext_dir)
     tokens = np.asarray(dm.tokens("val"))
-    targets = torch.cat([y for _, y in dm.val_dataloader()], dim=0).flatten()
+    targets = torch.cat([b.targets for b in dm.val_dataloader()], dim=0).flatten()
     targets = targets[targets != IGNORE_INDEX]
     assert targets.tolist() == tokens[1:].tolist()
 
@@ -73,10 +73,11 @@ def test_resumed_sampler_continues_where_it_stopped(wikitext_dir):
 
 def test_training_windows_are_shifted_targets(wikitext_dir):
     dm = ready(wikitext_dir)
-    x, y, step_targets = next(iter(dm.train_dataloader()))
+    batch = next(iter(dm.train_dataloader()))
+    x, y = batch.inputs, batch.targets
     assert x.shape == y.shape == (4, 16)
     assert torch.equal(x[:, 1:], y[:, :-1])
-    assert step_targets.tolist() == [4 * 16] * 4  # every window's targets count; each row carries its step's total
+    assert int(batch.step_count) == 4 * 16  # every window's targets count
 
 
 def test_missing_folder_names_the_flag(tmp_path):

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from lightning_gpt.batch import Batch
 from lightning_gpt.checkpoint import load_pretrained
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.model import GPT
-from lightning_gpt.throughput import batch_tokens
-from lightning_gpt.training.language_model import GPTModule
+from lightning_gpt.training.base import TrainingModule
 from lightning_gpt.training.preference_losses import (
     LOSS_TYPES,
     answer_logps,
@@ -35,23 +35,9 @@ PAIR_METRICS = (
     "logps/rejected",
 )
 TOKEN_METRICS = ("entropy", "kl")
-# The device-side sums of a training step (GPTModule._track), in this order.
-STEP_SUMS = (
-    "loss",
-    "pairs",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "logps/chosen",
-    "logps/rejected",
-    "entropy",
-    "chosen_tokens",
-    "kl",
-    "kl_tokens",
-)
 
 
-class DPOModule(GPTModule):
+class DPOModule(TrainingModule):
     """DPO (or IPO) on preference pairs, from a chat model: the policy starts from `init_from` and a frozen copy of
     those weights is the reference. Batches come from `data_modules.UltraFeedback`: (2B, L) rows, the chosen
     answers first, then the rejected ones; only answer tokens are scored.
@@ -70,7 +56,7 @@ class DPOModule(GPTModule):
         label_smoothing: the chance that a pair's preference is wrong (conservative DPO; sigmoid only).
         precompute_reference: compute the reference's log-probabilities of every training pair once, before the
             first step (and keep them in the checkpoint), instead of a reference forward pass in every step.
-        **kwargs: GPTModule's arguments (model shape, optimizer, schedule, init_from: the chat model to align).
+        **kwargs: the model and optimizer settings, see `TrainingModule` (init_from: the chat model to align).
     """
 
     def __init__(
@@ -96,6 +82,7 @@ class DPOModule(GPTModule):
         self._reference_logps: torch.Tensor | None = None  # (training pairs, 2): chosen, rejected
         self._reference_pairs: str | None = None  # the fingerprint of the pairs the table was computed for
         self._reference_fingerprint: float | None = None
+        self.train_eval_loss = MeanMetric()  # the fixed sample of training pairs, scored like validation
         self.eval_metrics = nn.ModuleDict(
             {
                 stage: nn.ModuleDict({_key(name): MeanMetric() for name in (*PAIR_METRICS, *TOKEN_METRICS)})
@@ -182,10 +169,11 @@ class DPOModule(GPTModule):
         log.info("computing the reference log-probabilities of %d training pairs", len(logps))
         with self.trainer.precision_plugin.forward_context():
             for index in range(rank, len(dataset), world):
-                x, y = (t.to(self.device) for t in dataset[index])
+                batch = dataset[index]
+                x, y = batch.inputs.to(self.device), batch.targets.to(self.device)
                 pairs = torch.as_tensor(dataset.batches[index], device=self.device)
                 select, targets, rows = answer_positions(y)
-                sums, _ = answer_logps(reference(x, select=select)[0], targets, rows, len(y))  # (2B,)
+                sums, _ = answer_logps(reference.logits(x, select=select), targets, rows, len(y))  # (2B,)
                 logps[pairs] = torch.stack(sums.chunk(2), dim=1).float()  # (B, 2)
         logps = self.trainer.strategy.reduce(logps, reduce_op="sum")
         log.info("reference log-probabilities done in %.1f s", time.monotonic() - started)
@@ -198,14 +186,14 @@ class DPOModule(GPTModule):
         (2B,), and the chosen answers' summed entropy, KL (None without a live reference) and token count."""
         n_rows, half = x.shape[0], x.shape[0] // 2
         select, targets, rows = answer_positions(y)  # logits only where an answer token is predicted
-        logits, _ = self.model(x, select=select)  # (n, V)
+        logits = self.model.logits(x, select=select)  # (n, V)
         logps, lengths = answer_logps(logits, targets, rows, n_rows)  # (2B,) each
         reference_logits = None
         if pair_ids is not None and self._reference_logps is not None:
             reference_logps = self._reference_logps[pair_ids].T.flatten()  # (2B,): chosen, then rejected
         else:
             with torch.no_grad():
-                reference_logits, _ = self.reference_model()(x, select=select)  # (n, V)
+                reference_logits = self.reference_model().logits(x, select=select)  # (n, V)
                 reference_logps, _ = answer_logps(reference_logits, targets, rows, n_rows)
         policy, reference = logps, reference_logps
         if self.hparams.loss_type == "ipo":  # IPO compares per-token means, so long answers do not dominate
@@ -224,73 +212,60 @@ class DPOModule(GPTModule):
         entropy, kl = entropy_and_kl(logits[:chosen], chosen_reference)
         return terms, logps.detach(), (entropy, kl, lengths[:half].sum())
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        """batch: (x, y) or (x, y, step_pairs[, pair_ids]); step_pairs is the number of pairs in this micro-batch's
-        whole optimizer step (every accumulated micro-batch, every rank): the loss is their mean."""
-        x, y = batch[0], batch[1]
-        live_reference = not (len(batch) > 3 and self._reference_logps is not None)
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        precomputed = batch.pair_ids is not None and self._reference_logps is not None
         # Forward and backward of the policy, plus the reference's forward when it runs live.
-        real_tokens = batch_tokens(batch)  # padding excluded
-        self.flops_per_batch = int(
-            self.model.flops_per_token(x.shape[1]) * real_tokens * (4 / 3 if live_reference else 1)
-        )
-        terms, logps, (entropy, kl, tokens) = self.pair_terms(x, y, batch[3] if len(batch) > 3 else None)
-        half = x.shape[0] // 2
-        if len(batch) > 2:
-            step_pairs = batch[2].flatten()[0].clamp(min=1)
-            # As GPTModule does with targets: undo Lightning's division by the accumulation and DDP's average.
-            loss = terms.losses.sum() * self.trainer.accumulate_grad_batches * self.trainer.world_size / step_pairs
-        else:
-            loss = terms.losses.mean()
-        zero = torch.zeros((), device=x.device)
-        sums = torch.stack(
-            [
-                terms.losses.detach().sum(),
-                torch.full((), float(half), device=x.device),
-                terms.chosen_rewards.sum(),
-                terms.rejected_rewards.sum(),
-                (terms.chosen_rewards > terms.rejected_rewards).float().sum(),
-                logps[:half].sum(),
-                logps[half:].sum(),
-                entropy,
-                tokens.float(),
-                zero if kl is None else kl,
-                zero if kl is None else tokens.float(),
-            ]
-        )
-        self._track(sums, terms.losses.detach().mean())
-        self.tokens_seen += real_tokens * self.trainer.world_size
-        return loss
-
-    def step_metrics(self, sums: torch.Tensor) -> dict[str, float]:
-        s = dict(zip(STEP_SUMS, sums.tolist(), strict=True))
-        pairs = max(s["pairs"], 1.0)
-        metrics = {
-            "train_loss": s["loss"] / pairs,
-            "rewards/chosen": s["rewards/chosen"] / pairs,
-            "rewards/rejected": s["rewards/rejected"] / pairs,
-            "rewards/margins": (s["rewards/chosen"] - s["rewards/rejected"]) / pairs,
-            "rewards/accuracies": s["rewards/accuracies"] / pairs,
-            "logps/chosen": s["logps/chosen"] / pairs,
-            "logps/rejected": s["logps/rejected"] / pairs,
-            "train_entropy": s["entropy"] / max(s["chosen_tokens"], 1.0),
+        self.count_batch(batch, self.model.flops_per_token(batch.inputs.shape[1]) * (1 if precomputed else 4 / 3))
+        terms, logps, (entropy, kl, tokens) = self.pair_terms(batch.inputs, batch.targets, batch.pair_ids)
+        half = batch.rows // 2
+        chosen, rejected = terms.chosen_rewards, terms.rejected_rewards
+        sums = {
+            "loss": terms.losses.sum(),
+            "pairs": torch.full((), float(half), device=chosen.device),  # a kernel argument, no host-to-device copy
+            "rewards/chosen": chosen.sum(),
+            "rewards/rejected": rejected.sum(),
+            "rewards/accuracies": (chosen > rejected).float().sum(),
+            "logps/chosen": logps[:half].sum(),
+            "logps/rejected": logps[half:].sum(),
+            "entropy": entropy,
+            "chosen_tokens": tokens.float(),
         }
-        if s["kl_tokens"] > 0:
-            metrics["train_kl"] = s["kl"] / s["kl_tokens"]
+        if kl is not None:  # only while the reference runs live
+            sums.update(kl=kl, kl_tokens=tokens.float())
+        self.track(sums, terms.losses.detach().mean())
+        return self.step_loss(terms.losses.sum(), half, batch)
+
+    def step_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        pairs = max(sums["pairs"], 1.0)
+        metrics = {
+            "train_loss": sums["loss"] / pairs,
+            "rewards/chosen": sums["rewards/chosen"] / pairs,
+            "rewards/rejected": sums["rewards/rejected"] / pairs,
+            "rewards/margins": (sums["rewards/chosen"] - sums["rewards/rejected"]) / pairs,
+            "rewards/accuracies": sums["rewards/accuracies"] / pairs,
+            "logps/chosen": sums["logps/chosen"] / pairs,
+            "logps/rejected": sums["logps/rejected"] / pairs,
+            "train_entropy": sums["entropy"] / max(sums["chosen_tokens"], 1.0),
+        }
+        if sums.get("kl_tokens", 0.0) > 0:
+            metrics["train_kl"] = sums["kl"] / sums["kl_tokens"]
         return metrics
 
     # --- validation and test ------------------------------------------------------------------------------------
 
-    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if dataloader_idx == 1:  # the fixed sample of training pairs: train_eval_loss, for the train/val gap
-            terms, _, _ = self.pair_terms(batch[0], batch[1])
-            self.train_eval_nll.update(terms.losses.mean(), weight=len(terms.losses))
+            terms, _, _ = self.pair_terms(batch.inputs, batch.targets)
+            self.train_eval_loss.update(terms.losses.mean(), weight=len(terms.losses))
             return
         self._eval_step(batch, "val")
 
-    def _eval_step(self, batch, stage: str) -> None:
-        terms, logps, (entropy, kl, tokens) = self.pair_terms(batch[0], batch[1])
-        half = batch[0].shape[0] // 2
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_step(self, batch: Batch, stage: str) -> None:
+        terms, logps, (entropy, kl, tokens) = self.pair_terms(batch.inputs, batch.targets)
+        half = batch.rows // 2
         values = {
             "loss": terms.losses,
             "rewards/chosen": terms.chosen_rewards,
@@ -313,6 +288,15 @@ class DPOModule(GPTModule):
             if metric.update_called:
                 self.log(f"{stage}_{name}", metric.compute(), prog_bar=name == "loss")
             metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+        if self.train_eval_loss.update_called:
+            self.log("train_eval_loss", self.train_eval_loss.compute())
+            self.train_eval_loss.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
 
     # --- checkpoints ------------------------------------------------------------------------------------------
 

@@ -1,74 +1,30 @@
-"""The LightningModule: wraps the plain-PyTorch GPT with its loss, metrics, optimizer and schedule."""
+"""Next-token prediction (pretraining and chat fine-tuning): the loss on the scored targets, and at validation and
+test the loss, perplexity and accuracy, with word perplexity and bits per byte when a whole split was read."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import lightning as L
 import torch
+import torch.nn.functional as F
 from torchmetrics import Accuracy, MeanMetric, SumMetric
 
-from lightning_gpt.checkpoint import check_resumed_tokenizer, load_pretrained, shape_mismatches
-from lightning_gpt.errors import TrainingStopped, UserInputError
-from lightning_gpt.model import GPT, IGNORE_INDEX, GPTConfig
-from lightning_gpt.throughput import batch_tokens
-from lightning_gpt.training.optim import (
-    adamw_warmup_cosine,
-    check_optimizer_settings,
-    check_validation_between_steps,
-    closed_form_schedule_state,
-)
-from lightning_gpt.training.rng import collect_rng_states, restore_rng_states
+from lightning_gpt.batch import Batch
+from lightning_gpt.model import IGNORE_INDEX
+from lightning_gpt.training.base import TrainingModule
 
 
-class GPTModule(L.LightningModule):
-    """Next-token prediction with a causal transformer.
+class GPTModule(TrainingModule):
+    """Next-token prediction with a causal transformer: the loss is the mean cross-entropy over the scored targets of
+    a whole optimizer step (every target in pretraining, the assistant's tokens in chat fine-tuning).
 
     Args:
-        preset: model shape: "tiny", "small" or "gpt2-124m" (see lightning_gpt/model.py).
-        vocab_size: number of token ids; the CLI links it from the data module's tokenizer.
-        block_size: context length; the CLI links it to the data module's window length.
-        n_layer: overrides the preset's number of layers.
-        n_head: overrides the preset's number of attention heads.
-        n_embd: overrides the preset's width.
-        dropout: dropout on attention and residual branches.
-        learning_rate: peak learning rate, reached after warmup.
-        min_lr_ratio: the cosine schedule ends at learning_rate * min_lr_ratio.
-        warmup_steps: optimizer steps of linear warmup.
-        weight_decay: AdamW decay on matrices and embeddings (never on norms).
-        betas: AdamW betas.
-        compile: compile the model with torch.compile (worth it on a GPU for long runs).
-        init_from: a checkpoint whose weights start this run (fine-tuning), with a fresh optimizer and schedule;
-            ignored when resuming with --ckpt_path. Token rows it lacks (e.g. chat tokens) start at the mean
-            embedding.
+        **kwargs: the model and optimizer settings, see `TrainingModule` (preset, block_size, learning_rate,
+            init_from, ...).
     """
 
-    def __init__(
-        self,
-        preset: str = "gpt2-124m",
-        vocab_size: int = 50257,
-        block_size: int = 1024,
-        n_layer: int | None = None,
-        n_head: int | None = None,
-        n_embd: int | None = None,
-        dropout: float = 0.0,
-        learning_rate: float = 6e-4,
-        min_lr_ratio: float = 0.1,
-        warmup_steps: int = 700,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
-        compile: bool = False,
-        init_from: str | None = None,
-    ) -> None:
-        super().__init__()
-        check_optimizer_settings(learning_rate, min_lr_ratio, warmup_steps, weight_decay, betas)
-        self.save_hyperparameters()
-        overrides = {k: v for k, v in {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd}.items() if v is not None}
-        self.config = GPTConfig.from_preset(
-            preset, vocab_size=vocab_size, block_size=block_size, dropout=dropout, **overrides
-        )
-        self.model = GPT(self.config)
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.val_nll = MeanMetric()  # token-weighted mean, exact across batches and ranks
         self.test_nll = MeanMetric()
         self.val_targets, self.test_targets = SumMetric(), SumMetric()
@@ -83,155 +39,41 @@ class GPTModule(L.LightningModule):
         # Loss on a fixed sample of training batches, evaluated like validation (eval mode: no dropout), so that the
         # train/val gap compares like with like (nanoGPT's estimate_loss).
         self.train_eval_nll = MeanMetric()
-        self.tokens_seen = 0  # training tokens over all devices, kept across resumes
-        self.flops_per_batch = 0  # read by Lightning's ThroughputMonitor for MFU; set by each step
-        # Device-side running sums, read on the host only every log_every_n_steps (no sync per step):
-        # the current optimizer step's summed NLL and scored targets, and the first non-finite loss (step, value).
-        self._step_sums: torch.Tensor | None = None
-        self._first_nonfinite: torch.Tensor | None = None
-        self._rng_to_restore: dict | None = None
-        self._init_from_done = False
 
-    def on_fit_start(self) -> None:
-        self._start_from_init_from()
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        self.count_batch(batch, self.model.flops_per_token(batch.inputs.shape[1]))  # forward + backward
+        nll_sum = self.model(batch.inputs, batch.targets)  # the logits in chunks, never whole
+        n_targets = (batch.targets != IGNORE_INDEX).sum()
+        self.track({"nll": nll_sum, "targets": n_targets}, nll_sum.detach() / n_targets.clamp(min=1))
+        return self.step_loss(nll_sum, n_targets, batch)
 
-    def _start_from_init_from(self) -> None:
-        """Loads init_from whenever no --ckpt_path supplies the weights: in fit, validate and test alike, before the
-        first forward pass (evaluating the starting model on a new stage's data is a first step), and only once, so
-        that a validate after a fit in one process keeps the trained weights. Called from the start hooks, not
-        setup(): only then does the trainer know whether it restored a checkpoint. Loading copies into the
-        existing parameters, so an optimizer built before still holds the right tensors."""
-        if self._init_from_done:
-            return
-        self._init_from_done = True
-        if self.hparams.init_from and self.trainer.ckpt_path is None:
-            tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)  # refused unless it is init_from's
-            load_pretrained(self.model, self.hparams.init_from, tokenizer=tokenizer)
+    def step_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        return {"train_loss": sums["nll"] / max(sums["targets"], 1.0)}
 
-    def configure_model(self) -> None:
-        if self.hparams.compile and self.model._compiled_call_impl is None:
-            self.model.compile()  # compiles in place: state-dict keys stay the same
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        return self.model(idx, targets)
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        """batch: (x, y), (x, y, step_targets) or (x, y, step_targets, real_tokens). step_targets (a scalar, or one
-        per row, all equal) is the number of scored targets in this micro-batch's whole optimizer step: every
-        micro-batch of the accumulation window, on every rank (the training samplers in data_modules/windows.py
-        compute it). real_tokens (an int) counts the tokens of a padded chat batch that are not padding."""
-        x, y = batch[0], batch[1]
-        real_tokens = batch_tokens(batch)  # padding excluded: it is no work done for the model
-        self.flops_per_batch = self.model.flops_per_token(x.shape[1]) * real_tokens  # forward + backward
-        _, nll_sum = self.model(x, y, reduction="sum", with_logits=False)  # logits in chunks, never whole
-        n_targets = (y != IGNORE_INDEX).sum()
-        if len(batch) > 2:
-            step_targets = batch[2].flatten()[0].clamp(min=1)
-            # Lightning divides the returned loss by accumulate_grad_batches and DDP averages gradients over ranks:
-            # undo both, so the step's gradient is that of (summed NLL of all its scored tokens) / (their number),
-            # whatever the micro-batches' own counts (SFT batches differ in how many assistant tokens they hold).
-            scale = self.trainer.accumulate_grad_batches * self.trainer.world_size
-            loss = nll_sum * scale / step_targets
-        else:  # batches made by hand (benchmarks): the micro-batch's own mean
-            loss = nll_sum / n_targets.clamp(min=1)
-        self._track(torch.stack([nll_sum.detach(), n_targets]), nll_sum.detach() / n_targets.clamp(min=1))
-        self.tokens_seen += real_tokens * self.trainer.world_size
-        return loss
-
-    def _track(self, sums: torch.Tensor, loss: torch.Tensor) -> None:
-        """Adds a micro-batch's sums (what `step_metrics` turns into the logged numbers) to the step's, and
-        remembers the first non-finite `loss` (the micro-batch's mean), all on the device."""
-        if self._step_sums is None or self._step_sums.shape != sums.shape or self._step_sums.device != sums.device:
-            self._step_sums = torch.zeros(sums.shape, dtype=torch.float64, device=sums.device)
-        if self._first_nonfinite is None or self._first_nonfinite.device != sums.device:
-            self._first_nonfinite = torch.full((2,), -1.0, dtype=torch.float64, device=sums.device)
-        self._step_sums += sums.double()
-        first = (~torch.isfinite(loss)) & (self._first_nonfinite[0] < 0)
-        # torch.full passes the step as a kernel argument; torch.tensor(step, device=cuda) would copy from the host
-        # and wait for the stream: a sync per micro-batch.
-        step = torch.full((), float(self.trainer.global_step), dtype=torch.float64, device=sums.device)
-        here = torch.stack([step, loss.double()])
-        self._first_nonfinite = torch.where(first, here, self._first_nonfinite)
-
-    def step_metrics(self, sums: torch.Tensor) -> dict[str, float]:
-        """The logged numbers of an optimizer step from its sums over every micro-batch and rank (see `_track`):
-        the first is train_loss."""
-        return {"train_loss": float(sums[0] / sums[1])}
-
-    def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
-        # Here every micro-batch of the step has been seen, and callbacks (checkpoints) have not run yet; Lightning
-        # counts the step in global_step only after this hook.
-        step = self.trainer.global_step + 1
-        if step % (self.trainer.log_every_n_steps or 1) == 0 or step >= self.trainer.max_steps > 0:
-            self._report_step()
-        self._step_sums.zero_()
-
-    def _report_step(self) -> None:
-        """Logs the loss of the optimizer step just taken (all ranks) and stops on a non-finite loss: the one host
-        sync of the training loop, every log_every_n_steps."""
-        flags = (self._first_nonfinite[:1] >= 0).double()
-        sums = self.trainer.strategy.reduce(torch.cat([self._step_sums, flags]), reduce_op="sum")
-        if sums[-1] > 0:
-            raise TrainingStopped(self._nonfinite_message())
-        # Written to the loggers now, not at the end of the batch as self.log would: a SIGTERM stop at this step
-        # raises before that, and the step's loss would be missing from the curve. Numbered as Lightning does.
-        metrics = {**self.step_metrics(sums[:-1]), "tokens_seen": float(self.tokens_seen)}
-        for logger in self.loggers:
-            logger.log_metrics(metrics, step=self.trainer.global_step)
-        self.log("train_loss", metrics["train_loss"], prog_bar=True, logger=False)
-
-    def on_test_start(self) -> None:
-        self._start_from_init_from()
-
-    def on_validation_start(self) -> None:
-        self._start_from_init_from()  # a `validate` run; in fit, on_fit_start came first
-        # A validation (and its samples and checkpoints) after a non-finite loss would only spread it: stop first.
-        if self.trainer.training or self.trainer.state.fn == "fit":
-            flag = self._first_nonfinite is not None and bool(self._first_nonfinite[0] >= 0)
-            if self.trainer.strategy.reduce_boolean_decision(flag, all=False):
-                raise TrainingStopped(self._nonfinite_message())
-
-    def _nonfinite_message(self) -> str:
-        step, loss = self._first_nonfinite.tolist() if self._first_nonfinite is not None else (-1.0, float("nan"))
-        what = (
-            f"the training loss became non-finite ({loss}) at step {int(step)}"
-            if step >= 0
-            else (f"the weights became non-finite by step {self.trainer.global_step}")
-        )
-        # A ModelCheckpoint names its file before saving it: only files that exist were saved.
-        callbacks = self.trainer.checkpoint_callbacks
-        kept = [getattr(cb, "last_model_path", "") or getattr(cb, "best_model_path", "") for cb in callbacks]
-        kept = [Path(k).resolve() for k in kept if k and Path(k).is_file()]
-        return (
-            f"{what}; stopped without saving those weights"
-            + (f"; the last good checkpoint is {kept[0]}" if kept else "")
-            + ". Lower --model.learning_rate, keep --trainer.gradient_clip_val, or use bf16-mixed instead of "
-            "16-mixed, then resume from the good checkpoint with --ckpt_path."
-        )
+    # --- validation and test ----------------------------------------------------------------------------------
 
     def _metrics(self, stage: str) -> tuple[MeanMetric, Accuracy, SumMetric]:
         return getattr(self, f"{stage}_nll"), getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_targets")
 
-    def _eval_step(self, batch, stage: str) -> None:
+    def _eval_step(self, batch: Batch, stage: str) -> None:
         nll, accuracy, targets = self._metrics(stage)
-        logits, loss = self(batch[0], batch[1])
-        n_targets = int((batch[1] != IGNORE_INDEX).sum())  # a host sync, so only here and not in training
+        logits = self.model.logits(batch.inputs)  # (B, T, vocab)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE_INDEX)
+        n_targets = int((batch.targets != IGNORE_INDEX).sum())  # a host sync, so only here and not in training
         if n_targets:  # a batch can hold no target at all (e.g. only prompts); its NaN loss must not count
             nll.update(loss, weight=n_targets)
-            accuracy.update(logits.argmax(dim=-1), batch[1])
+            accuracy.update(logits.argmax(dim=-1), batch.targets)
             targets.update(n_targets)
 
-    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if dataloader_idx == 1:  # the fixed sample of training batches (data module, while fitting)
-            _, loss = self(batch[0], batch[1])
-            n_targets = int((batch[1] != IGNORE_INDEX).sum())
+            n_targets = int((batch.targets != IGNORE_INDEX).sum())
             if n_targets:
-                self.train_eval_nll.update(loss, weight=n_targets)
+                self.train_eval_nll.update(self.model(batch.inputs, batch.targets) / n_targets, weight=n_targets)
             return
         self._eval_step(batch, "val")
 
-    def test_step(self, batch, batch_idx: int) -> None:
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
     def _log_eval(self, stage: str) -> None:
@@ -257,13 +99,6 @@ class GPTModule(L.LightningModule):
         self.log(f"{stage}_word_ppl", torch.exp(total_nll / stats["words"]))
         self.log(f"{stage}_bpb", total_nll / (math.log(2) * stats["bytes"]))
 
-    def on_validation_end(self) -> None:
-        # Lightning runs this after every callback's on_validation_end (ModelCheckpoints included): the point where a
-        # stop requested during the step before the validation can save (callbacks/sigterm.py).
-        for callback in self.trainer.callbacks:
-            if hasattr(callback, "after_validation"):
-                callback.after_validation(self.trainer)
-
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")
         if self.train_eval_nll.update_called:
@@ -272,67 +107,3 @@ class GPTModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
-
-    def configure_optimizers(self):
-        total = self.trainer.estimated_stepping_batches
-        if total == float("inf"):
-            raise UserInputError("set --trainer.max_steps or --trainer.max_epochs: the cosine schedule needs an end.")
-        optimizer, schedule = self.build_optimizer(int(total))
-        # The name is LearningRateMonitor's tag for it (else "lr-AdamW").
-        schedule_config = {"scheduler": schedule, "interval": "step", "name": "learning_rate"}
-        return {"optimizer": optimizer, "lr_scheduler": schedule_config}
-
-    def build_optimizer(self, total_steps: int):
-        """AdamW and its warmup-cosine schedule from this module's hyperparameters (fused on CUDA)."""
-        hp = self.hparams
-        return adamw_warmup_cosine(
-            self.parameters(),
-            lr=hp.learning_rate,
-            weight_decay=hp.weight_decay,
-            betas=hp.betas,
-            warmup_steps=hp.warmup_steps,
-            total_steps=total_steps,
-            min_lr_ratio=hp.min_lr_ratio,
-            fused=self.device.type == "cuda",
-        )
-
-    def on_train_start(self) -> None:
-        check_validation_between_steps(self.trainer)
-        if self._rng_to_restore is not None:  # a resume: continue the random stream where the checkpoint left it
-            restore_rng_states(self._rng_to_restore)
-            self._rng_to_restore = None
-        # The optimizer's restored learning rate is the old plan's; set the one this run's plan gives for the step.
-        for config in self.trainer.lr_scheduler_configs:
-            schedule = config.scheduler
-            for group, base, factor in zip(
-                schedule.optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas, strict=True
-            ):
-                group["lr"] = base * factor(schedule.last_epoch)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        weights_finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(list(self.parameters()))))
-        loss_finite = self._first_nonfinite is None or bool(self._first_nonfinite[0] < 0)
-        if not (weights_finite and loss_finite):  # never write (or replace last.ckpt with) non-finite weights
-            raise TrainingStopped(self._nonfinite_message())
-        checkpoint["tokens_seen"] = self.tokens_seen
-        checkpoint["rng_states"] = collect_rng_states()
-        tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
-        if hasattr(tokenizer, "to_data"):  # plain data: generate, chat and serve rebuild it from the checkpoint alone
-            checkpoint["tokenizer"] = tokenizer.to_data()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        problems = shape_mismatches(self.state_dict(), checkpoint.get("state_dict", {}))
-        if problems:
-            raise UserInputError(
-                "the checkpoint holds a model of another shape than this run's: "
-                + "; ".join(problems)
-                + ". Use the model settings it was trained with (its hyperparameters are in the checkpoint), "
-                "or start from scratch without --ckpt_path."
-            )
-        check_resumed_tokenizer(checkpoint, getattr(getattr(self._trainer, "datamodule", None), "tokenizer", None))
-        self.tokens_seen = checkpoint.get("tokens_seen", 0)
-        self._rng_to_restore = checkpoint.get("rng_states")
-        schedules = checkpoint.get("lr_schedulers", [])
-        checkpoint["lr_schedulers"] = [
-            closed_form_schedule_state(state, self.hparams.learning_rate) for state in schedules
-        ]

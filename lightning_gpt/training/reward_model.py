@@ -10,13 +10,13 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from lightning_gpt.batch import Batch
 from lightning_gpt.reward_head import rewards
-from lightning_gpt.throughput import batch_tokens
+from lightning_gpt.training.base import TrainingModule
 from lightning_gpt.training.bradley_terry import bradley_terry
-from lightning_gpt.training.language_model import GPTModule
 
 
-class RewardModule(GPTModule):
+class RewardModule(TrainingModule):
     """A reward model: `rewards(x, y)` is one number per (prompt, answer) row, trained so that the chosen answer of
     each pair scores above the rejected one (Bradley-Terry: loss -log sigmoid(r_chosen - r_rejected)).
 
@@ -26,7 +26,8 @@ class RewardModule(GPTModule):
     test_loss, test_accuracy.
 
     Args:
-        **kwargs: the language model's settings, see `GPTModule` (preset, block_size, learning_rate, init_from, ...).
+        **kwargs: the model and optimizer settings, see `TrainingModule` (preset, block_size, learning_rate,
+            init_from, ...).
     """
 
     def __init__(self, **kwargs) -> None:
@@ -52,50 +53,43 @@ class RewardModule(GPTModule):
         losses, correct = bradley_terry(chosen, rejected)
         return losses, correct, chosen, rejected
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        """batch: (x, y) or (x, y, step_pairs, pair_ids), step_pairs being the pairs of the whole optimizer step
-        over every micro-batch and rank (data_modules.UltraFeedback counts them)."""
-        x, y = batch[0], batch[1]
-        real_tokens = batch_tokens(batch)  # padding excluded
-        self.flops_per_batch = self.model.flops_per_token(x.shape[1]) * real_tokens  # forward + backward
-        losses, correct, chosen, rejected = self.pair_losses(x, y)
-        loss_sum, pairs = losses.sum(), chosen.shape[0]
-        if len(batch) > 2:
-            # As GPTModule does with targets: undo Lightning's division by the accumulation and DDP's mean over
-            # ranks, so that the step's gradient is that of the mean loss over all its pairs.
-            step_pairs = batch[2].flatten()[0].clamp(min=1)
-            loss = loss_sum * self.trainer.accumulate_grad_batches * self.trainer.world_size / step_pairs
-        else:  # batches made by hand: the micro-batch's own mean
-            loss = loss_sum / pairs
-        n = torch.full((), float(pairs), device=x.device)  # a kernel argument, no host-to-device copy
-        sums = torch.stack([loss_sum, n, correct.sum(), chosen.sum(), rejected.sum()]).detach()
-        self._track(sums, loss_sum.detach() / pairs)
-        self.tokens_seen += real_tokens * self.trainer.world_size
-        return loss
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        self.count_batch(batch, self.model.flops_per_token(batch.inputs.shape[1]))  # forward + backward
+        losses, correct, chosen, rejected = self.pair_losses(batch.inputs, batch.targets)
+        pairs = chosen.shape[0]
+        sums = {
+            "loss": losses.sum(),
+            "pairs": torch.full((), float(pairs), device=losses.device),  # a kernel argument, no host-to-device copy
+            "correct": correct.sum(),
+            "rewards/chosen": chosen.sum(),
+            "rewards/rejected": rejected.sum(),
+        }
+        self.track(sums, losses.detach().mean())
+        return self.step_loss(losses.sum(), pairs, batch)
 
-    def step_metrics(self, sums: torch.Tensor) -> dict[str, float]:
-        loss, pairs, correct, chosen, rejected = sums.tolist()
+    def step_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        pairs = max(sums["pairs"], 1.0)
         return {
-            "train_loss": loss / pairs,
-            "train_accuracy": correct / pairs,
-            "rewards/chosen": chosen / pairs,
-            "rewards/rejected": rejected / pairs,
-            "rewards/margins": (chosen - rejected) / pairs,
+            "train_loss": sums["loss"] / pairs,
+            "train_accuracy": sums["correct"] / pairs,
+            "rewards/chosen": sums["rewards/chosen"] / pairs,
+            "rewards/rejected": sums["rewards/rejected"] / pairs,
+            "rewards/margins": (sums["rewards/chosen"] - sums["rewards/rejected"]) / pairs,
         }
 
-    def _eval_pairs(self, batch, loss_name: str, accuracy_name: str | None) -> None:
-        losses, correct, _, _ = self.pair_losses(batch[0], batch[1])
+    def _eval_pairs(self, batch: Batch, loss_name: str, accuracy_name: str | None) -> None:
+        losses, correct, _, _ = self.pair_losses(batch.inputs, batch.targets)
         self.pair_metrics[loss_name].update(losses)  # each pair weighs 1
         if accuracy_name:
             self.pair_metrics[accuracy_name].update(correct)
 
-    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if dataloader_idx == 1:  # the fixed sample of training batches: the train side of the train/val gap
             self._eval_pairs(batch, "train_eval_loss", None)
         else:
             self._eval_pairs(batch, "val_loss", "val_accuracy")
 
-    def test_step(self, batch, batch_idx: int) -> None:
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_pairs(batch, "test_loss", "test_accuracy")
 
     def _log_pairs(self, *names: str) -> None:

@@ -1,0 +1,144 @@
+"""The package's floors (docs/design.md, "Layout"): every module sits on one, imports only the floors below it that
+the table allows, and no import circle exists, imports inside functions counted. Read from the source with ast, so
+nothing is imported."""
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("lightning_gpt", "data_modules", "callbacks")
+
+# floor: the module prefixes on it (a module is on the floor of its longest matching prefix).
+FLOORS = {
+    "ground": ("lightning_gpt",),
+    "retrieval": ("lightning_gpt.retrieval",),
+    "data": ("data_modules",),
+    "training": ("lightning_gpt.training",),
+    "loading": ("lightning_gpt.loading",),
+    "callbacks": ("callbacks",),
+    "serving": ("lightning_gpt.serving",),
+    "commands": ("lightning_gpt.commands",),
+    "entry": ("lightning_gpt.cli", "lightning_gpt.__main__"),
+}
+# floor: the floors it may import (besides its own).
+MAY_IMPORT = {
+    "ground": set(),
+    "retrieval": {"ground"},
+    "data": {"ground"},
+    "training": {"ground"},
+    "loading": {"ground"},
+    "callbacks": {"ground", "data", "training", "loading"},
+    "serving": {"ground", "retrieval"},
+    "commands": {"ground", "retrieval", "data", "loading", "serving"},
+    "entry": {"ground", "retrieval", "data", "training", "loading", "callbacks", "serving", "commands"},
+}
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules(root: Path = REPO) -> dict[str, Path]:
+    return {module_name(p, root): p for package in PACKAGES for p in sorted((root / package).rglob("*.py"))}
+
+
+def import_graph(root: Path = REPO) -> dict[str, set[str]]:
+    """module -> the project modules it imports anywhere in its file (at the top or inside a function)."""
+    known = modules(root)
+    graph: dict[str, set[str]] = {}
+    for name, path in known.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                # `from package import module` imports the module; `from module import name`, the module.
+                found = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
+                         for a in node.names]  # fmt: skip
+            else:
+                continue
+            targets |= {t for t in found if t.split(".")[0] in PACKAGES and t != name}
+        graph[name] = targets
+    return graph
+
+
+def floor(module: str) -> str:
+    matches = [(len(prefix), name) for name, prefixes in FLOORS.items() for prefix in prefixes
+               if module == prefix or module.startswith(prefix + ".")]  # fmt: skip
+    return max(matches)[1]
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{a} ({floor(a)}) imports {b} ({floor(b)})"
+        for a, targets in graph.items()
+        for b in targets
+        if floor(b) != floor(a) and floor(b) not in MAY_IMPORT[floor(a)]
+    )
+
+
+def test_every_import_goes_to_a_floor_the_table_allows():
+    assert upward_imports(import_graph()) == []
+
+
+def test_no_import_circle_even_through_imports_inside_functions():
+    assert cycles(import_graph()) == []
+
+
+def test_the_checker_sees_a_circle_and_an_upward_import_hidden_in_a_function(tmp_path):
+    files = {
+        "lightning_gpt/__init__.py": "",
+        "lightning_gpt/model.py": "def build():\n    from lightning_gpt.training import language_model\n",
+        "lightning_gpt/training/__init__.py": "",
+        "lightning_gpt/training/language_model.py": "from lightning_gpt.model import build\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    graph = import_graph(tmp_path)
+    assert cycles(graph) == [["lightning_gpt.model", "lightning_gpt.training.language_model"]]
+    assert upward_imports(graph) == [
+        "lightning_gpt.model (ground) imports lightning_gpt.training.language_model (training)"
+    ]
+
+
+def test_the_training_modules_and_the_commands_are_where_a_reader_looks():
+    names = modules()
+    for module in ("language_model", "dpo", "reward_model", "optim", "preference_losses"):
+        assert f"lightning_gpt.training.{module}" in names
+    for command in ("generate", "chat", "evaluate_chat", "make_pairs", "export", "serve", "web"):
+        assert floor(f"lightning_gpt.commands.{command}") == "commands"
+    assert {"lightning_gpt.serving.app", "lightning_gpt.serving.engine", "lightning_gpt.retrieval.index"} <= set(names)
