@@ -3,7 +3,11 @@ the table allows, and no import circle exists, imports inside functions counted.
 nothing is imported."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("lightning_gpt", "data_modules", "callbacks")
@@ -142,3 +146,31 @@ def test_the_training_modules_and_the_commands_are_where_a_reader_looks():
     for command in ("generate", "chat", "evaluate_chat", "make_pairs", "export", "serve", "web"):
         assert floor(f"lightning_gpt.commands.{command}") == "commands"
     assert {"lightning_gpt.serving.app", "lightning_gpt.serving.engine", "lightning_gpt.retrieval.index"} <= set(names)
+
+
+_NO_LIGHTNING = """
+import sys
+from lightning_gpt.__main__ import command_parser
+ckpt = sys.argv[1]
+for name, argv, extra in (
+    ("generate", ["--ckpt_path", ckpt, "--prompt", "Hi", "--max_new_tokens", "2"], {}),
+    ("chat", ["--ckpt_path", ckpt, "--max_new_tokens", "2"], {"lines": ["Hello"]}),
+):
+    module, parser = command_parser(name)
+    module.run(parser.parse_args(argv), **extra)
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("lightning", "pytorch_lightning")))
+"""
+
+
+@pytest.mark.slow
+def test_the_commands_that_use_checkpoints_never_import_lightning(tmp_path):
+    """generate and chat run for real in a fresh interpreter; Lightning costs seconds to import and they need none."""
+    from lightning_gpt.chat import chat_tokenizer
+    from lightning_gpt.training import GPTModule
+    from tests.conftest import save_module
+
+    ckpt = save_module(GPTModule(preset="tiny", n_layer=1, n_embd=32, block_size=32,
+                                 vocab_size=chat_tokenizer().vocab_size), tmp_path / "chat.ckpt")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", _NO_LIGHTNING, ckpt], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
