@@ -8,9 +8,12 @@ import argparse
 from lightning_gpt.errors import UserInputError
 
 
-def add_checkpoint(parser: argparse.ArgumentParser, what: str = "a checkpoint written by lightning-gpt fit") -> None:
+def add_checkpoint(
+    parser: argparse.ArgumentParser, what: str = "a checkpoint written by lightning-gpt fit", device: bool = True
+) -> None:
     parser.add_argument("--ckpt_path", required=True, help=what)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    if device:
+        parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
 
 
 def add_sampling(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:

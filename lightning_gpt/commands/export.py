@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lightning_gpt.commands import args as flags
+
 DTYPES = ("bfloat16", "float16", "float32")
 DESCRIPTION = (
     "Write a checkpoint as a Hugging Face model folder (LlamaForCausalLM weights in safetensors, config.json, "
@@ -15,7 +17,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt_path", required=True, help="a pretraining, SFT or DPO checkpoint")
+    flags.add_checkpoint(parser, "a pretraining, SFT or DPO checkpoint", device=False)  # converted on the CPU
     parser.add_argument("--out", required=True, help="a new folder to write (must not exist or be empty)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="the weights' dtype")
 
