@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -24,17 +25,19 @@ from data_modules.token_cache import (
     source_fingerprint,
     write_cache,
 )
+from data_modules.tokenizer_setting import TokenizerSetting
 from data_modules.windows import ResumableShuffleSampler
 from lightning_gpt.atomic import remove_leftovers, scratch_folder
 from lightning_gpt.errors import UserInputError
-from lightning_gpt.tokenizer import Tokenizer
+from lightning_gpt.tokenizer import AnyTokenizer
 
 log = logging.getLogger(__name__)
 
 
 class TokenDataModule(L.LightningDataModule):
     """Base of the dataset DataModules: caches, tokenizer, loaders and exact resume. Subclasses say how rows become
-    arrays (`encode_rows`) and how arrays become training and evaluation batches.
+    arrays (`encode_rows`) and how arrays become training and evaluation batches, and pass the `TokenizerSetting`
+    of their `--data.tokenizer`.
 
     Args:
         path: Hugging Face dataset id, or a local folder in the hub's layout.
@@ -48,6 +51,7 @@ class TokenDataModule(L.LightningDataModule):
         train_split: the split trained on.
         val_split: the split validated on.
         test_split: the split tested on.
+        tokenizer_setting: what `--data.tokenizer` chose (data_modules/tokenizer_setting.py); default GPT-2's.
     """
 
     required_columns: tuple[str, ...] = ()
@@ -65,6 +69,7 @@ class TokenDataModule(L.LightningDataModule):
         train_split: str = "train",
         val_split: str = "validation",
         test_split: str = "test",
+        tokenizer_setting: TokenizerSetting | None = None,
     ) -> None:
         super().__init__()
         self.path, self.name = path, name
@@ -73,31 +78,57 @@ class TokenDataModule(L.LightningDataModule):
         self.num_workers, self.seed = num_workers, seed
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
+        self.tokenizer_setting = tokenizer_setting or TokenizerSetting(None)
         self._tokenizer = None
-        self.vocab_size = self.planned_vocab_size()  # read by the CLI's link to model.vocab_size
+        # Read by the CLI's link to model.vocab_size, before prepare_data runs.
+        self.vocab_size = self.tokenizer_setting.planned_vocab_size(lambda: self.tokenizer)
         self._caches: dict[str, tuple[Path, dict]] = {}
         self._progress = {"epoch": 0, "batches": 0}  # training batches taken this epoch, on this rank
         self._resume: dict | None = None
 
-    # --- what subclasses provide ---------------------------------------------------------------------------
-
-    def build_tokenizer(self) -> Tokenizer:
-        return Tokenizer()
-
-    def planned_vocab_size(self) -> int:
-        """The model's vocabulary, known in __init__ (the CLI links it before prepare_data runs)."""
-        return self.tokenizer.vocab_size
+    # --- the tokenizer ---------------------------------------------------------------------------------------
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> AnyTokenizer:
         """Built on first use: a tokenizer trained on the data is trained (or read from its cache) only then."""
         if self._tokenizer is None:
-            self._tokenizer = self.build_tokenizer()
+            self._tokenizer = self.tokenizer_setting.build(self.tokenizer_file, self.training_documents)
         return self._tokenizer
 
     @tokenizer.setter
     def tokenizer(self, value) -> None:
         self._tokenizer = value
+
+    @property
+    def tokenizer_spec(self) -> str:
+        """The `--data.tokenizer` value (gpt2 where unset)."""
+        return self.tokenizer_setting.spec
+
+    def tokenizer_file(self) -> Path:
+        """Where a tokenizer trained for this data and setting is cached: beside the token caches. The name follows
+        the settings, so they are checked first."""
+        self.check_arguments()
+        spec = self.tokenizer_spec
+        key = self._data_key(self.splits["train"], "train", spec)
+        return self.cache_dir / f"{type(self).__name__.lower()}-tokenizer-{spec}-{key}.json"
+
+    @contextmanager
+    def training_documents(self) -> Iterator[Iterable[str]]:
+        """The documents a tokenizer is trained on: those of the training part of the train split."""
+        split = self.splits["train"]
+        log.info("training the %s tokenizer on %s split %r", self.tokenizer_spec, self.path, split)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(self.cache_dir)
+        with scratch_folder(self.cache_dir) as scratch:
+            rows = self.load_rows(split, scratch)
+            self.encode_stats, self.encode_role = {}, "train"  # the training part only: held-out documents excluded
+            yield self.documents(rows)
+
+    # --- what subclasses provide ---------------------------------------------------------------------------
+
+    def documents(self, rows) -> Iterator[str]:
+        """The documents of a loaded split, in order (what a trained tokenizer learns from)."""
+        raise NotImplementedError
 
     def load_rows(self, split: str, scratch: str):
         """A split's rows, read into the folder `scratch` (removed afterwards)."""
@@ -142,16 +173,14 @@ class TokenDataModule(L.LightningDataModule):
         """Where a split's cache lives; the name changes with the data, the split, the tokenizer, the format and the
         settings of `cache_variant`. `role` (train, val, test) defaults to the first role that reads `split`."""
         role = role or self._first_role(split)
-        kind = type(self).__name__
-        key = cache_key(
-            kind,
-            source_fingerprint(self.path),
-            str(self.name),
-            split,
-            self.tokenizer.fingerprint,
-            *self.cache_variant(role),
-        )
-        return self.cache_dir / f"{kind.lower()}-{split}-{key}"
+        key = self._data_key(split, role, self.tokenizer.fingerprint)
+        return self.cache_dir / f"{type(self).__name__.lower()}-{split}-{key}"
+
+    def _data_key(self, split: str, role: str | None, tokenizer: str) -> str:
+        """What a cached file of a split is keyed by: the DataModule, the data, the split, the tokenizer, the format
+        and the settings of `cache_variant`."""
+        source = source_fingerprint(self.path)
+        return cache_key(type(self).__name__, source, str(self.name), split, tokenizer, *self.cache_variant(role))
 
     def _first_role(self, split: str) -> str | None:
         return next((role for role, name in self.splits.items() if name == split), None)

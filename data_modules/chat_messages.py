@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data_modules.chat_tokenizer import ChatTokenizerSetting
 from data_modules.holdout import HeldOutDataModule, held_out_rows, part_rows, row_keys
 from data_modules.token_cache import token_dtype
+from data_modules.tokenizer_setting import TokenizerSetting
 from data_modules.windows import LazyArray, ResumableShuffleSampler
 from lightning_gpt.chat import fit_to_length, message_problem
 from lightning_gpt.errors import UserInputError
@@ -129,7 +129,7 @@ class ChatBatches(Dataset):
         return x, y, torch.tensor(step_targets), real_tokens
 
 
-class ChatMessages(ChatTokenizerSetting, HeldOutDataModule):
+class ChatMessages(HeldOutDataModule):
     """Conversations of any dataset with a messages column, through the chat template; loss on assistant turns only.
 
     Args:
@@ -162,7 +162,6 @@ class ChatMessages(ChatTokenizerSetting, HeldOutDataModule):
         tokenizer: str | None = None,
         **kwargs,
     ) -> None:
-        self.use_tokenizer(tokenizer)
         self.messages_column = messages_column
         self.required_columns = (messages_column,)
         self.max_bad_fraction = max_bad_fraction
@@ -173,6 +172,7 @@ class ChatMessages(ChatTokenizerSetting, HeldOutDataModule):
             val_split=val_split,
             val_fraction=val_fraction,
             test_split=test_split,
+            tokenizer_setting=TokenizerSetting(tokenizer, chat=True),
             **kwargs,
         )
         self.padding_waste: float | None = None

@@ -3,8 +3,6 @@ after each, served as windows of `block_size` tokens (WikiText103, TextFiles).""
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -13,24 +11,10 @@ import torch
 from torch.utils.data import Subset
 
 from data_modules.base import TokenDataModule
-from data_modules.token_cache import (
-    batched,
-    cache_key,
-    source_fingerprint,
-    token_dtype,
-)
+from data_modules.token_cache import batched, token_dtype
+from data_modules.tokenizer_setting import TokenizerSetting
 from data_modules.windows import EvalWindows, LazyArray, ResumableWindowSampler, TrainWindows
-from lightning_gpt.atomic import remove_leftovers, scratch_folder, write_atomic
 from lightning_gpt.errors import UserInputError
-from lightning_gpt.tokenizer import (
-    Tokenizer,
-    is_tokenizer_kind,
-    parse_tokenizer_spec,
-    tokenizer_from_data,
-    train_tokenizer,
-)
-
-log = logging.getLogger(__name__)
 
 
 class TokenStream(TokenDataModule):
@@ -49,62 +33,7 @@ class TokenStream(TokenDataModule):
                 and stored in every checkpoint. Unset: the one of --model.init_from (the CLI fills it in), else gpt2.
             **kwargs: see `TokenDataModule`.
         """
-        self.tokenizer_spec = tokenizer or "gpt2"
-        self._checkpoint = None
-        if is_tokenizer_kind(self.tokenizer_spec):
-            self._spec = parse_tokenizer_spec(self.tokenizer_spec)
-        else:
-            from lightning_gpt.checkpoint import tokenizer_of_checkpoint
-
-            self._spec = ("checkpoint", None)
-            self._checkpoint = tokenizer_of_checkpoint(self.tokenizer_spec, flag="--data.tokenizer")
-        super().__init__(**kwargs)
-
-    def planned_vocab_size(self) -> int:
-        kind, size = self._spec
-        if self._checkpoint is not None:  # the checkpoint's model vocabulary (rows a bpe-N left unused included)
-            return max(self._checkpoint[0].vocab_size, self._checkpoint[1])
-        # bpe-N: N ids whatever it learns (fewer merges leave rows unused); char: only the data says, so the
-        # characters are read here, when the CLI links the model's vocabulary.
-        return size if kind == "bpe" else self.tokenizer.vocab_size
-
-    def build_tokenizer(self):
-        if self._checkpoint is not None:
-            return self._checkpoint[0]
-        if self._spec[0] == "gpt2":
-            return Tokenizer()
-        self.check_arguments()
-        path = self.tokenizer_path()
-        if path.is_file():
-            return tokenizer_from_data(json.loads(path.read_text(encoding="utf-8")))
-        split = self.splits["train"]
-        log.info("training the %s tokenizer on %s split %r", self.tokenizer_spec, self.path, split)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(self.cache_dir)
-        with scratch_folder(self.cache_dir) as scratch:
-            rows = self.load_rows(split, scratch)
-            self.encode_stats, self.encode_role = {}, "train"  # the training part only: held-out documents excluded
-            tokenizer = train_tokenizer(self.tokenizer_spec, self.documents(rows))
-        write_atomic(path, json.dumps(tokenizer.to_data(), ensure_ascii=False))
-        return tokenizer
-
-    def tokenizer_path(self) -> Path:
-        """Where the tokenizer trained for this data and setting is cached: beside the token caches."""
-        kind = type(self).__name__
-        split = self.splits["train"]
-        key = cache_key(
-            kind,
-            source_fingerprint(self.path),
-            str(self.name),
-            split,
-            self.tokenizer_spec,
-            *self.cache_variant("train"),
-        )
-        return self.cache_dir / f"{kind.lower()}-tokenizer-{self.tokenizer_spec}-{key}.json"
-
-    def documents(self, rows) -> Iterator[str]:
-        """The documents of a loaded split, in order."""
-        raise NotImplementedError
+        super().__init__(tokenizer_setting=TokenizerSetting(tokenizer), **kwargs)
 
     def check_text_column(self, rows) -> None:
         """Refuses a text column that does not hold strings, naming --data.text_column."""

@@ -20,9 +20,9 @@ import torch
 from torch.utils.data import Dataset
 
 from data_modules.chat_messages import eval_batches, length_grouped_batches, sample_batches
-from data_modules.chat_tokenizer import ChatTokenizerSetting
 from data_modules.holdout import HeldOutDataModule, held_out_rows, part_rows, row_keys
 from data_modules.token_cache import token_dtype
+from data_modules.tokenizer_setting import TokenizerSetting
 from data_modules.windows import LazyArray, ResumableShuffleSampler
 from lightning_gpt.chat import END_OF_TURN, message_problem, render_prompt
 from lightning_gpt.errors import UserInputError
@@ -141,7 +141,7 @@ def pair_lengths(base: Path, meta: dict) -> np.ndarray:
     return prompt + np.maximum(chosen, rejected)
 
 
-class UltraFeedback(ChatTokenizerSetting, HeldOutDataModule):
+class UltraFeedback(HeldOutDataModule):
     """UltraFeedback-binarized preference pairs for DPO: each row's prompt with its chosen and rejected answers.
 
     The prompt is the conversation before the last turn (a system turn allowed), rendered as for chat ending with
@@ -192,7 +192,6 @@ class UltraFeedback(ChatTokenizerSetting, HeldOutDataModule):
         tokenizer: str | None = None,
         **kwargs,
     ) -> None:
-        self.use_tokenizer(tokenizer)
         self.chosen_column, self.rejected_column = chosen_column, rejected_column
         self.max_prompt_tokens, self.max_answer_tokens = max_prompt_tokens, max_answer_tokens
         self.drop_ties = drop_ties
@@ -204,6 +203,7 @@ class UltraFeedback(ChatTokenizerSetting, HeldOutDataModule):
             val_split=val_split,
             val_fraction=val_fraction,
             test_split=test_split,
+            tokenizer_setting=TokenizerSetting(tokenizer, chat=True),
             **kwargs,
         )
 
