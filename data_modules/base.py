@@ -16,6 +16,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset
 
 from data_modules.hf_loading import find_bad_data_file, load_hf_split
+from data_modules.holdout import check_val_fraction, holdout_part
 from data_modules.token_cache import (
     array_path,
     cache_key,
@@ -35,9 +36,10 @@ log = logging.getLogger(__name__)
 
 
 class TokenDataModule(L.LightningDataModule):
-    """Base of the dataset DataModules: caches, tokenizer, loaders and exact resume. Subclasses say how rows become
-    arrays (`encode_rows`) and how arrays become training and evaluation batches, and pass the `TokenizerSetting`
-    of their `--data.tokenizer`.
+    """Base of the dataset DataModules: caches, tokenizer, loaders, exact resume, and validation held out of the
+    train split. Subclasses say how rows become arrays (`encode_rows`) and how arrays become training and evaluation
+    batches, and pass the `TokenizerSetting` of their `--data.tokenizer`. One that can hold validation out of its
+    train split sets `holds_out` and `val_fraction` before calling `__init__`.
 
     Args:
         path: Hugging Face dataset id, or a local folder in the hub's layout.
@@ -55,6 +57,8 @@ class TokenDataModule(L.LightningDataModule):
     """
 
     required_columns: tuple[str, ...] = ()
+    holds_out = False  # validation is about `val_fraction` of the train split's rows, held out of training
+    val_fraction: float | None = None  # None: this DataModule never holds validation out
 
     def __init__(
         self,
@@ -166,6 +170,24 @@ class TokenDataModule(L.LightningDataModule):
             if value < least:
                 rule = "positive" if least else "0 or more"
                 raise UserInputError(f"--data.{flag} must be {rule}, not {value} ({hint}).")
+        self.check_splits()
+
+    # --- validation held out of the train split --------------------------------------------------------------
+
+    def check_splits(self) -> None:
+        """Refuses a --data.val_fraction outside (0, 1) where validation is held out of the train split."""
+        if self.val_fraction is not None:
+            check_val_fraction(self.val_fraction, self.holds_out, self.splits["train"])
+
+    def holdout_part(self, role: str | None) -> str | None:
+        """Which part of the train split a role's cache holds: "val" (the held-out rows), "train" (the rest), or
+        None (a whole split)."""
+        return holdout_part(self.holds_out, role)
+
+    def holdout_variant(self, role: str | None) -> tuple[str, ...]:
+        """What sets a cache's rows apart, for `cache_variant`."""
+        part = self.holdout_part(role)
+        return (f"holdout={self.val_fraction}:{part}",) if part else ()
 
     # --- caches ----------------------------------------------------------------------------------------------
 

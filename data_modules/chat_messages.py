@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data_modules.holdout import HeldOutDataModule, held_out_rows, part_rows, row_keys
+from data_modules.base import TokenDataModule
+from data_modules.holdout import held_out_rows, part_rows, row_keys
 from data_modules.token_cache import token_dtype
 from data_modules.tokenizer_setting import TokenizerSetting
 from data_modules.windows import LazyArray, ResumableShuffleSampler
@@ -129,7 +130,7 @@ class ChatBatches(Dataset):
         return x, y, torch.tensor(step_targets), real_tokens
 
 
-class ChatMessages(HeldOutDataModule):
+class ChatMessages(TokenDataModule):
     """Conversations of any dataset with a messages column, through the chat template; loss on assistant turns only.
 
     Args:
@@ -165,12 +166,12 @@ class ChatMessages(HeldOutDataModule):
         self.messages_column = messages_column
         self.required_columns = (messages_column,)
         self.max_bad_fraction = max_bad_fraction
+        self.holds_out, self.val_fraction = val_split in (None, train_split), val_fraction
         super().__init__(
             path=path,
             name=name,
             train_split=train_split,
-            val_split=val_split,
-            val_fraction=val_fraction,
+            val_split=val_split or train_split,
             test_split=test_split,
             tokenizer_setting=TokenizerSetting(tokenizer, chat=True),
             **kwargs,

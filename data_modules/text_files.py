@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from data_modules.holdout import check_val_fraction, held_out_rows, part_rows
+from data_modules.holdout import held_out_rows, part_rows
 from data_modules.token_stream import TokenStream
 from lightning_gpt.errors import UserInputError
 
@@ -142,7 +142,7 @@ class TextFiles(TokenStream):
         self.val_fraction = val_fraction
         self._asked = {"val": val_split, "test": test_split}
         self._resolved = False
-        self.holds_out = True
+        self.holds_out = True  # until the source's splits are read (check_splits)
         super().__init__(
             path=path,
             name=name,
@@ -158,12 +158,11 @@ class TextFiles(TokenStream):
         """The text files of `path`, or None for a hub dataset."""
         return local_text_files(self.path)
 
-    def check_arguments(self) -> None:
-        super().check_arguments()
-        if not self._resolved:
+    def check_splits(self) -> None:
+        if not self._resolved:  # whether validation is held out depends on the source's splits: read them first
             self._resolve_splits()
             self._resolved = True
-        check_val_fraction(self.val_fraction, self.holds_out, self.splits["train"])
+        super().check_splits()
 
     def _resolve_splits(self) -> None:
         """Picks the validation and test splits: those asked for, else the source's own, else the held-out part."""
@@ -192,12 +191,11 @@ class TextFiles(TokenStream):
         except Exception:  # offline or unknown: loading the train split will say so clearly
             return []
 
-    def part(self, role: str | None) -> str | None:
-        """Which part of the train split a role's cache holds: "val" (the held-out documents), "train" (the rest),
-        or None (a whole split)."""
-        if not self.holds_out or role is None or self.splits.get(role) != self.splits["train"]:
+    def holdout_part(self, role: str | None) -> str | None:
+        """As for any DataModule, but a test split left unset reads the held-out documents, like validation."""
+        if role is None or self.splits.get(role) != self.splits["train"]:
             return None
-        return "train" if role == "train" else "val"
+        return super().holdout_part("train" if role == "train" else "val")
 
     def cache_variant(self, role: str | None = None) -> tuple[str, ...]:
         variant = [f"text_column={self.text_column}"]
@@ -205,10 +203,7 @@ class TextFiles(TokenStream):
         if files is not None:  # a glob's files are not under one folder: fingerprint them here
             listing = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
             variant.append("files=" + hashlib.sha256(listing.encode()).hexdigest()[:20])
-        part = self.part(role)
-        if part:
-            variant.append(f"holdout={self.val_fraction}:{part}")
-        return tuple(variant)
+        return (*variant, *self.holdout_variant(role))
 
     def load_rows(self, split: str, scratch: str):
         files = self.local_files()
@@ -226,7 +221,7 @@ class TextFiles(TokenStream):
     def documents(self, rows) -> Iterator[str]:
         self.check_text_column(rows)
         stats = self.encode_stats
-        part = self.part(getattr(self, "encode_role", None))
+        part = self.holdout_part(getattr(self, "encode_role", None))
         texts = self._texts(rows)
         if part:
             held = held_out_rows(self._texts(rows), self.val_fraction)  # keyed by the text itself

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data_modules.base import TokenDataModule
 from data_modules.chat_messages import eval_batches, length_grouped_batches, sample_batches
-from data_modules.holdout import HeldOutDataModule, held_out_rows, part_rows, row_keys
+from data_modules.holdout import held_out_rows, part_rows, row_keys
 from data_modules.token_cache import token_dtype
 from data_modules.tokenizer_setting import TokenizerSetting
 from data_modules.windows import LazyArray, ResumableShuffleSampler
@@ -141,7 +142,7 @@ def pair_lengths(base: Path, meta: dict) -> np.ndarray:
     return prompt + np.maximum(chosen, rejected)
 
 
-class UltraFeedback(HeldOutDataModule):
+class UltraFeedback(TokenDataModule):
     """UltraFeedback-binarized preference pairs for DPO: each row's prompt with its chosen and rejected answers.
 
     The prompt is the conversation before the last turn (a system turn allowed), rendered as for chat ending with
@@ -196,12 +197,12 @@ class UltraFeedback(HeldOutDataModule):
         self.max_prompt_tokens, self.max_answer_tokens = max_prompt_tokens, max_answer_tokens
         self.drop_ties = drop_ties
         self.required_columns = (chosen_column, rejected_column, *(self.score_columns if drop_ties else ()))
+        self.holds_out, self.val_fraction = val_split in (None, train_split), val_fraction
         super().__init__(
             path=path,
             name=name,
             train_split=train_split,
-            val_split=val_split,
-            val_fraction=val_fraction,
+            val_split=val_split or train_split,
             test_split=test_split,
             tokenizer_setting=TokenizerSetting(tokenizer, chat=True),
             **kwargs,
