@@ -22,6 +22,7 @@ from data_modules.token_cache import (
     cache_key,
     default_cache_dir,
     meta_path,
+    open_array,
     read_cache_meta,
     source_fingerprint,
     write_cache,
@@ -82,6 +83,8 @@ class TokenDataModule(L.LightningDataModule):
         self.num_workers, self.seed = num_workers, seed
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
+        self.encode_stats: dict = {}  # counts of the split being encoded, written into its cache's metadata
+        self.encode_role: str | None = None  # the role being encoded, where a role reads only part of a split
         self.tokenizer_setting = tokenizer_setting or TokenizerSetting(None)
         self._tokenizer = None
         # Read by the CLI's link to model.vocab_size, before prepare_data runs.
@@ -250,8 +253,8 @@ class TokenDataModule(L.LightningDataModule):
         if len(rows) == 0:
             raise UserInputError(f"--data.path {self.path} split {split!r} is empty; point it at data with rows.")
         log.info("encoding %s split %r into %s.*", self.path, split, base)
-        self.encode_stats: dict = {}  # filled while rows are read; the metadata is written after the last one
-        self.encode_role = role  # read by encode_rows where a role takes only part of a split
+        self.encode_stats = {}  # filled while rows are read; the metadata is written after the last one
+        self.encode_role = role
         meta = {
             "source": source_fingerprint(self.path)[:500],
             "name": self.name,
@@ -296,6 +299,10 @@ class TokenDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         for role in self._roles(stage):
             self._cache(role)
+
+    def tokens(self, role: str = "train") -> np.ndarray:
+        """The cached token ids of a role's split ("train", "val" or "test"), memory-mapped; built if missing."""
+        return open_array(*self._cache(role), "tokens")
 
     # --- loaders ---------------------------------------------------------------------------------------------
 

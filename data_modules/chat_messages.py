@@ -200,7 +200,7 @@ class ChatMessages(TokenDataModule):
     def encode_rows(self, rows, split: str) -> Iterator[dict[str, np.ndarray]]:
         stats = self.encode_stats
         stats.update(rows=len(rows), skipped=0, samples=0, split_conversations=0, dropped_exchanges=0, skip_reasons={})
-        part = self.holdout_part(getattr(self, "encode_role", None))
+        part = self.holdout_part(self.encode_role)
         numbers = range(len(rows))  # each kept row's number in the split, for the messages that name a row
         if part:
             keep, stats["holdout"] = part_rows(self.held_out_rows(rows), part, self.val_fraction)

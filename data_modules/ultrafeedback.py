@@ -267,7 +267,7 @@ class UltraFeedback(TokenDataModule):
         stats = self.encode_stats
         stats.update(rows=0, pairs=0, skipped=0, skip_reasons={}, ties=0, prompts_cut=0, answers_cut=0)
         stats["ties_dropped"] = self.drop_ties
-        part = self.holdout_part(getattr(self, "encode_role", None))
+        part = self.holdout_part(self.encode_role)
         keep = None
         if part:
             keep, stats["holdout"] = part_rows(self.held_out_rows(rows), part, self.val_fraction)
