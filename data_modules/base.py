@@ -1,5 +1,8 @@
-"""The small base every dataset's DataModule stands on: load a split through `datasets.load_dataset` (hub id or a
-local folder in the hub's layout), encode it once into a token cache, serve batches in a resumable order."""
+"""The one base every dataset's DataModule stands on, directly: load a split through `datasets.load_dataset` (hub id
+or a local folder in the hub's layout), encode it once into a token cache, serve batches in a resumable order, and
+hold validation out of the train split where a dataset has no validation split. What datasets share beyond this is
+composed, not inherited: the tokenizer (tokenizer_setting.py), windows over a token stream (token_stream.py), the
+chat encoding (chat_encoding.py) and chat batches (chat_messages.py)."""
 
 from __future__ import annotations
 
