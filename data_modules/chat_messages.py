@@ -1,6 +1,6 @@
 """Any chat dataset with a `messages` column (a list of {role, content}: an optional system turn, then user and
-assistant turns): conversations rendered through the chat template, batched by length with right padding.
-UltraChat-200k (`data_modules.UltraChat200k`) is one configuration of it.
+assistant turns): conversations rendered through the chat template, batched by length with right padding. The
+batches here are also those of UltraChat200k and ContextChats; the encoding they share is chat_encoding.py's.
 
 Why padding and not packing: right-padded causal attention needs no mask beyond `is_causal`, so the flash kernels
 stay on and no conversation can attend to another. Grouping similar lengths keeps the padding small; the fraction
