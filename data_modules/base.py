@@ -1,11 +1,15 @@
-"""The small base every dataset's DataModule stands on: load a split through `datasets.load_dataset` (hub id or a
-local folder in the hub's layout), encode it once into a token cache, serve batches in a resumable order."""
+"""The one base every dataset's DataModule stands on, directly: load a split through `datasets.load_dataset` (hub id
+or a local folder in the hub's layout), encode it once into a token cache, serve batches in a resumable order, and
+hold validation out of the train split where a dataset has no validation split. What datasets share beyond this is
+composed, not inherited: the tokenizer (tokenizer_setting.py), windows over a token stream (token_stream.py), the
+chat encoding (chat_encoding.py) and chat batches (chat_messages.py)."""
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -15,27 +19,32 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset
 
 from data_modules.hf_loading import find_bad_data_file, load_hf_split
+from data_modules.holdout import check_val_fraction, holdout_part
 from data_modules.token_cache import (
     array_path,
     cache_key,
     default_cache_dir,
     meta_path,
+    open_array,
     read_cache_meta,
     source_fingerprint,
     write_cache,
 )
+from data_modules.tokenizer_setting import TokenizerSetting
 from data_modules.windows import ResumableShuffleSampler
 from lightning_gpt.atomic import remove_leftovers, scratch_folder
 from lightning_gpt.batch import collate
 from lightning_gpt.errors import UserInputError
-from lightning_gpt.tokenizer import Tokenizer
+from lightning_gpt.tokenizer import AnyTokenizer
 
 log = logging.getLogger(__name__)
 
 
 class TokenDataModule(L.LightningDataModule):
-    """Base of the dataset DataModules: caches, tokenizer, loaders and exact resume. Subclasses say how rows become
-    arrays (`encode_rows`) and how arrays become training and evaluation batches.
+    """Base of the dataset DataModules: caches, tokenizer, loaders, exact resume, and validation held out of the
+    train split. Subclasses say how rows become arrays (`encode_rows`) and how arrays become training and evaluation
+    batches, and pass the `TokenizerSetting` of their `--data.tokenizer`. One that can hold validation out of its
+    train split sets `holds_out` and `val_fraction` before calling `__init__`.
 
     Args:
         path: Hugging Face dataset id, or a local folder in the hub's layout.
@@ -49,9 +58,12 @@ class TokenDataModule(L.LightningDataModule):
         train_split: the split trained on.
         val_split: the split validated on.
         test_split: the split tested on.
+        tokenizer_setting: what `--data.tokenizer` chose (data_modules/tokenizer_setting.py); default GPT-2's.
     """
 
     required_columns: tuple[str, ...] = ()
+    holds_out = False  # validation is about `val_fraction` of the train split's rows, held out of training
+    val_fraction: float | None = None  # None: this DataModule never holds validation out
 
     def __init__(
         self,
@@ -66,6 +78,7 @@ class TokenDataModule(L.LightningDataModule):
         train_split: str = "train",
         val_split: str = "validation",
         test_split: str = "test",
+        tokenizer_setting: TokenizerSetting | None = None,
     ) -> None:
         super().__init__()
         self.path, self.name = path, name
@@ -74,31 +87,59 @@ class TokenDataModule(L.LightningDataModule):
         self.num_workers, self.seed = num_workers, seed
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
+        self.encode_stats: dict = {}  # counts of the split being encoded, written into its cache's metadata
+        self.encode_role: str | None = None  # the role being encoded, where a role reads only part of a split
+        self.tokenizer_setting = tokenizer_setting or TokenizerSetting(None)
         self._tokenizer = None
-        self.vocab_size = self.planned_vocab_size()  # read by the CLI's link to model.vocab_size
+        # Read by the CLI's link to model.vocab_size, before prepare_data runs.
+        self.vocab_size = self.tokenizer_setting.planned_vocab_size(lambda: self.tokenizer)
         self._caches: dict[str, tuple[Path, dict]] = {}
         self._progress = {"epoch": 0, "batches": 0}  # training batches taken this epoch, on this rank
         self._resume: dict | None = None
 
-    # --- what subclasses provide ---------------------------------------------------------------------------
-
-    def build_tokenizer(self) -> Tokenizer:
-        return Tokenizer()
-
-    def planned_vocab_size(self) -> int:
-        """The model's vocabulary, known in __init__ (the CLI links it before prepare_data runs)."""
-        return self.tokenizer.vocab_size
+    # --- the tokenizer ---------------------------------------------------------------------------------------
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> AnyTokenizer:
         """Built on first use: a tokenizer trained on the data is trained (or read from its cache) only then."""
         if self._tokenizer is None:
-            self._tokenizer = self.build_tokenizer()
+            self._tokenizer = self.tokenizer_setting.build(self.tokenizer_file, self.training_documents)
         return self._tokenizer
 
     @tokenizer.setter
     def tokenizer(self, value) -> None:
         self._tokenizer = value
+
+    @property
+    def tokenizer_spec(self) -> str:
+        """The `--data.tokenizer` value (gpt2 where unset)."""
+        return self.tokenizer_setting.spec
+
+    def tokenizer_file(self) -> Path:
+        """Where a tokenizer trained for this data and setting is cached: beside the token caches. The name follows
+        the settings, so they are checked first."""
+        self.check_arguments()
+        spec = self.tokenizer_spec
+        key = self._data_key(self.splits["train"], "train", spec)
+        return self.cache_dir / f"{type(self).__name__.lower()}-tokenizer-{spec}-{key}.json"
+
+    @contextmanager
+    def training_documents(self) -> Iterator[Iterable[str]]:
+        """The documents a tokenizer is trained on: those of the training part of the train split."""
+        split = self.splits["train"]
+        log.info("training the %s tokenizer on %s split %r", self.tokenizer_spec, self.path, split)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(self.cache_dir)
+        with scratch_folder(self.cache_dir) as scratch:
+            rows = self.load_rows(split, scratch)
+            self.encode_stats, self.encode_role = {}, "train"  # the training part only: held-out documents excluded
+            yield self.documents(rows)
+
+    # --- what subclasses provide ---------------------------------------------------------------------------
+
+    def documents(self, rows) -> Iterator[str]:
+        """The documents of a loaded split, in order (what a trained tokenizer learns from)."""
+        raise NotImplementedError
 
     def load_rows(self, split: str, scratch: str):
         """A split's rows, read into the folder `scratch` (removed afterwards)."""
@@ -136,6 +177,24 @@ class TokenDataModule(L.LightningDataModule):
             if value < least:
                 rule = "positive" if least else "0 or more"
                 raise UserInputError(f"--data.{flag} must be {rule}, not {value} ({hint}).")
+        self.check_splits()
+
+    # --- validation held out of the train split --------------------------------------------------------------
+
+    def check_splits(self) -> None:
+        """Refuses a --data.val_fraction outside (0, 1) where validation is held out of the train split."""
+        if self.val_fraction is not None:
+            check_val_fraction(self.val_fraction, self.holds_out, self.splits["train"])
+
+    def holdout_part(self, role: str | None) -> str | None:
+        """Which part of the train split a role's cache holds: "val" (the held-out rows), "train" (the rest), or
+        None (a whole split)."""
+        return holdout_part(self.holds_out, role)
+
+    def holdout_variant(self, role: str | None) -> tuple[str, ...]:
+        """What sets a cache's rows apart, for `cache_variant`."""
+        part = self.holdout_part(role)
+        return (f"holdout={self.val_fraction}:{part}",) if part else ()
 
     # --- caches ----------------------------------------------------------------------------------------------
 
@@ -143,16 +202,14 @@ class TokenDataModule(L.LightningDataModule):
         """Where a split's cache lives; the name changes with the data, the split, the tokenizer, the format and the
         settings of `cache_variant`. `role` (train, val, test) defaults to the first role that reads `split`."""
         role = role or self._first_role(split)
-        kind = type(self).__name__
-        key = cache_key(
-            kind,
-            source_fingerprint(self.path),
-            str(self.name),
-            split,
-            self.tokenizer.fingerprint,
-            *self.cache_variant(role),
-        )
-        return self.cache_dir / f"{kind.lower()}-{split}-{key}"
+        key = self._data_key(split, role, self.tokenizer.fingerprint)
+        return self.cache_dir / f"{type(self).__name__.lower()}-{split}-{key}"
+
+    def _data_key(self, split: str, role: str | None, tokenizer: str) -> str:
+        """What a cached file of a split is keyed by: the DataModule, the data, the split, the tokenizer, the format
+        and the settings of `cache_variant`."""
+        source = source_fingerprint(self.path)
+        return cache_key(type(self).__name__, source, str(self.name), split, tokenizer, *self.cache_variant(role))
 
     def _first_role(self, split: str) -> str | None:
         return next((role for role, name in self.splits.items() if name == split), None)
@@ -200,8 +257,8 @@ class TokenDataModule(L.LightningDataModule):
         if len(rows) == 0:
             raise UserInputError(f"--data.path {self.path} split {split!r} is empty; point it at data with rows.")
         log.info("encoding %s split %r into %s.*", self.path, split, base)
-        self.encode_stats: dict = {}  # filled while rows are read; the metadata is written after the last one
-        self.encode_role = role  # read by encode_rows where a role takes only part of a split
+        self.encode_stats = {}  # filled while rows are read; the metadata is written after the last one
+        self.encode_role = role
         meta = {
             "source": source_fingerprint(self.path)[:500],
             "name": self.name,
@@ -246,6 +303,10 @@ class TokenDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         for role in self._roles(stage):
             self._cache(role)
+
+    def tokens(self, role: str = "train") -> np.ndarray:
+        """The cached token ids of a role's split ("train", "val" or "test"), memory-mapped; built if missing."""
+        return open_array(*self._cache(role), "tokens")
 
     # --- loaders ---------------------------------------------------------------------------------------------
 

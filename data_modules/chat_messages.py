@@ -1,34 +1,27 @@
 """Any chat dataset with a `messages` column (a list of {role, content}: an optional system turn, then user and
-assistant turns): conversations rendered through the chat template, batched by length with right padding.
-UltraChat-200k (`data_modules.UltraChat200k`) is one configuration of it.
+assistant turns): conversations rendered through the chat template, batched by length with right padding. The
+batches here are also those of UltraChat200k and ContextChats; the encoding they share is chat_encoding.py's.
 
-Why padding and not packing: right-padded causal attention needs no mask beyond `is_causal`, so the flash kernels
-stay on and no conversation can attend to another. Grouping similar lengths keeps the padding small; the fraction
-of padded positions is logged as `padding_waste` (docs: README, "Chat fine-tuning").
+Padded, not packed (docs/design.md says why); the fraction of padded positions is logged as `padding_waste`.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data_modules.chat_tokenizer import ChatTokenizerSetting
-from data_modules.holdout import HeldOutDataModule, held_out_rows, part_rows, row_keys
-from data_modules.token_cache import token_dtype
+from data_modules.base import TokenDataModule
+from data_modules.chat_encoding import ChatEncoding
+from data_modules.tokenizer_setting import TokenizerSetting
 from data_modules.windows import LazyArray, ResumableShuffleSampler
 from lightning_gpt.batch import Batch
-from lightning_gpt.chat import fit_to_length, message_problem
-from lightning_gpt.errors import UserInputError
 from lightning_gpt.model import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
-_WHERE = re.compile(r"^(message|turn) \d+ (\(\w+\) )?(has |is )?")
 EVAL_SEED = 0  # evaluation batches come in one fixed random order, the same at every validation and in every run
 
 
@@ -127,7 +120,43 @@ class ChatBatches(Dataset):
         return Batch(x, y, step_count, real_tokens)
 
 
-class ChatMessages(ChatTokenizerSetting, HeldOutDataModule):
+# --- the chat DataModules' datasets (ChatMessages, UltraChat200k, ContextChats) --------------------------------------
+
+
+def chat_lengths(base: Path, meta: dict) -> np.ndarray:
+    """Each cached sample's length."""
+    return np.array(LazyArray(base, meta, "lengths").values, dtype=np.int64)
+
+
+def train_chats(base: Path, meta: dict, batch_size: int, seed: int, pad_id: int, max_width: int, sampler_args: dict):
+    """Training batches of similar lengths in a seeded order, the sampler that takes them in a resumable order,
+    and their padding waste: (dataset, sampler, waste)."""
+    lengths = chat_lengths(base, meta)
+    batches = length_grouped_batches(lengths, batch_size, seed=seed)
+    waste = padding_waste(lengths, batches)
+    log.info(
+        "training batches: %d of %d conversations, %.1f%% of positions are padding",
+        *(len(batches), batch_size, 100 * waste),
+    )
+    dataset = ChatBatches(base, meta, lengths, batches, pad_id=pad_id, max_width=max_width)
+    return dataset, ResumableShuffleSampler(dataset, item_targets=dataset.batch_targets(), **sampler_args), waste
+
+
+def sample_chats(base: Path, meta: dict, batch_size: int, batches: int, seed: int, pad_id: int, max_width: int):
+    """`batches` batches of a fixed sample of all lengths (`sample_batches`), drawn from `seed` + 1: another draw
+    than the training order's."""
+    lengths = chat_lengths(base, meta)
+    sample = sample_batches(lengths, batch_size, batches, seed=seed + 1)
+    return ChatBatches(base, meta, lengths, sample, pad_id=pad_id, max_width=max_width)
+
+
+def eval_chats(base: Path, meta: dict, batch_size: int, pad_id: int, max_width: int) -> ChatBatches:
+    """Every sample once (`eval_batches`)."""
+    lengths = chat_lengths(base, meta)
+    return ChatBatches(base, meta, lengths, eval_batches(lengths, batch_size), pad_id=pad_id, max_width=max_width)
+
+
+class ChatMessages(TokenDataModule):
     """Conversations of any dataset with a messages column, through the chat template; loss on assistant turns only.
 
     Args:
@@ -160,129 +189,49 @@ class ChatMessages(ChatTokenizerSetting, HeldOutDataModule):
         tokenizer: str | None = None,
         **kwargs,
     ) -> None:
-        self.use_tokenizer(tokenizer)
-        self.messages_column = messages_column
+        self.messages_column, self.max_bad_fraction = messages_column, max_bad_fraction
         self.required_columns = (messages_column,)
-        self.max_bad_fraction = max_bad_fraction
+        self.holds_out, self.val_fraction = val_split in (None, train_split), val_fraction
         super().__init__(
             path=path,
             name=name,
             train_split=train_split,
-            val_split=val_split,
-            val_fraction=val_fraction,
+            val_split=val_split or train_split,
             test_split=test_split,
+            tokenizer_setting=TokenizerSetting(tokenizer, chat=True),
             **kwargs,
         )
+        self.chats = ChatEncoding(messages_column, max_bad_fraction, max_tokens=self.block_size + 1)
         self.padding_waste: float | None = None
 
+    # --- conversations into a cache (data_modules/chat_encoding.py) ------------------------------------------
+
     def cache_variant(self, role: str | None = None) -> tuple[str, ...]:
-        # Where long conversations are split depends on block_size; which rows a role holds, on the holdout.
-        variant = (f"max_tokens={self.block_size + 1}", f"messages_column={self.messages_column}")
-        return (*variant, *self.holdout_variant(role))
+        return (*self.chats.variant(), *self.holdout_variant(role))
 
     def held_out_rows(self, rows) -> np.ndarray:
-        """Which rows of the train split are validation rows: those whose stable hash falls below `val_fraction`.
-        Keyed by prompt_id, so that a prompt asked twice stays on one side. At least one row, so that a small split
-        still validates."""
-        return held_out_rows(row_keys(rows, self.messages_column), self.val_fraction)
+        return self.chats.held_out_rows(rows, self.val_fraction)
 
     def array_dtypes(self) -> dict[str, np.dtype]:
-        return {"tokens": token_dtype(self.vocab_size), "mask": np.dtype(np.uint8), "lengths": np.dtype(np.int32)}
+        return self.chats.array_dtypes(self.vocab_size)
 
-    def conversations(self, rows):
-        """The rows with their conversations in `messages_column`: here they already are. A subclass that builds
-        conversations out of other columns (ContextChats) does it here, on the rows of one part only."""
-        return rows
+    def encode_rows(self, rows, split: str):
+        part, stats = self.holdout_part(self.encode_role), self.encode_stats
+        yield from self.chats.encode(rows, part, self.held_out_rows, self.val_fraction, self.tokenizer, stats)
+        self.chats.check(stats, self.path, split, part, self.val_fraction)
 
-    def encode_rows(self, rows, split: str) -> Iterator[dict[str, np.ndarray]]:
-        stats = self.encode_stats
-        stats.update(rows=len(rows), skipped=0, samples=0, split_conversations=0, dropped_exchanges=0, skip_reasons={})
-        part = self.holdout_part(getattr(self, "encode_role", None))
-        numbers = range(len(rows))  # each kept row's number in the split, for the messages that name a row
-        if part:
-            keep, stats["holdout"] = part_rows(self.held_out_rows(rows), part, self.val_fraction)
-            numbers = np.flatnonzero(keep)
-            rows = rows.select(numbers)  # the part's rows only, before `conversations` builds anything from them
-        row_numbers = iter(numbers)
-        for batch in self.conversations(rows).iter(batch_size=512):
-            ids: list[int] = []
-            mask: list[int] = []
-            lengths: list[int] = []
-            for messages in batch[self.messages_column]:
-                row = int(next(row_numbers))
-                problem = message_problem(messages)
-                if problem:
-                    stats["skipped"] += 1
-                    reason = _WHERE.sub("", problem)  # "message 3 (user) has empty content" -> "empty content"
-                    stats["skip_reasons"][reason] = stats["skip_reasons"].get(reason, 0) + 1
-                    stats.setdefault("skip_example", f"row {row}: {problem}")
-                    continue
-                pieces, dropped = fit_to_length(self.tokenizer, messages, self.block_size + 1)
-                stats["dropped_exchanges"] += dropped
-                stats["split_conversations"] += len(pieces) > 1
-                for piece_ids, piece_mask in pieces:
-                    ids += piece_ids
-                    mask += piece_mask
-                    lengths.append(len(piece_ids))
-            stats["samples"] += len(lengths)
-            yield {"tokens": np.array(ids, dtype=np.int64), "mask": np.array(mask), "lengths": np.array(lengths)}
-        if stats["skipped"]:
-            log.warning(
-                "%s split %r: skipped %d of %d malformed rows %s; e.g. %s",
-                self.path,
-                split,
-                stats["skipped"],
-                stats["rows"],
-                stats["skip_reasons"],
-                stats["skip_example"],
-            )
-        used = stats["rows"] - stats.get("holdout", {}).get("excluded_rows", 0)
-        if part == "val" and stats["samples"] == 0:
-            raise UserInputError(
-                f"--data.path {self.path} split {split!r}: the {used} rows held out for validation by "
-                f"--data.val_fraction {self.val_fraction} hold no usable conversation; raise --data.val_fraction or "
-                "set --data.val_split to another split."
-            )
-        if stats["skipped"] > self.max_bad_fraction * used:
-            raise UserInputError(
-                f"--data.path {self.path} split {split!r}: {stats['skipped']} of {used} rows are malformed "
-                f"({stats['skip_example']}); is --data.messages_column {self.messages_column!r} a list of "
-                "{role, content} with roles system/user/assistant? (--data.max_bad_fraction sets the tolerance)"
-            )
-        if stats["split_conversations"] or stats["dropped_exchanges"]:
-            log.warning(
-                "%s split %r: %d conversations longer than %d tokens split at turn boundaries; %d exchanges "
-                "too long even alone were dropped",
-                self.path,
-                split,
-                stats["split_conversations"],
-                self.block_size + 1,
-                stats["dropped_exchanges"],
-            )
-
-    def _lengths(self, meta: dict, base: Path) -> np.ndarray:
-        return np.array(LazyArray(base, meta, "lengths").values, dtype=np.int64)
+    # --- batches of similar lengths, right-padded -------------------------------------------------------------
 
     def train_dataset(self, base: Path, meta: dict):
-        lengths = self._lengths(meta, base)
-        batches = length_grouped_batches(lengths, self.batch_size, seed=self.seed)
-        self.padding_waste = padding_waste(lengths, batches)
-        log.info(
-            "training batches: %d of %d conversations, %.1f%% of positions are padding",
-            len(batches),
-            self.batch_size,
-            100 * self.padding_waste,
+        pad, sampling = self.tokenizer.eot_id, self.sampler_args(1)
+        dataset, sampler, self.padding_waste = train_chats(
+            base, meta, self.batch_size, self.seed, pad, self.block_size, sampling
         )
-        dataset = ChatBatches(base, meta, lengths, batches, pad_id=self.tokenizer.eot_id, max_width=self.block_size)
-        sampler = ResumableShuffleSampler(dataset, item_targets=dataset.batch_targets(), **self.sampler_args(1))
         return dataset, sampler, None
 
     def train_sample_dataset(self, base: Path, meta: dict, batches: int):
-        lengths = self._lengths(meta, base)
-        sample = sample_batches(lengths, self.eval_batch_size, batches, seed=self.seed + 1)  # all lengths
-        return ChatBatches(base, meta, lengths, sample, pad_id=self.tokenizer.eot_id, max_width=self.block_size), None
+        pad = self.tokenizer.eot_id
+        return sample_chats(base, meta, self.eval_batch_size, batches, self.seed, pad, self.block_size), None
 
     def eval_dataset(self, base: Path, meta: dict):
-        lengths = self._lengths(meta, base)
-        batches = eval_batches(lengths, self.eval_batch_size)
-        return ChatBatches(base, meta, lengths, batches, pad_id=self.tokenizer.eot_id, max_width=self.block_size), None
+        return eval_chats(base, meta, self.eval_batch_size, self.tokenizer.eot_id, self.block_size), None

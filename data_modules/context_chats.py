@@ -19,11 +19,15 @@ come from its own part's rows, so no validation passage is seen in training even
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 
-from data_modules.chat_messages import ChatMessages
+from data_modules.base import TokenDataModule
+from data_modules.chat_encoding import ChatEncoding
+from data_modules.chat_messages import eval_chats, sample_chats, train_chats
 from data_modules.holdout import held_out_rows
+from data_modules.tokenizer_setting import TokenizerSetting
 from lightning_gpt.passages import Chunk, context_turn
 
 
@@ -45,7 +49,7 @@ def first_answer(answers) -> str:
     return answers or ""
 
 
-class ContextChats(ChatMessages):
+class ContextChats(TokenDataModule):
     """SQuAD-style question answering (`context`, `question`, `answers`, optional `title`) as chats with passages
     in the system turn; loss on the answers only.
 
@@ -56,8 +60,15 @@ class ContextChats(ChatMessages):
         val_split: the split validated on. None (the default): `val_fraction` of the train split's passages, held
             out with all their questions (a stable hash of the passage's text).
         test_split: the split tested on (`test` only).
-        **kwargs: see `ChatMessages` (name, max_bad_fraction, val_fraction) and `TokenDataModule` (block_size,
-            batch_size, num_workers, cache_dir, seed).
+        name: the dataset's config name, if any.
+        messages_column: the column the chats built from each row are kept in (it only names them in the cache).
+        max_bad_fraction: fail when more than this fraction of a split's rows is malformed.
+        val_fraction: the share of the train split's passages held out for validation when `val_split` is None or
+            the train split, each with all its questions. Picked by a stable hash of the passage's text: the same
+            passages in every run, whatever the row order.
+        tokenizer: the tokenizer, plus the chat tokens: gpt2, or the path of a checkpoint whose tokenizer to use.
+            Unset: the one of --model.init_from (the CLI fills it in), else gpt2. Chat data trains none.
+        **kwargs: see `TokenDataModule` (block_size, batch_size, num_workers, cache_dir, seed).
     """
 
     def __init__(
@@ -67,24 +78,53 @@ class ContextChats(ChatMessages):
         train_split: str = "train",
         val_split: str | None = None,
         test_split: str = "validation",
+        name: str | None = None,
+        messages_column: str = "messages",
+        max_bad_fraction: float = 0.5,
+        val_fraction: float = 0.01,
+        tokenizer: str | None = None,
         **kwargs,
     ) -> None:
         if distractors < 0:
             raise ValueError(f"distractors must be 0 or more, got {distractors}")
         self.distractors = distractors
-        super().__init__(path=path, train_split=train_split, val_split=val_split, test_split=test_split, **kwargs)
+        self.messages_column, self.max_bad_fraction = messages_column, max_bad_fraction
         self.required_columns = ("context", "question", "answers")
+        self.holds_out, self.val_fraction = val_split in (None, train_split), val_fraction
+        super().__init__(
+            path=path,
+            name=name,
+            train_split=train_split,
+            val_split=val_split or train_split,
+            test_split=test_split,
+            tokenizer_setting=TokenizerSetting(tokenizer, chat=True),
+            **kwargs,
+        )
+        self.chats = ChatEncoding(messages_column, max_bad_fraction, max_tokens=self.block_size + 1)
+        self.padding_waste: float | None = None
+
+    # --- chats into a cache (data_modules/chat_encoding.py) ----------------------------------------------------
 
     def cache_variant(self, role: str | None = None) -> tuple[str, ...]:
         # Held out by passage (older caches held out by question: not reused).
         held_out_by = ("held_out_by=context",) if self.holdout_part(role) else ()
-        return (*super().cache_variant(role), f"distractors={self.distractors}", *held_out_by)
+        variant = (*self.chats.variant(), *self.holdout_variant(role))
+        return (*variant, f"distractors={self.distractors}", *held_out_by)
 
     def held_out_rows(self, rows) -> np.ndarray:
         """Which rows of the train split are validation rows: those whose passage's stable hash falls below
         `val_fraction` (see `data_modules.holdout`), so that all questions of a passage are on one side."""
         contexts = (c for batch in rows.select_columns(["context"]).iter(batch_size=1024) for c in batch["context"])
         return held_out_rows(contexts, self.val_fraction)
+
+    def array_dtypes(self) -> dict[str, np.dtype]:
+        return self.chats.array_dtypes(self.vocab_size)
+
+    def encode_rows(self, rows, split: str):
+        part, stats = self.holdout_part(self.encode_role), self.encode_stats
+        held_out, chats = self.held_out_rows, self.conversations
+        yield from self.chats.encode(rows, part, held_out, self.val_fraction, self.tokenizer, stats, chats)
+        self.chats.check(stats, self.path, split, part, self.val_fraction)
 
     def to_messages(self, batch: dict, indices: list[int]) -> dict:
         """The conversations of a batch of rows; distractors are the passages of the rows after each, in the batch
@@ -111,3 +151,19 @@ class ContextChats(ChatMessages):
         from these rows only). Batches of 64 rows: neighbours in SQuAD share an article, so distractors are often
         near misses."""
         return rows.map(self.to_messages, batched=True, batch_size=64, with_indices=True, keep_in_memory=True)
+
+    # --- batches of similar lengths, right-padded (data_modules/chat_messages.py) -----------------------------
+
+    def train_dataset(self, base: Path, meta: dict):
+        pad, sampling = self.tokenizer.eot_id, self.sampler_args(1)
+        dataset, sampler, self.padding_waste = train_chats(
+            base, meta, self.batch_size, self.seed, pad, self.block_size, sampling
+        )
+        return dataset, sampler, None
+
+    def train_sample_dataset(self, base: Path, meta: dict, batches: int):
+        pad = self.tokenizer.eot_id
+        return sample_chats(base, meta, self.eval_batch_size, batches, self.seed, pad, self.block_size), None
+
+    def eval_dataset(self, base: Path, meta: dict):
+        return eval_chats(base, meta, self.eval_batch_size, self.tokenizer.eot_id, self.block_size), None

@@ -1,6 +1,7 @@
-"""Validation held out of a training split: a stable hash of each row's prompt_id puts about `val_fraction` of the
-rows on the validation side, the same rows in every run and on every machine, whatever the row order. Shared by the
-chat DataModules (UltraChat-200k, UltraFeedback), whose hub datasets have no validation split of their own."""
+"""Validation held out of a training split: a stable hash of each row's key (its prompt_id, a passage, a document's
+text) puts about `val_fraction` of the rows on the validation side, the same rows in every run and on every
+machine, whatever the row order. For the datasets without a validation split of their own (UltraChat-200k,
+UltraFeedback, SQuAD's passages, your own text); TokenDataModule keeps which part each role reads."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from data_modules.base import TokenDataModule
 from lightning_gpt.errors import UserInputError
 
 
@@ -77,36 +77,3 @@ def part_rows(held: np.ndarray, part: str, val_fraction: float) -> tuple[np.ndar
     """The rows of `part` ("val" or "train") given the held-out mask, and the stats that say so in a cache."""
     keep = held if part == "val" else ~held
     return keep, {"val_fraction": val_fraction, "part": part, "excluded_rows": int((~keep).sum())}
-
-
-class HeldOutDataModule(TokenDataModule):
-    """A TokenDataModule that validates on rows held out of its train split when `val_split` is None or the train
-    split itself: about `val_fraction` of them, picked by `held_out_rows` (the subclass says which key). Its caches
-    of the train split hold either side, keyed apart by `holdout_variant`.
-
-    Args:
-        train_split: the split trained on.
-        val_split: the split validated on; None or `train_split` holds validation out of the train split.
-        val_fraction: the share of the train split held out for validation.
-        test_split: the split tested on (`test` only; validation never reads it).
-        **kwargs: see `TokenDataModule`.
-    """
-
-    def __init__(self, train_split: str, val_split: str | None, val_fraction: float, test_split: str, **kwargs) -> None:
-        self.holds_out = val_split in (None, train_split)
-        self.val_fraction = val_fraction
-        super().__init__(train_split=train_split, val_split=val_split or train_split, test_split=test_split, **kwargs)
-
-    def check_arguments(self) -> None:
-        super().check_arguments()
-        check_val_fraction(self.val_fraction, self.holds_out, self.splits["train"])
-
-    def holdout_part(self, role: str | None) -> str | None:
-        """Which part of the train split a role's cache holds: "val" (the held-out rows), "train" (the rest), or
-        None (a whole split)."""
-        return holdout_part(self.holds_out, role)
-
-    def holdout_variant(self, role: str | None) -> tuple[str, ...]:
-        """What sets a cache's rows apart, for `cache_variant`."""
-        part = self.holdout_part(role)
-        return (f"holdout={self.val_fraction}:{part}",) if part else ()

@@ -1,10 +1,9 @@
-"""The base of the pretraining DataModules: documents joined into one stream of tokens per split, one end-of-text
-after each, served as windows of `block_size` tokens (WikiText103, TextFiles)."""
+"""What the pretraining DataModules (WikiText103, TextFiles) share: documents joined into one stream of tokens per
+split, an end-of-text after each, served as windows of `block_size` tokens; words, characters and bytes counted on
+the way, for word perplexity and bits per byte."""
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -12,170 +11,91 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from data_modules.base import TokenDataModule
-from data_modules.token_cache import (
-    batched,
-    cache_key,
-    source_fingerprint,
-    token_dtype,
-)
+from data_modules.token_cache import batched, token_dtype
 from data_modules.windows import EvalWindows, LazyArray, ResumableWindowSampler, TrainWindows
-from lightning_gpt.atomic import remove_leftovers, scratch_folder, write_atomic
 from lightning_gpt.errors import UserInputError
-from lightning_gpt.tokenizer import (
-    Tokenizer,
-    is_tokenizer_kind,
-    parse_tokenizer_spec,
-    tokenizer_from_data,
-    train_tokenizer,
-)
+from lightning_gpt.tokenizer import AnyTokenizer
 
-log = logging.getLogger(__name__)
+# --- encoding ------------------------------------------------------------------------------------------------------
 
 
-class TokenStream(TokenDataModule):
-    """Windows over a stream of documents separated by end-of-text. Subclasses set `text_column` and say how rows
-    become documents (`documents`), counting words and bytes into `encode_stats` for word perplexity and bits per
-    byte (`count_text`)."""
-
-    text_column: str = "text"
-
-    def __init__(self, *, tokenizer: str | None = None, **kwargs) -> None:
-        """
-        Args:
-            tokenizer: gpt2 (GPT-2's BPE, shipped), char (the characters of the training split, plus <|unk|>),
-                bpe-N (a byte-level BPE of N tokens, trained on the training split with Hugging Face `tokenizers`),
-                or the path of a checkpoint whose tokenizer to use. A trained one is cached beside the token caches
-                and stored in every checkpoint. Unset: the one of --model.init_from (the CLI fills it in), else gpt2.
-            **kwargs: see `TokenDataModule`.
-        """
-        self.tokenizer_spec = tokenizer or "gpt2"
-        self._checkpoint = None
-        if is_tokenizer_kind(self.tokenizer_spec):
-            self._spec = parse_tokenizer_spec(self.tokenizer_spec)
-        else:
-            from lightning_gpt.checkpoint import tokenizer_of_checkpoint
-
-            self._spec = ("checkpoint", None)
-            self._checkpoint = tokenizer_of_checkpoint(self.tokenizer_spec, flag="--data.tokenizer")
-        super().__init__(**kwargs)
-
-    def planned_vocab_size(self) -> int:
-        kind, size = self._spec
-        if self._checkpoint is not None:  # the checkpoint's model vocabulary (rows a bpe-N left unused included)
-            return max(self._checkpoint[0].vocab_size, self._checkpoint[1])
-        # bpe-N: N ids whatever it learns (fewer merges leave rows unused); char: only the data says, so the
-        # characters are read here, when the CLI links the model's vocabulary.
-        return size if kind == "bpe" else self.tokenizer.vocab_size
-
-    def build_tokenizer(self):
-        if self._checkpoint is not None:
-            return self._checkpoint[0]
-        if self._spec[0] == "gpt2":
-            return Tokenizer()
-        self.check_arguments()
-        path = self.tokenizer_path()
-        if path.is_file():
-            return tokenizer_from_data(json.loads(path.read_text(encoding="utf-8")))
-        split = self.splits["train"]
-        log.info("training the %s tokenizer on %s split %r", self.tokenizer_spec, self.path, split)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(self.cache_dir)
-        with scratch_folder(self.cache_dir) as scratch:
-            rows = self.load_rows(split, scratch)
-            self.encode_stats, self.encode_role = {}, "train"  # the training part only: held-out documents excluded
-            tokenizer = train_tokenizer(self.tokenizer_spec, self.documents(rows))
-        write_atomic(path, json.dumps(tokenizer.to_data(), ensure_ascii=False))
-        return tokenizer
-
-    def tokenizer_path(self) -> Path:
-        """Where the tokenizer trained for this data and setting is cached: beside the token caches."""
-        kind = type(self).__name__
-        split = self.splits["train"]
-        key = cache_key(
-            kind,
-            source_fingerprint(self.path),
-            str(self.name),
-            split,
-            self.tokenizer_spec,
-            *self.cache_variant("train"),
+def check_text_column(rows, column: str, path: str) -> None:
+    """Refuses a text column that does not hold strings, naming --data.text_column."""
+    dtype = getattr(rows.features[column], "dtype", None)
+    if dtype in ("binary", "large_binary"):
+        raise UserInputError(
+            f"--data.path {path}: column {column!r} holds bytes (binary), not text; store it as "
+            "UTF-8 strings, or set --data.text_column to the column with the text."
         )
-        return self.cache_dir / f"{kind.lower()}-tokenizer-{self.tokenizer_spec}-{key}.json"
+    if dtype not in ("string", "large_string"):
+        raise UserInputError(
+            f"--data.path {path}: column {column!r} holds {rows.features[column]}, "
+            "not text; set --data.text_column to the column with the text."
+        )
 
-    def documents(self, rows) -> Iterator[str]:
-        """The documents of a loaded split, in order."""
-        raise NotImplementedError
 
-    def check_text_column(self, rows) -> None:
-        """Refuses a text column that does not hold strings, naming --data.text_column."""
-        dtype = getattr(rows.features[self.text_column], "dtype", None)
-        if dtype in ("binary", "large_binary"):
-            raise UserInputError(
-                f"--data.path {self.path}: column {self.text_column!r} holds bytes (binary), not text; store it as "
-                "UTF-8 strings, or set --data.text_column to the column with the text."
-            )
-        if dtype not in ("string", "large_string"):
-            raise UserInputError(
-                f"--data.path {self.path}: column {self.text_column!r} holds {rows.features[self.text_column]}, "
-                "not text; set --data.text_column to the column with the text."
-            )
+def count_text(texts: Iterable[str], stats: dict, extra_words: int = 0) -> Iterator[str]:
+    """Passes texts on, adding their words (whitespace-separated, plus `extra_words` each: the end of line or of text
+    the model also predicts), characters and UTF-8 bytes to `stats`."""
+    for key in ("words", "chars", "bytes"):
+        stats.setdefault(key, 0)
+    for text in texts:
+        stats["words"] += len(text.split()) + extra_words
+        stats["chars"] += len(text)
+        stats["bytes"] += len(text.encode("utf-8"))
+        yield text
 
-    def count_text(self, texts: Iterable[str], extra_words: int = 0) -> Iterator[str]:
-        """Passes texts on, adding their words (whitespace-separated, plus `extra_words` each: the end of line or
-        of text the model also predicts), characters and UTF-8 bytes to `encode_stats`."""
-        stats = getattr(self, "encode_stats", {})
-        for key in ("words", "chars", "bytes"):
-            stats.setdefault(key, 0)
-        for text in texts:
-            stats["words"] += len(text.split()) + extra_words
-            stats["chars"] += len(text)
-            stats["bytes"] += len(text.encode("utf-8"))
-            yield text
 
-    def array_dtypes(self) -> dict[str, np.dtype]:
-        return {"tokens": token_dtype(self.vocab_size)}
+def stream_dtypes(vocab_size: int) -> dict[str, np.dtype]:
+    """A stream's cache holds one array: the token ids."""
+    return {"tokens": token_dtype(vocab_size)}
 
-    def encode_rows(self, rows, split: str) -> Iterator[dict[str, np.ndarray]]:
-        eot = self.tokenizer.eot_id
-        for docs in batched(self.documents(rows), 256):
-            flat: list[int] = []
-            for ids in self.tokenizer.encode_batch(docs):  # BPE on several threads
-                flat.extend(ids)
-                flat.append(eot)
-            self.encode_stats["documents"] = self.encode_stats.get("documents", 0) + len(docs)
-            yield {"tokens": np.array(flat, dtype=np.int64)}
 
-    def tokens(self, role: str = "train") -> np.ndarray:
-        """The cached token ids of a split ("train", "val" or "test"), memory-mapped; built if missing."""
-        return LazyArray(*self._cache(role)).values
+def encode_documents(documents: Iterable[str], tokenizer: AnyTokenizer, stats: dict) -> Iterator[dict[str, np.ndarray]]:
+    """Chunks of the stream: each document's token ids, then end-of-text. Counts the documents into `stats`."""
+    eot = tokenizer.eot_id
+    for docs in batched(documents, 256):
+        flat: list[int] = []
+        for ids in tokenizer.encode_batch(docs):  # BPE on several threads
+            flat.extend(ids)
+            flat.append(eot)
+        stats["documents"] = stats.get("documents", 0) + len(docs)
+        yield {"tokens": np.array(flat, dtype=np.int64)}
 
-    def text_stats(self, role: str) -> dict | None:
-        """Words, bytes, characters (None in caches written before they were counted) and predicted tokens of a split,
-        for word-level perplexity, bits per byte and tokens per character."""
-        base, meta = self._cache(role)
-        stats = meta.get("stats", {})
-        if "words" not in stats:
-            return None
-        targets = meta["arrays"]["tokens"]["length"] - 1
-        return {"words": stats["words"], "bytes": stats["bytes"], "chars": stats.get("chars"), "targets": targets}
 
-    def train_dataset(self, base: Path, meta: dict):
-        tokens = LazyArray(base, meta)
-        if len(tokens) <= 2 * self.block_size:
-            raise UserInputError(
-                f"split {self.splits['train']!r} has {len(tokens)} tokens, too few for windows of --data.block_size "
-                f"{self.block_size}; use more data or a smaller block size."
-            )
-        dataset = TrainWindows(tokens, self.block_size)
-        # Every target of a training window is scored: block_size targets per item.
-        sampler = ResumableWindowSampler(dataset, item_targets=self.block_size, **self.sampler_args(self.batch_size))
-        return dataset, sampler, self.batch_size
+def text_stats(meta: dict) -> dict | None:
+    """Words, bytes, characters (None in caches written before they were counted) and predicted tokens of a cached
+    split, for word-level perplexity, bits per byte and tokens per character."""
+    stats = meta.get("stats", {})
+    if "words" not in stats:
+        return None
+    targets = meta["arrays"]["tokens"]["length"] - 1
+    return {"words": stats["words"], "bytes": stats["bytes"], "chars": stats.get("chars"), "targets": targets}
 
-    def train_sample_dataset(self, base: Path, meta: dict, batches: int):
-        windows = TrainWindows(LazyArray(base, meta), self.block_size)
-        generator = torch.Generator().manual_seed(self.seed)
-        offsets = torch.randint(len(windows), (batches * self.eval_batch_size,), generator=generator)
-        return Subset(windows, offsets.tolist()), self.eval_batch_size
 
-    def eval_dataset(self, base: Path, meta: dict):
-        return EvalWindows(LazyArray(base, meta), self.block_size, pad_id=self.tokenizer.eot_id), self.eval_batch_size
+# --- windows ---------------------------------------------------------------------------------------------------------
+
+
+def train_windows(base: Path, meta: dict, block_size: int, sampler_args: dict, split: str):
+    """Every window of the stream, in the resumable order of a `ResumableWindowSampler`: (dataset, sampler)."""
+    tokens = LazyArray(base, meta)
+    if len(tokens) <= 2 * block_size:
+        raise UserInputError(
+            f"split {split!r} has {len(tokens)} tokens, too few for windows of --data.block_size "
+            f"{block_size}; use more data or a smaller block size."
+        )
+    dataset = TrainWindows(tokens, block_size)
+    # Every target of a training window is scored: block_size targets per item.
+    return dataset, ResumableWindowSampler(dataset, item_targets=block_size, **sampler_args)
+
+
+def sample_windows(base: Path, meta: dict, block_size: int, count: int, seed: int) -> Subset:
+    """`count` training windows at offsets drawn from `seed`: the same ones at every validation."""
+    windows = TrainWindows(LazyArray(base, meta), block_size)
+    offsets = torch.randint(len(windows), (count,), generator=torch.Generator().manual_seed(seed))
+    return Subset(windows, offsets.tolist())
+
+
+def eval_windows(base: Path, meta: dict, block_size: int, pad_id: int) -> EvalWindows:
+    """The stream cut into consecutive windows, each token predicted once."""
+    return EvalWindows(LazyArray(base, meta), block_size, pad_id=pad_id)

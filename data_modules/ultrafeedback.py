@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data_modules.base import TokenDataModule
 from data_modules.chat_messages import eval_batches, length_grouped_batches, sample_batches
-from data_modules.chat_tokenizer import ChatTokenizerSetting
-from data_modules.holdout import HeldOutDataModule, held_out_rows, part_rows, row_keys
+from data_modules.holdout import held_out_rows, part_rows, row_keys
 from data_modules.token_cache import token_dtype
+from data_modules.tokenizer_setting import TokenizerSetting
 from data_modules.windows import LazyArray, ResumableShuffleSampler
 from lightning_gpt.batch import Batch
 from lightning_gpt.chat import END_OF_TURN, message_problem, render_prompt
@@ -139,7 +140,7 @@ def pair_lengths(base: Path, meta: dict) -> np.ndarray:
     return prompt + np.maximum(chosen, rejected)
 
 
-class UltraFeedback(ChatTokenizerSetting, HeldOutDataModule):
+class UltraFeedback(TokenDataModule):
     """UltraFeedback-binarized preference pairs for DPO: each row's prompt with its chosen and rejected answers.
 
     The prompt is the conversation before the last turn (a system turn allowed), rendered as for chat ending with
@@ -190,18 +191,18 @@ class UltraFeedback(ChatTokenizerSetting, HeldOutDataModule):
         tokenizer: str | None = None,
         **kwargs,
     ) -> None:
-        self.use_tokenizer(tokenizer)
         self.chosen_column, self.rejected_column = chosen_column, rejected_column
         self.max_prompt_tokens, self.max_answer_tokens = max_prompt_tokens, max_answer_tokens
         self.drop_ties = drop_ties
         self.required_columns = (chosen_column, rejected_column, *(self.score_columns if drop_ties else ()))
+        self.holds_out, self.val_fraction = val_split in (None, train_split), val_fraction
         super().__init__(
             path=path,
             name=name,
             train_split=train_split,
-            val_split=val_split,
-            val_fraction=val_fraction,
+            val_split=val_split or train_split,
             test_split=test_split,
+            tokenizer_setting=TokenizerSetting(tokenizer, chat=True),
             **kwargs,
         )
 
@@ -264,7 +265,7 @@ class UltraFeedback(ChatTokenizerSetting, HeldOutDataModule):
         stats = self.encode_stats
         stats.update(rows=0, pairs=0, skipped=0, skip_reasons={}, ties=0, prompts_cut=0, answers_cut=0)
         stats["ties_dropped"] = self.drop_ties
-        part = self.holdout_part(getattr(self, "encode_role", None))
+        part = self.holdout_part(self.encode_role)
         keep = None
         if part:
             keep, stats["holdout"] = part_rows(self.held_out_rows(rows), part, self.val_fraction)

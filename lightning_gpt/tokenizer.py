@@ -286,11 +286,6 @@ def parse_tokenizer_spec(spec: str) -> tuple[str, int | None]:
     )
 
 
-def is_tokenizer_kind(spec: str) -> bool:
-    """Whether a --data.tokenizer value names a kind (gpt2, char, bpe-N) rather than a checkpoint to take it from."""
-    return spec in ("gpt2", "char") or spec.startswith("bpe-")
-
-
 def describe(tokenizer: AnyTokenizer) -> str:
     """One line for messages, e.g. "bpe (8004 ids, special tokens <|endoftext|> <|system|> ...)"."""
     specials = " ".join(tokenizer.special_tokens)

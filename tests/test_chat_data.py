@@ -1,11 +1,14 @@
 """Your own chat data: ChatMessages on a no_robots-style folder (prompt, prompt_id, messages, category; splits train
 and test; system turns), trained through the CLI with no code."""
 
+import inspect
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from data_modules import ChatMessages, UltraChat200k
+from data_modules.windows import LazyArray
 from lightning_gpt.chat import ASSISTANT, END_OF_TURN
 from lightning_gpt.cli import run
 from lightning_gpt.model import IGNORE_INDEX
@@ -55,7 +58,20 @@ def test_no_robots_style_data_trains_through_the_cli_with_loss_on_assistant_toke
     assert (y == end).any()  # the end-of-turn after a reply is scored
 
 
-def test_ultrachat_is_the_generic_module_with_its_own_defaults():
+def test_ultrachat_is_the_generic_module_with_its_own_defaults(ultrachat_dir, tmp_path):
     dm = UltraChat200k(num_workers=0)
-    assert isinstance(dm, ChatMessages) and dm.path == "HuggingFaceH4/ultrachat_200k"
+    assert dm.path == "HuggingFaceH4/ultrachat_200k"
     assert dm.splits == {"train": "train_sft", "val": "train_sft", "test": "test_sft"} and dm.holds_out
+    # The generic module (not its subclass: each DataModule stands on TokenDataModule): the same settings, and on the
+    # same data the same cached conversations and the same batches.
+    assert set(inspect.signature(UltraChat200k).parameters) == set(inspect.signature(ChatMessages).parameters)
+    args = {"path": str(ultrachat_dir), "block_size": 64, "batch_size": 4, "num_workers": 0, "cache_dir": str(tmp_path)}
+    ours, generic = UltraChat200k(**args), ChatMessages(**args, train_split="train_sft", test_split="test_sft")
+    for data in (ours, generic):
+        data.setup("fit")
+    for role in ("train", "val"):
+        for name in ("tokens", "mask", "lengths"):
+            cached = [LazyArray(*data._cache(role), name).values for data in (ours, generic)]
+            assert len(cached[0]) and np.array_equal(*cached)
+    for a, b in zip(next(iter(ours.train_dataloader())), next(iter(generic.train_dataloader())), strict=True):
+        assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
