@@ -26,7 +26,7 @@ from data_modules.token_cache import token_dtype
 from data_modules.tokenizer_setting import TokenizerSetting
 from data_modules.windows import LazyArray, ResumableShuffleSampler
 from lightning_gpt.batch import Batch
-from lightning_gpt.chat import END_OF_TURN, message_problem, render_prompt
+from lightning_gpt.chat import message_problem, render_answer, render_prompt
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.model import IGNORE_INDEX
 
@@ -148,11 +148,11 @@ class UltraFeedback(TokenDataModule):
     the prompt is cut first, from the left, to `max_prompt_tokens` (its leading <|endoftext|> kept), then each
     answer from the right to what is left (a cut answer loses its <|end|>: it did not end there).
 
-    Batches: `batch_size` and `eval_batch_size` count pairs. A batch of B pairs is x, y of shape (2B, L): rows
-    0..B-1 the chosen sequences, rows B..2B-1 the rejected ones in the same pair order (`split_pair_batch` splits
-    them), right-padded with <|endoftext|>; y is the next token where that is an answer token or an answer's
-    <|end|>, IGNORE_INDEX elsewhere. Training batches come as (x, y, step_pairs), step_pairs being the pairs of
-    the whole optimizer step over all devices and accumulated batches (the DPO loss divides by it).
+    Batches: `batch_size` and `eval_batch_size` count pairs. A batch of B pairs (lightning_gpt.batch.Batch) has
+    inputs and targets of shape (2B, L): rows 0..B-1 the chosen sequences, rows B..2B-1 the rejected ones in the
+    same pair order (`split_pair_batch` splits them), right-padded with <|endoftext|>; the target is the next token
+    where that is an answer token or an answer's <|end|>, IGNORE_INDEX elsewhere. A training batch's step_count is
+    the pairs of the whole optimizer step over all devices and accumulated batches (the loss divides by it).
 
     Args:
         path: Hugging Face dataset id, or a local folder in the hub's layout.
@@ -252,12 +252,11 @@ class UltraFeedback(TokenDataModule):
 
     def encode_pair(self, chosen: list[dict], rejected: list[dict]) -> tuple[list[int], list[list[int]], bool, int]:
         """(prompt ids, [chosen ids, rejected ids], whether the prompt was cut, how many answers were cut)."""
-        end = self.tokenizer.token_id(END_OF_TURN)
         full = render_prompt(self.tokenizer, chosen[:-1])
         prompt = cut_prompt(full, self.prompt_limit)
         room = self.block_size + 1 - len(prompt)  # >= 1: the prompt keeps at most block_size tokens
         limit = room if self.max_answer_tokens is None else min(room, self.max_answer_tokens)
-        answers = [[*self.tokenizer.encode(side[-1]["content"]), end] for side in (chosen, rejected)]
+        answers = [render_answer(self.tokenizer, side[-1]["content"]) for side in (chosen, rejected)]
         cut = sum(len(answer) > limit for answer in answers)
         return prompt, [answer[:limit] for answer in answers], len(prompt) < len(full), cut
 
