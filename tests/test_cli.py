@@ -35,7 +35,7 @@ OVERRIDES = {"smoke.yaml", "multi_gpu.yaml", "fsdp.yaml"}
 
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in OVERRIDES))
 def test_every_config_parses_alone_and_with_smoke(config, wikitext_dir, ultrachat_dir, tmp_path):
-    from tests.test_ultrafeedback import folder, preference_rows  # here: that module imports this one
+    from tests.data_modules.test_ultrafeedback import folder, preference_rows  # here: that module imports this one
 
     if "ultrafeedback" in config:  # preference pairs (reward model, DPO)
         data_dir = folder(tmp_path / "ultrafeedback", preference_rows(24))

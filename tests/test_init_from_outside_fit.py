@@ -10,8 +10,8 @@ from lightning_gpt.chat import chat_tokenizer
 from lightning_gpt.cli import run
 from lightning_gpt.training.language_model import GPTModule
 from tests.conftest import save_module
+from tests.data_modules.test_ultrafeedback import folder, preference_rows
 from tests.test_real_configs import REPO
-from tests.test_ultrafeedback import folder, preference_rows
 
 SMOKE = str(REPO / "configs" / "smoke.yaml")
 DPO = str(REPO / "configs" / "dpo_ultrafeedback.yaml")

@@ -17,8 +17,8 @@ from lightning_gpt.model import GPT
 from lightning_gpt.tokenizer import BPETokenizer, extends, train_tokenizer
 from lightning_gpt.training.language_model import GPTModule
 from tests.conftest import WORDS, synthetic_conversations, write_hub_folder
-from tests.test_ultrafeedback import folder as preference_folder
-from tests.test_ultrafeedback import preference_rows
+from tests.data_modules.test_ultrafeedback import folder as preference_folder
+from tests.data_modules.test_ultrafeedback import preference_rows
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TEXT = "Hello, world! Привет, мир! 你好，世界！ 😀🚀 the cat sat on the mat.\n"

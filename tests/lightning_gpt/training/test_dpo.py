@@ -20,9 +20,9 @@ from lightning_gpt.training.language_model import GPTModule
 from lightning_gpt.training.preference_losses import answer_logps, answer_positions, dpo_losses, initial_loss
 from lightning_gpt.training.reward_model import RewardModule
 from tests.conftest import save_module
+from tests.data_modules.test_ultrafeedback import folder, pref_data, preference_rows
+from tests.lightning_gpt.training.test_language_model import LossRecorder, StopAt, trainer
 from tests.test_real_configs import REPO, scalars
-from tests.test_training import LossRecorder, StopAt, trainer
-from tests.test_ultrafeedback import folder, pref_data, preference_rows
 
 DPO_CONFIG = str(REPO / "configs" / "dpo_ultrafeedback.yaml")
 SMOKE = str(REPO / "configs" / "smoke.yaml")

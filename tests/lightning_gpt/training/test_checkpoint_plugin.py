@@ -23,9 +23,9 @@ from lightning_gpt.atomic import HOST, remove_leftovers
 from lightning_gpt.checkpoint_io import check_ckpt_path
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.training.checkpoint_plugin import SafeCheckpointIO, use_safe_checkpoint_io
-from tests.test_training import datamodule, tiny_module, trainer
+from tests.lightning_gpt.training.test_language_model import datamodule, tiny_module, trainer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 UNREADABLE = "is not a readable lightning-gpt checkpoint"
 
 

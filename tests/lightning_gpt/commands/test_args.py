@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lightning_gpt.__main__ import main
-from tests.test_commands import checkpoints  # noqa: F401  (a fixture: a tiny pretraining and a chat checkpoint)
+from tests.lightning_gpt.commands.test_chat import checkpoints  # noqa: F401  (a fixture: a tiny pretraining and a chat checkpoint)
 
 
 def run_failing(monkeypatch, capsys, *argv: str) -> str:
@@ -151,7 +151,7 @@ def test_the_console_script_prints_no_traceback_for_a_malicious_checkpoint(tmp_p
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
     )
     assert done.returncode == 2 and not marker.exists()
     assert done.stderr.startswith(f"lightning-gpt: error: --ckpt_path {path}") and "Traceback" not in done.stderr

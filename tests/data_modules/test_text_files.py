@@ -12,7 +12,7 @@ from lightning_gpt.cli import run
 from lightning_gpt.errors import UserInputError
 from tests.conftest import text_documents, text_folder, write_hub_folder
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 EOT = "<|endoftext|>"
 
 

@@ -18,7 +18,7 @@ from lightning_gpt.errors import UserInputError
 from lightning_gpt.model import IGNORE_INDEX
 from lightning_gpt.training.language_model import GPTModule
 from tests.conftest import synthetic_conversations, wikitext_folder, write_hub_folder
-from tests.test_training import LossRecorder, StopAt, tiny_module, trainer
+from tests.lightning_gpt.training.test_language_model import LossRecorder, StopAt, tiny_module, trainer
 
 
 def chat_data(path, **overrides) -> UltraChat200k:

@@ -18,8 +18,8 @@ from lightning_gpt.tokenizer import CharTokenizer
 from lightning_gpt.training.language_model import GPTModule
 from lightning_gpt.training.reward_model import RewardModule
 from tests.conftest import REAL_HUB, command, save_module
-from tests.test_reward_model import TINY
-from tests.test_ultrafeedback import folder, preference_rows
+from tests.data_modules.test_ultrafeedback import folder, preference_rows
+from tests.lightning_gpt.training.test_reward_model import TINY
 
 TRAIN = "default/train_prefs-00000-of-00001.parquet"
 

@@ -17,7 +17,7 @@ from lightning_gpt.chat import chat_stop_ids, chat_tokenizer, fit_history, rende
 from lightning_gpt.generate import SamplingSettings, generate
 from lightning_gpt.loading import load_checkpoint
 from tests.conftest import command, synthetic_conversations, wikitext_folder, write_hub_folder
-from tests.test_training import tiny_module, trainer
+from tests.lightning_gpt.training.test_language_model import tiny_module, trainer
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +240,7 @@ def test_an_unreachable_hub_turns_on_offline_mode_and_the_error_names_the_flag(c
     assert not constants.HF_HUB_OFFLINE  # restored
 
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[3])
     command = [sys.executable, "-m", "lightning_gpt", "evaluate-chat", "--ckpt_path", checkpoints["chat"]]
     done = subprocess.run([*command, "--data_path", "Some/dataset"], env=env, capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr

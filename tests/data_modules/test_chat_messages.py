@@ -14,7 +14,7 @@ from lightning_gpt.cli import run
 from lightning_gpt.model import IGNORE_INDEX
 from tests.conftest import synthetic_conversations, write_hub_folder
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def no_robots_rows(n: int, seed: int) -> list[dict]:

@@ -9,7 +9,7 @@ from lightning_gpt.chat import CHAT_SPECIAL_TOKENS, chat_tokenizer
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.tokenizer import UNKNOWN, Tokenizer, tokenizer_from_data, train_tokenizer
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TEXT = "Hello, world! Привет, мир! 你好，世界！ 😀🚀 naïve café\n" * 20
 
 

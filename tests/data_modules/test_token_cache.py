@@ -17,7 +17,7 @@ from lightning_gpt.errors import UserInputError
 from lightning_gpt.tokenizer import Tokenizer
 from tests.conftest import synthetic_articles, wikitext_folder, wikitext_rows, write_hub_folder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def built(dm: WikiText103, split: str = "train"):

@@ -17,10 +17,10 @@ from lightning_gpt.training.bradley_terry import bradley_terry
 from lightning_gpt.training.language_model import GPTModule
 from lightning_gpt.training.reward_model import RewardModule
 from tests.conftest import save_module
+from tests.data_modules.test_ultrafeedback import folder, pair_row, sentence, turn
 from tests.test_real_configs import scalars
-from tests.test_ultrafeedback import folder, pair_row, sentence, turn
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 REWARD = str(REPO / "configs" / "reward_ultrafeedback.yaml")
 SMOKE = str(REPO / "configs" / "smoke.yaml")
 CHAT_VOCAB = chat_tokenizer().vocab_size

@@ -13,8 +13,8 @@ from data_modules.windows import ResumableShuffleSampler
 from lightning_gpt.batch import Batch
 from lightning_gpt.model import IGNORE_INDEX
 from lightning_gpt.training.optim import warmup_cosine
-from tests.test_sft import chat_data
-from tests.test_training import StopAt, datamodule, tiny_module, trainer
+from tests.data_modules.test_ultrachat import chat_data
+from tests.lightning_gpt.training.test_language_model import StopAt, datamodule, tiny_module, trainer
 
 
 class FirstStep(L.Callback):
