@@ -9,13 +9,7 @@ import torch
 from lightning_gpt.chat import chat_tokenizer
 from lightning_gpt.cli import run
 from lightning_gpt.training.language_model import GPTModule
-from tests.conftest import save_module
-from tests.data_modules.test_ultrafeedback import folder, preference_rows
-from tests.test_real_configs import REPO
-
-SMOKE = str(REPO / "configs" / "smoke.yaml")
-DPO = str(REPO / "configs" / "dpo_ultrafeedback.yaml")
-SFT = str(REPO / "configs" / "sft_ultrachat.yaml")
+from tests.conftest import DPO, SFT, SMOKE, preference_folder, preference_rows, save_module
 
 
 def metrics(cli) -> dict[str, float]:
@@ -26,7 +20,7 @@ def test_dpo_validate_before_training_scores_a_policy_equal_to_its_reference(tmp
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
     sft = save_module(GPTModule(preset="tiny", block_size=128, vocab_size=chat_tokenizer().vocab_size), "sft.ckpt")
-    prefs = folder(tmp_path / "prefs", preference_rows(48, seed=3))
+    prefs = preference_folder(tmp_path / "prefs", preference_rows(48, seed=3))
     args = ["-c", DPO, "-c", SMOKE, "--data.path", str(prefs), "--data.val_fraction", "0.25", "--model.init_from", sft]
     for command in ("validate", "test"):
         got = metrics(run([command, *args]))

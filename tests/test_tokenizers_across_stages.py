@@ -16,11 +16,8 @@ from lightning_gpt.loading import load_checkpoint
 from lightning_gpt.model import GPT
 from lightning_gpt.tokenizer import BPETokenizer, extends, train_tokenizer
 from lightning_gpt.training.language_model import GPTModule
-from tests.conftest import WORDS, synthetic_conversations, write_hub_folder
-from tests.data_modules.test_ultrafeedback import folder as preference_folder
-from tests.data_modules.test_ultrafeedback import preference_rows
+from tests.conftest import CONFIGS, WORDS, preference_folder, preference_rows, synthetic_conversations, write_hub_folder
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TEXT = "Hello, world! Привет, мир! 你好，世界！ 😀🚀 the cat sat on the mat.\n"
 # The real configs shrunk in size only: their accumulation (4 or 2 batches a step), dropout and worker processes
 # (2, as on a small machine) stay, so one step with a validation after 4 batches.

@@ -15,8 +15,7 @@ from data_modules.token_cache import meta_path
 from data_modules.windows import LazyArray
 from lightning_gpt.chat import render_conversation
 from lightning_gpt.errors import UserInputError
-from tests.conftest import REAL_HUB, synthetic_conversations, write_hub_folder
-from tests.test_cli import SFT, parse_only
+from tests.conftest import REAL_HUB, SFT, parse_only, synthetic_conversations, write_hub_folder
 
 
 def chat_data(path, **overrides) -> UltraChat200k:

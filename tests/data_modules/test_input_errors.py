@@ -6,8 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lightning_gpt.cli import run
-from tests.conftest import synthetic_conversations, write_hub_folder
-from tests.test_cli import PRETRAIN, SFT, SMOKE
+from tests.conftest import PRETRAIN, SFT, SMOKE, synthetic_conversations, write_hub_folder
 
 CONFIG = "wikitext-103-raw-v1"
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from data_modules import UltraChat200k, WikiText103
+from data_modules import WikiText103
 from data_modules.token_cache import meta_path
 from data_modules.ultrachat import length_grouped_batches, padding_waste
 from lightning_gpt.chat import chat_tokenizer, render_conversation
@@ -17,13 +17,16 @@ from lightning_gpt.checkpoint import load_pretrained
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.model import IGNORE_INDEX
 from lightning_gpt.training.language_model import GPTModule
-from tests.conftest import synthetic_conversations, wikitext_folder, write_hub_folder
-from tests.lightning_gpt.training.test_language_model import LossRecorder, StopAt, tiny_module, trainer
-
-
-def chat_data(path, **overrides) -> UltraChat200k:
-    args = {"block_size": 64, "batch_size": 8, "eval_batch_size": 8, "num_workers": 0, "seed": 5}
-    return UltraChat200k(path=str(path), **{**args, **overrides})
+from tests.conftest import (
+    LossRecorder,
+    StopAt,
+    chat_data,
+    synthetic_conversations,
+    tiny_module,
+    trainer,
+    wikitext_folder,
+    write_hub_folder,
+)
 
 
 def test_batches_train_only_on_assistant_tokens(ultrachat_dir):

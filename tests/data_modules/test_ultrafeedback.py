@@ -16,53 +16,17 @@ from data_modules.ultrafeedback import PairBatches, split_pair_batch
 from lightning_gpt.chat import END_OF_TURN, render_prompt
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.model import IGNORE_INDEX
-from tests.conftest import REAL_HUB, WORDS, write_hub_folder
-from tests.test_cli import parse_only
-
-
-def sentence(rng: random.Random, k: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(k)).capitalize() + "."
-
-
-def turn(role: str, content) -> dict:
-    return {"role": role, "content": content}
-
-
-def pair_row(prompt_id: str, prompt: list[dict], chosen: str, rejected: str, scores=(8.0, 5.0)) -> dict:
-    return {
-        "prompt": prompt[-1]["content"],
-        "prompt_id": prompt_id,
-        "chosen": [*prompt, turn("assistant", chosen)],
-        "rejected": [*prompt, turn("assistant", rejected)],
-        "messages": [*prompt, turn("assistant", chosen)],
-        "score_chosen": float(scores[0]),
-        "score_rejected": float(scores[1]),
-    }
-
-
-def preference_rows(n: int, seed: int = 0, ties_every: int = 0, system: bool = False) -> list[dict]:
-    """UltraFeedback-style rows: one user turn (after a system turn if asked), two different answers, scores; every
-    `ties_every`-th row a tie."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        prompt = [turn("system", "Be brief.")] if system else []
-        prompt.append(turn("user", sentence(rng, rng.randint(4, 9))))
-        chosen, rejected = sentence(rng, rng.randint(3, 10)), sentence(rng, rng.randint(3, 10))
-        rejected = rejected if rejected != chosen else rejected + " No."
-        score = rng.randint(6, 10)
-        tie = ties_every and i % ties_every == 0
-        rows.append(pair_row(f"{seed}-{i}", prompt, chosen, rejected, (score, score if tie else score - 2)))
-    return rows
-
-
-def folder(root, train: list[dict], test: list[dict] | None = None):
-    return write_hub_folder(root, {"train_prefs": train, "test_prefs": test or train[:8]}, config="default")
-
-
-def pref_data(path, **overrides) -> UltraFeedback:
-    args = {"block_size": 64, "batch_size": 4, "eval_batch_size": 4, "num_workers": 0, "seed": 5}
-    return UltraFeedback(path=str(path), **{**args, **overrides})
+from tests.conftest import (
+    REAL_HUB,
+    pair_row,
+    parse_only,
+    pref_data,
+    preference_folder,
+    preference_rows,
+    sentence,
+    turn,
+    write_hub_folder,
+)
 
 
 def same_batch(a, b) -> bool:
@@ -99,7 +63,7 @@ def test_a_pair_is_the_hand_rendering_with_only_the_answers_scored(tmp_path):
     row = pair_row(
         "only", [turn("system", "Be brief."), turn("user", "Why is the sky blue?")], sentence(rng, 9), "Because."
     )
-    dm = pref_data(folder(tmp_path / "one", preference_rows(20), [row]))
+    dm = pref_data(preference_folder(tmp_path / "one", preference_rows(20), [row]))
     dm.setup("test")
     first, *rest = list(dm.test_dataloader())
     x, y = first.inputs, first.targets
@@ -125,7 +89,9 @@ def test_a_long_prompt_is_cut_from_the_left_and_a_long_answer_from_the_right(tmp
         pair_row("long-answer", [turn("user", "Tell me.")], sentence(rng, 80), "Short."),
         pair_row("fits", [turn("user", "Hi.")], "Hello there.", "Go away."),
     ]
-    dm = pref_data(folder(tmp_path / "cut", rows, rows), block_size=48, max_prompt_tokens=16, val_split="test_prefs")
+    dm = pref_data(
+        preference_folder(tmp_path / "cut", rows, rows), block_size=48, max_prompt_tokens=16, val_split="test_prefs"
+    )
     by_id = dict(zip(("long-prompt", "long-answer", "fits"), (hand_pair(dm, row) for row in rows), strict=True))
     pairs = {pair[2]: pair for pair in all_pairs(dm, "train")}  # keyed by the rejected answer (never cut here)
     prompt, chosen, rejected = pairs[by_id["long-prompt"][2]]
@@ -148,7 +114,7 @@ def test_a_long_prompt_is_cut_from_the_left_and_a_long_answer_from_the_right(tmp
 
 
 def test_the_limits_and_the_ties_are_flags(tmp_path):
-    path = folder(tmp_path / "cli", preference_rows(10))
+    path = preference_folder(tmp_path / "cli", preference_rows(10))
     flags = ["--data.max_prompt_tokens", "16", "--data.max_answer_tokens", "3", "--data.drop_ties", "false"]
     run = ["--model.preset", "tiny", "--trainer.accelerator", "cpu", "--seed_everything", "0"]
     data = parse_only(["--data", "UltraFeedback", "--data.path", str(path), *flags, *run]).datamodule
@@ -168,11 +134,11 @@ def test_the_limits_and_the_ties_are_flags(tmp_path):
 )
 def test_unusable_limits_are_refused_naming_the_flag(tmp_path, setting, message):
     with pytest.raises(UserInputError, match=message):
-        pref_data(folder(tmp_path / "f", preference_rows(10)), **setting).prepare_data()
+        pref_data(preference_folder(tmp_path / "f", preference_rows(10)), **setting).prepare_data()
 
 
 def test_ties_are_dropped_unless_asked_to_keep_them(tmp_path):
-    path = folder(tmp_path / "ties", preference_rows(40, ties_every=4))  # 10 ties
+    path = preference_folder(tmp_path / "ties", preference_rows(40, ties_every=4))  # 10 ties
     dropped = pref_data(path, val_split="test_prefs")
     stats = stats_of(dropped, "train")
     assert stats["ties"] == 10 and stats["pairs"] == 30 and stats["skipped"] == 0
@@ -192,7 +158,7 @@ def test_bad_rows_are_skipped_counted_and_shown_once(tmp_path, caplog):
         pair_row("same", ask, "Same.", "Same."),
         {**pair_row("bot", ask, "A.", "B."), "chosen": [turn("bot", "Which?"), turn("assistant", "A.")]},
     ]
-    dm = pref_data(folder(tmp_path / "bad", good + bad), val_split="test_prefs")
+    dm = pref_data(preference_folder(tmp_path / "bad", good + bad), val_split="test_prefs")
     with caplog.at_level(logging.WARNING):
         stats = stats_of(dm, "train")
     assert stats["rows"] == 36 and stats["skipped"] == 6 and stats["pairs"] == 30
@@ -211,13 +177,13 @@ def test_bad_rows_are_skipped_counted_and_shown_once(tmp_path, caplog):
 
 def test_a_split_with_no_usable_pair_names_the_split_and_the_reason(tmp_path):
     bad = [pair_row(str(i), [turn("user", "Hm?")], "Same.", "Same.") for i in range(6)]
-    path = folder(tmp_path / "allbad", preference_rows(20), bad)
+    path = preference_folder(tmp_path / "allbad", preference_rows(20), bad)
     dm = pref_data(path)
     dm.prepare_data()  # fit reads train_prefs only
     with pytest.raises(UserInputError, match=r"--data.path .*allbad split 'test_prefs': .*6 'chosen and rejected"):
         dm.setup("test")
     assert not list(dm.cache_dir.glob("ultrafeedback-test_prefs-*"))  # no cache left behind
-    ties = folder(tmp_path / "ties", preference_rows(20), preference_rows(5, ties_every=1))
+    ties = preference_folder(tmp_path / "ties", preference_rows(20), preference_rows(5, ties_every=1))
     with pytest.raises(UserInputError, match=r"split 'test_prefs': .*5 are ties.*--data.drop_ties false"):
         pref_data(ties).setup("test")
     assert len(list(pref_data(ties, drop_ties=False).test_dataloader())) == 2  # 5 pairs in batches of 4
@@ -227,7 +193,7 @@ def test_validation_is_held_out_of_train_prefs_by_prompt_id_and_test_reads_test_
     rows, test_rows = preference_rows(600, seed=1), preference_rows(12, seed=2)
     for i in range(300, 600):  # two pairs for each prompt_id, as the hub's version has several per prompt
         rows[i]["prompt_id"] = rows[i - 300]["prompt_id"]
-    dm = pref_data(folder(tmp_path / "h", rows, test_rows), val_fraction=0.05)
+    dm = pref_data(preference_folder(tmp_path / "h", rows, test_rows), val_fraction=0.05)
     assert dm.splits == {"train": "train_prefs", "val": "train_prefs", "test": "test_prefs"}
     dm.prepare_data()
     index = {hand_pair(dm, row): i for i, row in enumerate(rows + test_rows)}
@@ -239,7 +205,7 @@ def test_validation_is_held_out_of_train_prefs_by_prompt_id_and_test_reads_test_
     assert not list(dm.cache_dir.glob("ultrafeedback-test_prefs-*"))  # fit never reads test_prefs
     assert {index[pair] for pair in all_pairs(dm, "test")} == set(range(600, 612))
 
-    reordered = pref_data(folder(tmp_path / "r", rows[::-1], test_rows), val_fraction=0.05)
+    reordered = pref_data(preference_folder(tmp_path / "r", rows[::-1], test_rows), val_fraction=0.05)
     assert {index[pair] for pair in all_pairs(reordered, "val")} == val  # whatever the row order
     on_test = pref_data(dm.path, val_split="test_prefs")
     assert {index[pair] for pair in all_pairs(on_test, "val")} == set(range(600, 612))
@@ -254,7 +220,7 @@ def fake_trainer(accumulate: int = 1, **more) -> SimpleNamespace:
 
 
 def test_training_batches_pair_chosen_and_rejected_rows_and_count_the_pairs_of_a_step(tmp_path):
-    dm = pref_data(folder(tmp_path / "t", preference_rows(60, system=True)), batch_size=5)
+    dm = pref_data(preference_folder(tmp_path / "t", preference_rows(60, system=True)), batch_size=5)
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     assert len(batches) == len(dm.train_dataset(*dm._cache("train"))[0])
@@ -275,7 +241,7 @@ def test_training_batches_pair_chosen_and_rejected_rows_and_count_the_pairs_of_a
 
 
 def test_training_resumes_mid_epoch_in_the_same_order(tmp_path):
-    path = folder(tmp_path / "r", preference_rows(120))
+    path = preference_folder(tmp_path / "r", preference_rows(120))
 
     def fresh() -> UltraFeedback:
         dm = pref_data(path)
@@ -300,7 +266,7 @@ def test_training_resumes_mid_epoch_in_the_same_order(tmp_path):
 
 
 def test_evaluation_batches_hold_every_pair_once_in_a_fixed_order(tmp_path):
-    path = folder(tmp_path / "e", preference_rows(10), preference_rows(30, seed=9))
+    path = preference_folder(tmp_path / "e", preference_rows(10), preference_rows(30, seed=9))
     dm = pref_data(path, eval_batch_size=4)
     dm.setup("test")
     first = [(b.inputs.clone(), b.targets.clone()) for b in dm.test_dataloader()]

@@ -58,7 +58,7 @@ def test_the_logged_test_loss_equals_the_exported_models_loss(wikitext_dir, tmp_
     from data_modules import WikiText103
     from lightning_gpt.cli import run
     from lightning_gpt.commands.export_model import export
-    from tests.test_real_configs import REPO
+    from tests.conftest import REPO
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

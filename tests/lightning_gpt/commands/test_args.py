@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from lightning_gpt.__main__ import main
-from tests.lightning_gpt.commands.test_chat import checkpoints  # noqa: F401  (a fixture: a tiny pretraining and a chat checkpoint)
 
 
 def run_failing(monkeypatch, capsys, *argv: str) -> str:
@@ -60,7 +59,7 @@ def test_evaluate_chat_checks_its_flags_before_the_checkpoint(monkeypatch, capsy
 
 
 @pytest.mark.parametrize("device", ["cuda:3", "cuda", "tpu", "cuda:abc"])
-def test_a_device_this_machine_lacks_is_a_device_problem(checkpoints, monkeypatch, capsys, device):  # noqa: F811
+def test_a_device_this_machine_lacks_is_a_device_problem(checkpoints, monkeypatch, capsys, device):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU-only machine, wherever it runs
     err = run_failing(monkeypatch, capsys, *command_line("generate", checkpoints["pretrain"], "--device", device))
     assert f"--device {device}:" in err and "pass one of: auto, cpu" in err
@@ -109,7 +108,7 @@ def bad_checkpoint(kind: str, folder: Path, real: str) -> str:
         ("s3://bucket/runs/last.ckpt", "remote checkpoints are not loaded; download the file first"),
     ],
 )
-def test_a_bad_checkpoint_file_gets_one_message(checkpoints, monkeypatch, capsys, tmp_path, command, kind, says):  # noqa: F811
+def test_a_bad_checkpoint_file_gets_one_message(checkpoints, monkeypatch, capsys, tmp_path, command, kind, says):
     path = bad_checkpoint(kind, tmp_path, checkpoints["pretrain"])
     err = run_failing(monkeypatch, capsys, *command_line(command, path, "--device", "cpu"))
     assert f"--ckpt_path {path}" in err and says in err

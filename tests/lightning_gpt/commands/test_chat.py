@@ -11,39 +11,12 @@ from torchmetrics.text import ROUGEScore
 
 from callbacks import GenerateSamples
 from callbacks.text_samples import markdown_sample
-from data_modules import UltraChat200k, WikiText103
+from data_modules import WikiText103
 from lightning_gpt.__main__ import main
 from lightning_gpt.chat import chat_stop_ids, chat_tokenizer, fit_history, render_prompt
 from lightning_gpt.generate import SamplingSettings, generate
 from lightning_gpt.loading import load_checkpoint
-from tests.conftest import command, synthetic_conversations, wikitext_folder, write_hub_folder
-from tests.lightning_gpt.training.test_language_model import tiny_module, trainer
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict:
-    """A pretraining and a chat checkpoint of tiny models, trained a few steps on made-up data."""
-    torch.manual_seed(0)  # the same weights every run: tests compare generated text (a module fixture runs unseeded)
-    root = tmp_path_factory.mktemp("ckpts")
-    wiki = wikitext_folder(root / "wiki")
-    chat = write_hub_folder(
-        root / "chat",
-        {"train_sft": synthetic_conversations(60, seed=1), "test_sft": synthetic_conversations(12, seed=2)},
-        config="default",
-    )
-    paths = {"chat_data": str(chat)}
-    for name, dm in (
-        (
-            "pretrain",
-            WikiText103(path=str(wiki), block_size=64, batch_size=4, num_workers=0, cache_dir=str(root / "c")),
-        ),
-        ("chat", UltraChat200k(path=str(chat), block_size=64, batch_size=4, num_workers=0, cache_dir=str(root / "c"))),
-    ):
-        run = trainer(root / name, 5)
-        run.fit(tiny_module(dm), dm)
-        run.save_checkpoint(root / f"{name}.ckpt")
-        paths[name] = str(root / f"{name}.ckpt")
-    return paths
+from tests.conftest import command, synthetic_conversations, tiny_module, trainer, write_hub_folder
 
 
 def run_main(monkeypatch, capsys, *argv) -> str:

@@ -17,9 +17,7 @@ from lightning_gpt.loading import load_reward_model
 from lightning_gpt.tokenizer import CharTokenizer
 from lightning_gpt.training.language_model import GPTModule
 from lightning_gpt.training.reward_model import RewardModule
-from tests.conftest import REAL_HUB, command, save_module
-from tests.data_modules.test_ultrafeedback import folder, preference_rows
-from tests.lightning_gpt.training.test_reward_model import TINY
+from tests.conftest import REAL_HUB, TINY_CHAT, command, preference_folder, preference_rows, save_module
 
 TRAIN = "default/train_prefs-00000-of-00001.parquet"
 
@@ -46,11 +44,11 @@ def setup(tmp_path) -> dict:
     torch.manual_seed(0)
     rows = preference_rows(12, seed=1)
     tokenizer = char_chat_tokenizer(rows)
-    small = {**TINY, "vocab_size": tokenizer.vocab_size, "block_size": 128}  # room for char prompts and answers
+    small = {**TINY_CHAT, "vocab_size": tokenizer.vocab_size, "block_size": 128}  # room for char prompts and answers
     return {
         "policy": save_with_tokenizer(GPTModule(**small), tokenizer, tmp_path / "policy.ckpt"),
         "reward": save_with_tokenizer(RewardModule(**small), tokenizer, tmp_path / "reward.ckpt"),
-        "data": folder(tmp_path / "source", rows, preference_rows(5, seed=2)),
+        "data": preference_folder(tmp_path / "source", rows, preference_rows(5, seed=2)),
         "tokenizer": tokenizer,
     }
 
@@ -61,9 +59,9 @@ def gpt2_setup(tmp_path) -> dict:
     answer, so every answer runs to --max_new_tokens."""
     torch.manual_seed(0)
     return {
-        "policy": save_module(GPTModule(**TINY), tmp_path / "policy.ckpt"),
-        "reward": save_module(RewardModule(**TINY), tmp_path / "reward.ckpt"),
-        "data": folder(tmp_path / "source", preference_rows(12, seed=1), preference_rows(5, seed=2)),
+        "policy": save_module(GPTModule(**TINY_CHAT), tmp_path / "policy.ckpt"),
+        "reward": save_module(RewardModule(**TINY_CHAT), tmp_path / "reward.ckpt"),
+        "data": preference_folder(tmp_path / "source", preference_rows(12, seed=1), preference_rows(5, seed=2)),
         "tokenizer": chat_tokenizer(),
     }
 

@@ -13,8 +13,7 @@ from data_modules.windows import ResumableShuffleSampler
 from lightning_gpt.batch import Batch
 from lightning_gpt.model import IGNORE_INDEX
 from lightning_gpt.training.optim import warmup_cosine
-from tests.data_modules.test_ultrachat import chat_data
-from tests.lightning_gpt.training.test_language_model import StopAt, datamodule, tiny_module, trainer
+from tests.conftest import StopAt, chat_data, tiny_module, trainer, wikitext_data
 
 
 class FirstStep(L.Callback):
@@ -75,7 +74,7 @@ def test_step_targets_sum_over_every_rank_and_micro_batch_of_the_step():
 
 
 def test_an_epoch_ends_on_a_whole_optimizer_step(wikitext_dir, tmp_path):
-    dm = datamodule(wikitext_dir, batch_size=4)
+    dm = wikitext_data(wikitext_dir, batch_size=4)
     run = trainer(tmp_path, 1, accumulate_grad_batches=5)
     run.fit(tiny_module(dm), dm)
     assert run.num_training_batches % 5 == 0
@@ -84,7 +83,7 @@ def test_an_epoch_ends_on_a_whole_optimizer_step(wikitext_dir, tmp_path):
 def test_validation_inside_an_accumulation_window_is_refused(wikitext_dir, tmp_path):
     from lightning_gpt.errors import UserInputError
 
-    dm = datamodule(wikitext_dir)
+    dm = wikitext_data(wikitext_dir)
     run = trainer(tmp_path, 4, accumulate_grad_batches=4, val_check_interval=6, limit_val_batches=1)
     with pytest.raises(UserInputError, match="val_check_interval.*multiple of 4"):
         run.fit(tiny_module(dm), dm)
@@ -100,15 +99,15 @@ class LearningRates(L.Callback):
 
 def test_a_resume_with_more_steps_follows_the_longer_plan(wikitext_dir, tmp_path):
     planned = LearningRates()
-    dm = datamodule(wikitext_dir)
+    dm = wikitext_data(wikitext_dir)
     trainer(tmp_path / "a", 24, [planned]).fit(tiny_module(dm, warmup_steps=3), dm)
 
     first, extended = LearningRates(), LearningRates()
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=8)
-    dm = datamodule(wikitext_dir)
+    dm = wikitext_data(wikitext_dir)
     short = trainer(tmp_path / "b", 12, [first, StopAt(8), ckpt], enable_checkpointing=True)
     short.fit(tiny_module(dm, warmup_steps=3), dm)
-    dm = datamodule(wikitext_dir)
+    dm = wikitext_data(wikitext_dir)
     trainer(tmp_path / "b", 24, [extended]).fit(tiny_module(dm, warmup_steps=3), dm, ckpt_path=ckpt.last_model_path)
 
     assert sorted(extended.lrs) == list(range(8, 24))
@@ -137,7 +136,7 @@ def test_a_resume_from_an_end_of_epoch_validation_checkpoint_continues_exactly(w
     # Lightning's default: validation (and ModelCheckpoint) at each epoch's end; dropout and accumulation on.
     def fit(root, ckpt_path=None):
         L.seed_everything(3)
-        dm = datamodule(wikitext_dir, batch_size=32)  # 5 optimizer steps an epoch
+        dm = wikitext_data(wikitext_dir, batch_size=32)  # 5 optimizer steps an epoch
         recorder = Recorder()
         saves = ModelCheckpoint(dirpath=root, save_top_k=-1, filename="{epoch}-{step}", monitor="val_loss")
         run = trainer(root, 12, [recorder, saves], accumulate_grad_batches=2, limit_val_batches=2,
@@ -153,7 +152,7 @@ def test_a_resume_from_an_end_of_epoch_validation_checkpoint_continues_exactly(w
 
 
 def test_a_fractional_val_limit_scores_as_many_training_batches_as_validation(wikitext_dir, tmp_path):
-    dm = datamodule(wikitext_dir, eval_batch_size=2)
+    dm = wikitext_data(wikitext_dir, eval_batch_size=2)
     run = trainer(tmp_path, 2, limit_val_batches=0.25, val_check_interval=2, check_val_every_n_epoch=None)
     run.fit(tiny_module(dm), dm)
     assert len(run.num_val_batches) == 2 and run.num_val_batches[0] == run.num_val_batches[1] >= 1
@@ -162,7 +161,7 @@ def test_a_fractional_val_limit_scores_as_many_training_batches_as_validation(wi
 def test_limit_train_batches_that_splits_an_optimizer_step_is_refused(wikitext_dir, tmp_path):
     from lightning_gpt.errors import UserInputError
 
-    dm = datamodule(wikitext_dir)
+    dm = wikitext_data(wikitext_dir)
     run = trainer(tmp_path, 4, accumulate_grad_batches=4, limit_train_batches=6)
     with pytest.raises(UserInputError, match="limit_train_batches gives 6 .* multiple of 4"):
         run.fit(tiny_module(dm), dm)
@@ -171,7 +170,7 @@ def test_limit_train_batches_that_splits_an_optimizer_step_is_refused(wikitext_d
 def test_a_checkpoint_with_the_old_sequential_schedule_resumes_on_the_closed_form(wikitext_dir, tmp_path):
     from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
-    dm = datamodule(wikitext_dir)
+    dm = wikitext_data(wikitext_dir)
     run = trainer(tmp_path / "a", 6)
     module = tiny_module(dm, warmup_steps=3)
     run.fit(module, dm)

@@ -23,9 +23,8 @@ from lightning_gpt.atomic import HOST, remove_leftovers
 from lightning_gpt.checkpoint_io import check_ckpt_path
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.training.checkpoint_plugin import SafeCheckpointIO, use_safe_checkpoint_io
-from tests.lightning_gpt.training.test_language_model import datamodule, tiny_module, trainer
+from tests.conftest import REPO, tiny_module, trainer, wikitext_data
 
-REPO = Path(__file__).resolve().parents[3]
 UNREADABLE = "is not a readable lightning-gpt checkpoint"
 
 
@@ -299,7 +298,7 @@ def test_lightning_gpt_checkpoints_load_weights_only_and_resume(wikitext_dir, tm
         EarlyStopping(monitor="val_loss", patience=4),
         TrainValGapEarlyStopping(max_gap=100.0, patience=2),
     ]
-    dm, io = datamodule(wikitext_dir), SafeCheckpointIO()
+    dm, io = wikitext_data(wikitext_dir), SafeCheckpointIO()
     fit = trainer(
         tmp_path, 4, callbacks, plugins=[io], enable_checkpointing=True, limit_val_batches=2, val_check_interval=2
     )
@@ -325,7 +324,7 @@ def test_lightning_gpt_checkpoints_load_weights_only_and_resume(wikitext_dir, tm
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", recording_load)
-    dm = datamodule(wikitext_dir)
+    dm = wikitext_data(wikitext_dir)
     resumed = trainer(tmp_path, 6, plugins=[SafeCheckpointIO()])
     resumed.fit(tiny_module(dm), dm, ckpt_path=last)
     assert resumed.global_step == 6

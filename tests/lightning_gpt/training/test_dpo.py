@@ -19,13 +19,19 @@ from lightning_gpt.training.dpo import DPOModule
 from lightning_gpt.training.language_model import GPTModule
 from lightning_gpt.training.preference_losses import answer_logps, answer_positions, dpo_losses, initial_loss
 from lightning_gpt.training.reward_model import RewardModule
-from tests.conftest import save_module
-from tests.data_modules.test_ultrafeedback import folder, pref_data, preference_rows
-from tests.lightning_gpt.training.test_language_model import LossRecorder, StopAt, trainer
-from tests.test_real_configs import REPO, scalars
+from tests.conftest import (
+    DPO,
+    SMOKE,
+    LossRecorder,
+    StopAt,
+    pref_data,
+    preference_folder,
+    preference_rows,
+    save_module,
+    scalars,
+    trainer,
+)
 
-DPO_CONFIG = str(REPO / "configs" / "dpo_ultrafeedback.yaml")
-SMOKE = str(REPO / "configs" / "smoke.yaml")
 SHAPE = {"preset": "tiny", "n_layer": 1, "n_embd": 32, "block_size": 64}
 
 
@@ -45,7 +51,7 @@ def dpo_module(init_from: str, **overrides) -> DPOModule:
 
 @pytest.fixture
 def pairs_dir(tmp_path):
-    return folder(tmp_path / "prefs", preference_rows(64, seed=3))
+    return preference_folder(tmp_path / "prefs", preference_rows(64, seed=3))
 
 
 def first_batch(dm):
@@ -265,7 +271,7 @@ def test_the_dpo_config_with_the_smoke_overlay_trains_logs_and_writes_a_chat_che
     init = sft_checkpoint(tmp_path / "sft.ckpt", n_layer=2, n_embd=64, block_size=128)  # smoke.yaml's model
     reward = RewardModule(**{**SHAPE, "vocab_size": chat_tokenizer().vocab_size})
     save_module(reward, tmp_path / "rm.ckpt")
-    args = ["fit", "-c", DPO_CONFIG, "-c", SMOKE, "--data.path", str(pairs_dir), "--model.init_from", init]
+    args = ["fit", "-c", DPO, "-c", SMOKE, "--data.path", str(pairs_dir), "--model.init_from", init]
     args += ["--trainer.callbacks.reward_ckpt", str(tmp_path / "rm.ckpt"), "--trainer.callbacks.max_new_tokens", "8"]
     # The config's bf16 mixed precision (smoke.yaml sets fp32), accumulation (4) and workers, shrunk: 8 steps of
     # 2 batches, a validation every 4 steps.

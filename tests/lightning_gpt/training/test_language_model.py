@@ -2,71 +2,26 @@
 
 import math
 
-import lightning as L
 import pytest
 import torch
 
 from callbacks import TrainValGapEarlyStopping
-from data_modules import WikiText103
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.model import IGNORE_INDEX
 from lightning_gpt.training.language_model import GPTModule
-from tests.conftest import synthetic_articles, wikitext_rows, write_hub_folder
-
-
-class LossRecorder(L.Callback):
-    def __init__(self):
-        self.losses = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.losses.append(float(outputs["loss"]))
-
-
-class StopAt(L.Callback):
-    """Ends a run after `step` optimizer steps, like a crash would (the schedule still plans for max_steps)."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        trainer.should_stop = trainer.global_step >= self.step
-
-
-def tiny_module(dm: WikiText103, **overrides) -> GPTModule:
-    args = {
-        "preset": "tiny",
-        "vocab_size": dm.vocab_size,
-        "block_size": dm.block_size,
-        "n_layer": 1,
-        "n_embd": 32,
-        "learning_rate": 1e-2,
-        "warmup_steps": 2,
-    }
-    return GPTModule(**{**args, **overrides})
-
-
-def trainer(tmp_path, max_steps, callbacks=(), **overrides) -> L.Trainer:
-    args = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "max_steps": max_steps,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "num_sanity_val_steps": 0,
-        "limit_val_batches": 0,
-        "default_root_dir": tmp_path,
-    }
-    return L.Trainer(**{**args, **overrides}, callbacks=list(callbacks))
-
-
-def datamodule(path, **overrides) -> WikiText103:
-    return WikiText103(path=str(path), **{"block_size": 16, "batch_size": 4, "num_workers": 0, "seed": 7, **overrides})
+from tests.conftest import (
+    LossRecorder,
+    synthetic_articles,
+    tiny_module,
+    trainer,
+    wikitext_data,
+    wikitext_rows,
+    write_hub_folder,
+)
 
 
 def test_loss_falls_during_fit(wikitext_dir, tmp_path):
-    dm = datamodule(wikitext_dir)
+    dm = wikitext_data(wikitext_dir)
     recorder = LossRecorder()
     trainer(tmp_path, 40, [recorder]).fit(tiny_module(dm), dm)
     first, last = sum(recorder.losses[:5]) / 5, sum(recorder.losses[-5:]) / 5
@@ -74,7 +29,7 @@ def test_loss_falls_during_fit(wikitext_dir, tmp_path):
 
 
 def test_checkpoint_rebuilds_the_model_alone(wikitext_dir, tmp_path):
-    dm = datamodule(wikitext_dir)
+    dm = wikitext_data(wikitext_dir)
     module = tiny_module(dm)
     fit = trainer(tmp_path, 2)
     fit.fit(module, dm)
@@ -86,7 +41,7 @@ def test_checkpoint_rebuilds_the_model_alone(wikitext_dir, tmp_path):
 
 
 def test_checkpoint_of_another_shape_is_refused_clearly(wikitext_dir, tmp_path):
-    dm = datamodule(wikitext_dir)
+    dm = wikitext_data(wikitext_dir)
     fit = trainer(tmp_path, 1)
     fit.fit(tiny_module(dm), dm)
     fit.save_checkpoint(tmp_path / "m.ckpt")
@@ -96,7 +51,7 @@ def test_checkpoint_of_another_shape_is_refused_clearly(wikitext_dir, tmp_path):
 
 
 def test_validation_metrics_are_token_means_over_the_whole_split(wikitext_dir, tmp_path):
-    dm = datamodule(wikitext_dir, eval_batch_size=3)  # a short last batch and a padded last window
+    dm = wikitext_data(wikitext_dir, eval_batch_size=3)  # a short last batch and a padded last window
     module = tiny_module(dm)
     metrics = trainer(tmp_path, 1, limit_val_batches=None).validate(module, dm, verbose=False)[0]
     nll, hits, count = 0.0, 0, 0
@@ -117,7 +72,7 @@ def gap_run(tmp_path, train_articles, val_articles, max_gap):
     folder = write_hub_folder(
         tmp_path / "data", {"train": wikitext_rows(train_articles), "validation": wikitext_rows(val_articles)}
     )
-    dm = datamodule(folder)
+    dm = wikitext_data(folder)
     gap = TrainValGapEarlyStopping(max_gap=max_gap, patience=2)
     run = trainer(tmp_path, 150, [gap], limit_val_batches=None, val_check_interval=15, check_val_every_n_epoch=None)
     run.fit(tiny_module(dm, n_embd=64, learning_rate=2e-2), dm)
@@ -142,7 +97,7 @@ def test_gap_callback_lets_a_healthy_run_go_on(tmp_path):
 
 
 def test_the_gap_compares_eval_mode_losses_on_a_fixed_training_sample(wikitext_dir, tmp_path):
-    dm = datamodule(wikitext_dir, eval_batch_size=4)
+    dm = wikitext_data(wikitext_dir, eval_batch_size=4)
     gap = TrainValGapEarlyStopping(max_gap=10.0, patience=2)
     run = trainer(tmp_path, 8, [gap], limit_val_batches=3, val_check_interval=8, check_val_every_n_epoch=None)
     module = tiny_module(dm, dropout=0.5)  # a running training loss would be far above the eval-mode one

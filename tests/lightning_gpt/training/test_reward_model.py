@@ -16,15 +16,10 @@ from lightning_gpt.model import IGNORE_INDEX
 from lightning_gpt.training.bradley_terry import bradley_terry
 from lightning_gpt.training.language_model import GPTModule
 from lightning_gpt.training.reward_model import RewardModule
-from tests.conftest import save_module
-from tests.data_modules.test_ultrafeedback import folder, pair_row, sentence, turn
-from tests.test_real_configs import scalars
+from tests.conftest import REWARD, SMOKE, TINY_CHAT, pair_row, preference_folder, save_module, scalars, sentence, turn
 
-REPO = Path(__file__).resolve().parents[3]
-REWARD = str(REPO / "configs" / "reward_ultrafeedback.yaml")
-SMOKE = str(REPO / "configs" / "smoke.yaml")
 CHAT_VOCAB = chat_tokenizer().vocab_size
-TINY = {"preset": "tiny", "vocab_size": CHAT_VOCAB, "block_size": 64, "n_layer": 1, "n_embd": 32}
+TINY = TINY_CHAT
 
 
 def test_bradley_terry_is_the_hand_computation():
@@ -72,7 +67,7 @@ def sft_ckpt(tmp_path) -> str:
 
 def test_the_reward_config_learns_easy_preferences_and_tests_on_test_prefs(sft_ckpt, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    data = folder(tmp_path / "prefs", easy_preferences(80, seed=1), easy_preferences(16, seed=2))
+    data = preference_folder(tmp_path / "prefs", easy_preferences(80, seed=1), easy_preferences(16, seed=2))
     # The real config under the smoke overlay, with the real kind of accumulation and data workers, smaller.
     args = ["-c", REWARD, "-c", SMOKE, "--data.path", str(data), "--model.init_from", sft_ckpt,
             "--trainer.accumulate_grad_batches", "2", "--data.num_workers", "1", "--data.batch_size", "4",
