@@ -7,10 +7,13 @@ files read (built once per session).
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
@@ -232,6 +235,34 @@ def preference_folder(root, train: list[dict], test: list[dict] | None = None):
     return write_hub_folder(root, {"train_prefs": train, "test_prefs": test or train[:8]}, config="default")
 
 
+def unicode_corpus(folder: Path) -> Path:
+    """24 text files mixing Latin, Cyrillic, CJK and emoji: corpora for trained tokenizers."""
+    folder.mkdir()
+    for i in range(24):
+        (folder / f"doc{i}.txt").write_text(f"Document {i}: Привет, мир! 你好 😀. " * 12, encoding="utf-8")
+    return folder
+
+
+FACT = "The keeper of the northern lighthouse hides the spare key under the green barrel."
+
+QUESTION = "Where does the lighthouse keeper hide the spare key?"
+
+
+def filler(words: int, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    return " ".join(rng.choice(WORDS, words)) + "."
+
+
+def planted_folder(root):
+    """30 notes of made-up words, and one file of several chunks where one paragraph holds FACT."""
+    text_folder(root)
+    paragraphs = [filler(50, seed) for seed in range(6)]
+    paragraphs[4] = FACT
+    (root / "facts").mkdir()
+    (root / "facts" / "lighthouse.txt").write_text("\n\n".join(paragraphs) + "\n")
+    return root
+
+
 # --- DataModules ---------------------------------------------------------------------------------------------------
 
 
@@ -336,6 +367,15 @@ def command(name: str, argv: list[str], **kwargs):
     return module.run(parser.parse_args(argv), **kwargs)
 
 
+def run_main(monkeypatch, capsys, *argv) -> str:
+    """Runs `lightning-gpt ARGV...` through the console script's main() and returns what it printed."""
+    from lightning_gpt.__main__ import main
+
+    monkeypatch.setattr(sys, "argv", ["lightning-gpt", *argv])
+    main()
+    return capsys.readouterr().out
+
+
 def parse_only(args):
     """The LightningCLI built from `args` without running anything; a user error fails the test with its message."""
     from lightning_gpt.cli import build_cli
@@ -345,6 +385,52 @@ def parse_only(args):
         return build_cli(args, run=False)
     except UserInputError as err:  # run() turns these into one line and exit code 2
         pytest.fail(str(err))
+
+
+# --- serving -------------------------------------------------------------------------------------------------------
+
+CONVERSATION = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Name a colour."},
+    {"role": "assistant", "content": "Red."},
+    {"role": "user", "content": "Another one?"},
+]
+
+
+def serving_checkpoints(root: Path, kinds=("chat", "plain", "docs")) -> dict[str, str]:
+    """Tiny random models for `serve` and `web`, saved as fit saves them: {kind: path}. "chat" (64-token context) and
+    "docs" (96 tokens: room for passages) have the chat vocabulary, "plain" GPT-2's. Built in this order from one
+    seed, so a kind has the same weights whichever others are asked for."""
+    from lightning_gpt.training.language_model import GPTModule
+
+    torch.manual_seed(0)
+    shapes = {
+        "chat": (chat_tokenizer().vocab_size, 64),
+        "plain": (50257, 64),
+        "docs": (chat_tokenizer().vocab_size, 96),
+    }
+    paths = {}
+    for kind in [k for k in shapes if k in kinds]:
+        vocab, block_size = shapes[kind]
+        module = GPTModule(preset="tiny", vocab_size=vocab, block_size=block_size, n_layer=1, n_embd=32)
+        with torch.no_grad():  # at the usual small init, greedy decoding repeats the last token whatever the prompt
+            for name, weight in module.named_parameters():
+                if weight.dim() == 2 and "emb" not in name:
+                    weight.normal_(0, 0.2)
+        paths[kind] = save_module(module, root / f"{kind}.ckpt")
+    return paths
+
+
+def write_docs(folder: Path) -> Path:
+    """Three documents about a spare key; the log is the best match and too long to fit the context whole."""
+    folder.mkdir()
+    (folder / "keys.md").write_text("The spare key hangs behind the lighthouse door.\n\nRed mats are dry.\n")
+    (folder / "stock.csv").write_text("item,shelf\nblue rug,B7\nspare key,C3\n")
+    log = " ".join(
+        f"Day {i}: the spare key was where it should be, the keeper checked the spare key." for i in range(9)
+    )
+    (folder / "log.txt").write_text(log + "\n")
+    return folder
 
 
 # --- TensorBoard ---------------------------------------------------------------------------------------------------
@@ -364,6 +450,38 @@ def scalars(folder: Path, metric: str) -> dict[int, float]:
         if tag in accumulator.Tags()["scalars"]:
             values.update({e.step: e.value for e in accumulator.Scalars(tag)})
     return values
+
+
+# --- checkpoint files ---------------------------------------------------------------------------------------------
+
+
+def small_checkpoint(step: int = 0) -> dict:
+    """A checkpoint-shaped dict of weights, a step and hyperparameters (with a tuple, as fit writes betas)."""
+    return {
+        "state_dict": {"model.w": torch.arange(1000, dtype=torch.float32) + step, "model.b": torch.zeros(3, 3)},
+        "global_step": step,
+        "hyper_parameters": {"preset": "tiny", "betas": (0.9, 0.95), "init_from": None},
+    }
+
+
+def temp_files(folder: Path) -> list[str]:
+    """The temporary files of unfinished atomic saves in `folder`."""
+    return sorted(p.name for p in folder.glob(".*.tmp"))
+
+
+def dead_pid() -> int:
+    """A pid no process has: above the largest that Linux (2**22) or macOS (99,999) hands out. Cheaper than
+    starting and reaping a process, and no later process can take it."""
+    return 2**22 + 1
+
+
+def live_temp_file(folder: Path, name: str = "last.ckpt") -> Path:
+    """A temp file named as a save of this (live) test process writes it."""
+    from lightning_gpt.atomic import HOST
+
+    path = folder / f".{name}.{HOST}-{os.getpid()}.0123abcd.tmp"
+    path.write_bytes(b"half a checkpoint")
+    return path
 
 
 # --- checkpoints several test files read, trained once per session ------------------------------------------------
@@ -396,3 +514,18 @@ def checkpoints(tmp_path_factory) -> dict:
         run.save_checkpoint(root / f"{name}.ckpt")
         paths[name] = str(root / f"{name}.ckpt")
     return paths
+
+
+@pytest.fixture(scope="session")
+def pretrain_ckpt(tmp_path_factory) -> str:
+    """A real pretraining checkpoint: a tiny model fitted for 30 steps on the WikiText-like corpus."""
+    torch.manual_seed(0)  # the same weights every run (a session fixture runs unseeded)
+    root = tmp_path_factory.mktemp("pretrain")
+    folder = wikitext_folder(root / "wikitext")
+    from data_modules import WikiText103
+
+    dm = WikiText103(path=str(folder), block_size=64, batch_size=4, num_workers=0, cache_dir=str(root / "cache"))
+    run = trainer(root, 30)
+    run.fit(tiny_module(dm), dm)
+    run.save_checkpoint(root / "pretrain.ckpt")
+    return str(root / "pretrain.ckpt")

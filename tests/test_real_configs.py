@@ -267,6 +267,7 @@ class SigtermAt(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+@pytest.mark.slow
 def test_a_sigterm_before_a_validation_step_keeps_that_validation(wikitext_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     short = ["--trainer.max_steps", "8"]  # validation after steps 4 and 8

@@ -16,7 +16,15 @@ from lightning_gpt.loading import load_checkpoint
 from lightning_gpt.model import GPT
 from lightning_gpt.tokenizer import BPETokenizer, extends, train_tokenizer
 from lightning_gpt.training.language_model import GPTModule
-from tests.conftest import CONFIGS, WORDS, preference_folder, preference_rows, synthetic_conversations, write_hub_folder
+from tests.conftest import (
+    CONFIGS,
+    WORDS,
+    preference_folder,
+    preference_rows,
+    synthetic_conversations,
+    unicode_corpus,
+    write_hub_folder,
+)
 
 TEXT = "Hello, world! Привет, мир! 你好，世界！ 😀🚀 the cat sat on the mat.\n"
 # The real configs shrunk in size only: their accumulation (4 or 2 batches a step), dropout and worker processes
@@ -33,7 +41,7 @@ def fit(config: str, root: Path, *extra: str):
     return run(["fit", "-c", str(CONFIGS / config), *SMALL, "--trainer.logger.init_args.save_dir", str(root), *extra])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stages(tmp_path_factory) -> dict:
     """A bpe-2000 pretraining on a little text (too little for 2,000 ids: it learns fewer), then SFT from it with
     --data.tokenizer unset. {"root", "pretrain", "sft" (checkpoint paths), "cli" (the SFT run), "chat_data",
@@ -182,3 +190,31 @@ def test_make_pairs_refuses_a_reward_model_of_another_tokenizer(tmp_path):
     args = command_parser("make-pairs")[1].parse_args(flags)
     with pytest.raises(UserInputError, match=r"--reward_ckpt .* was trained with bpe .* --ckpt_path .* with gpt2"):
         pair_sampling.load_models(args, "cpu")
+
+
+def test_the_checkpoint_alone_rebuilds_the_tokenizer(tmp_path, monkeypatch, capsys):
+    from lightning_gpt.cli import run
+    from lightning_gpt.loading import load_checkpoint
+    from tests.conftest import command
+
+    corpus = unicode_corpus(tmp_path / "corpus")
+    monkeypatch.chdir(tmp_path)
+    cli = run(
+        [
+            *("fit", "-c", str(CONFIGS / "pretrain_text.yaml"), "-c", str(CONFIGS / "smoke.yaml")),
+            *("--data.path", str(corpus), "--data.tokenizer", "char", "--data.cache_dir", str(tmp_path / "cache")),
+            *("--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--model.block_size", "32"),
+        ]
+    )
+    dm = cli.datamodule
+    assert cli.model.model.config.vocab_size >= dm.tokenizer.vocab_size == dm.vocab_size
+    assert "val_bpb" in cli.trainer.callback_metrics  # bytes counted from the text: comparable across tokenizers
+    (ckpt,) = tmp_path.glob("runs/**/last.ckpt")
+    for path in (tmp_path / "cache").iterdir():  # nothing but the checkpoint
+        path.unlink() if path.is_file() else None
+    _, tokenizer = load_checkpoint(str(ckpt), device="cpu")
+    text = (corpus / "doc3.txt").read_text(encoding="utf-8")
+    assert type(tokenizer).__name__ == "CharTokenizer" and tokenizer.decode(tokenizer.encode(text)) == text
+    capsys.readouterr()
+    command("generate", ["--ckpt_path", str(ckpt), "--prompt", "Привет", "--max_new_tokens", "5", "--device", "cpu"])
+    assert capsys.readouterr().out.startswith("Привет")

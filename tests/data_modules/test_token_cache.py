@@ -15,7 +15,7 @@ from data_modules import WikiText103
 from data_modules.token_cache import array_path, meta_path, read_cache_meta, write_cache
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.tokenizer import Tokenizer
-from tests.conftest import synthetic_articles, wikitext_folder, wikitext_rows, write_hub_folder
+from tests.conftest import dead_pid, synthetic_articles, wikitext_folder, wikitext_rows, write_hub_folder
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -164,12 +164,6 @@ def test_another_text_column_gives_another_cache(tmp_path):
 # --- leftovers of killed runs ------------------------------------------------------------------------------------
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()  # ended and reaped: no process has this pid now
-    return proc.pid
-
-
 def _tag(pid: int, host: str | None = None) -> str:
     """The `<host>-<pid>` part of temporary names (lightning_gpt.atomic.owner_tag)."""
     return f"{host or re.sub(r'[^A-Za-z0-9_]', '_', socket.gethostname())[:40] or 'host'}-{pid}"
@@ -187,9 +181,9 @@ def _leftovers(folder, pid: int, host: str | None = None) -> list:
 def test_leftovers_of_dead_processes_are_removed_and_live_ones_kept(wikitext_dir):
     dm = WikiText103(path=str(wikitext_dir), block_size=16)
     dm.cache_dir.mkdir(parents=True, exist_ok=True)
-    dead = _leftovers(dm.cache_dir, _dead_pid())
+    dead = _leftovers(dm.cache_dir, dead_pid())
     live = _leftovers(dm.cache_dir, os.getpid())  # this very process: as if it were building right now
-    other_host = _leftovers(dm.cache_dir, _dead_pid(), host="some_other_machine")  # shared folder: not ours to judge
+    other_host = _leftovers(dm.cache_dir, dead_pid(), host="some_other_machine")  # shared folder: not ours to judge
     dm.prepare_data()
     assert not any(p.exists() for p in dead)
     assert all(p.exists() for p in live + other_host)

@@ -1,30 +1,22 @@
-"""Chat fine-tuning: the UltraChat DataModule, init_from a pretraining checkpoint, metrics and resume."""
+"""The UltraChat DataModule (data_modules/ultrachat.py): loss on assistant tokens only, batches that match the
+renderer, little padding, and malformed or long conversations skipped, split and counted."""
 
 import json
 import logging
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
-from data_modules import WikiText103
 from data_modules.token_cache import meta_path
 from data_modules.ultrachat import length_grouped_batches, padding_waste
-from lightning_gpt.chat import chat_tokenizer, render_conversation
-from lightning_gpt.checkpoint import load_pretrained
+from lightning_gpt.chat import render_conversation
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.model import IGNORE_INDEX
 from lightning_gpt.training.language_model import GPTModule
 from tests.conftest import (
-    LossRecorder,
-    StopAt,
     chat_data,
     synthetic_conversations,
-    tiny_module,
-    trainer,
-    wikitext_folder,
     write_hub_folder,
 )
 
@@ -127,74 +119,3 @@ def test_long_conversations_are_split_and_counted(tmp_path):
     dm.prepare_data()
     stats = json.loads(meta_path(dm.cache_base("train_sft")).read_text())["stats"]
     assert stats["split_conversations"] == 30 and stats["samples"] > 30
-
-
-@pytest.fixture(scope="module")
-def pretrain_ckpt(tmp_path_factory) -> str:
-    """A real pretraining checkpoint: a tiny model fitted for 30 steps on the WikiText-like corpus."""
-    root = tmp_path_factory.mktemp("pretrain")
-    folder = wikitext_folder(root / "wikitext")
-    dm = WikiText103(path=str(folder), block_size=64, batch_size=4, num_workers=0, cache_dir=str(root / "cache"))
-    run = trainer(root, 30)
-    run.fit(tiny_module(dm), dm)
-    run.save_checkpoint(root / "pretrain.ckpt")
-    return str(root / "pretrain.ckpt")
-
-
-def test_init_from_loads_pretrained_weights_and_adds_chat_token_rows(pretrain_ckpt):
-    pretrained = GPTModule.load_from_checkpoint(pretrain_ckpt).model.state_dict()
-    module = GPTModule(preset="tiny", vocab_size=chat_tokenizer().vocab_size, block_size=64, n_layer=1, n_embd=32)
-    load_pretrained(module.model, pretrain_ckpt)
-    loaded = module.model.state_dict()
-    for name, weight in pretrained.items():
-        if name not in ("tok_emb.weight", "lm_head.weight"):
-            assert torch.equal(loaded[name], weight), name
-    emb, old = loaded["tok_emb.weight"], pretrained["tok_emb.weight"]
-    assert torch.equal(emb[:50257], old[:50257])
-    torch.testing.assert_close(emb[50257:50261], old[:50257].mean(0).expand(4, -1))
-    assert module.model.lm_head.weight is module.model.tok_emb.weight  # still tied
-
-
-def test_init_from_fit_trains_from_the_pretrained_weights(pretrain_ckpt, ultrachat_dir, tmp_path):
-    ckpt = pretrain_ckpt
-    dm = chat_data(ultrachat_dir)
-    scratch = trainer(tmp_path / "a", 1, limit_val_batches=None).validate(tiny_module(dm), dm, verbose=False)[0]
-    recorder = LossRecorder()
-    run = trainer(tmp_path / "b", 4, [recorder], limit_val_batches=None, val_check_interval=4)
-    run.fit(tiny_module(dm, init_from=ckpt, learning_rate=1e-3), dm)
-    first_loss = recorder.losses[0]
-    assert first_loss < scratch["val_loss"] - 1.0  # starts from what pretraining learned, not from noise
-
-
-def test_init_from_a_checkpoint_of_another_shape_is_refused(pretrain_ckpt, ultrachat_dir, tmp_path):
-    ckpt = pretrain_ckpt
-    dm = chat_data(ultrachat_dir)
-    with pytest.raises(UserInputError, match=r"init_from .* another shape.*n_embd"):
-        trainer(tmp_path / "b", 1).fit(tiny_module(dm, init_from=ckpt, n_embd=64), dm)
-
-
-def test_init_from_a_missing_file_is_named(ultrachat_dir, tmp_path):
-    dm = chat_data(ultrachat_dir)
-    with pytest.raises(
-        UserInputError, match=r"--model.init_from .*nope.ckpt is not a readable lightning-gpt checkpoint: no such file"
-    ):
-        trainer(tmp_path, 1).fit(tiny_module(dm, init_from=str(tmp_path / "nope.ckpt")), dm)
-
-
-def test_sft_resume_continues_exactly(ultrachat_dir, tmp_path):
-    def fresh():
-        L.seed_everything(0)
-        return chat_data(ultrachat_dir)
-
-    straight = LossRecorder()
-    dm = fresh()
-    trainer(tmp_path / "a", 20, [straight]).fit(tiny_module(dm), dm)
-    assert 10 < dm.trainer.num_training_batches < 20  # the run crosses an epoch boundary
-
-    first, second = LossRecorder(), LossRecorder()
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=7)
-    dm = fresh()
-    trainer(tmp_path / "b", 20, [first, StopAt(7), ckpt], enable_checkpointing=True).fit(tiny_module(dm), dm)
-    dm = fresh()
-    trainer(tmp_path / "b", 20, [second]).fit(tiny_module(dm), dm, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
-    torch.testing.assert_close(first.losses + second.losses, straight.losses, rtol=0, atol=1e-6)

@@ -6,6 +6,7 @@ from lightning_gpt.chat import (
     SYSTEM,
     USER,
     chat_tokenizer,
+    fit_history,
     fit_to_length,
     message_problem,
     render_conversation,
@@ -100,3 +101,14 @@ def test_exchange_too_long_even_alone_is_dropped_and_counted():
     pieces, dropped = fit_to_length(tok, CONVERSATION[1:3] + long_answer, max_tokens=40)
     assert dropped == 1
     assert [tok.decode(ids) for ids, _ in pieces] == ["<|endoftext|><|user|>Hi!<|end|><|assistant|>Hello.<|end|>"]
+
+
+def test_chat_history_keeps_the_system_turn_and_drops_the_oldest_exchange():
+    tok = chat_tokenizer()
+    messages = [{"role": "system", "content": "Be brief."}]
+    for i in range(6):
+        messages += [{"role": "user", "content": f"question {i} " * 5}, {"role": "assistant", "content": "answer " * 5}]
+    messages.append({"role": "user", "content": "last"})
+    kept = fit_history(tok, messages, budget=60)
+    assert kept[0]["role"] == "system" and kept[-1]["content"] == "last"
+    assert len(kept) < len(messages) and kept[1]["role"] == "user"

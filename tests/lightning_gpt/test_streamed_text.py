@@ -1,15 +1,12 @@
-"""Streamed text with stop strings (what generate and chat print and serve sends): only final text is released."""
+"""Streamed text with stop strings (what generate and chat print and serve sends): only final text is released
+(the generate command's output: tests/lightning_gpt/commands/test_generate.py)."""
 
 import random
 
 import pytest
-import torch
 
-from lightning_gpt.__main__ import main
 from lightning_gpt.streamed_text import StopMatcher, StreamedText
 from lightning_gpt.tokenizer import Tokenizer
-from lightning_gpt.training.language_model import GPTModule
-from tests.conftest import save_module
 
 
 def pieces_decoder(pieces: list[str]):
@@ -78,26 +75,6 @@ def test_a_long_stop_string_is_matched_in_linear_time_and_found():
     assert matcher.feed("ab" * 50_000) is None and matcher.pending == 100_000
     assert matcher.feed("x" + "ab" * 50_000) is None
     assert matcher.feed("c") == 100_001
-
-
-def test_generate_never_prints_the_start_of_a_stop_string(tmp_path, monkeypatch, capsys):
-    """The CLI: a stop string that begins inside one token and ends in a later one (the issue's case)."""
-    torch.manual_seed(0)
-    ckpt = save_module(GPTModule(preset="tiny", n_layer=1, n_embd=32, block_size=64), tmp_path / "m.ckpt")
-    tokenizer = Tokenizer()
-    args = ["generate", "--ckpt_path", ckpt, "--prompt", "The cat", "--temperature", "0", "--max_new_tokens", "12"]
-
-    def printed(*extra) -> str:
-        monkeypatch.setattr("sys.argv", ["lightning-gpt", *args, *extra])
-        main()
-        return capsys.readouterr().out.removeprefix("The cat").removesuffix("\n")
-
-    full = printed()
-    ids = tokenizer.encode(full)
-    cut = len(tokenizer.decode(ids[:3]))
-    split = next(k for k in range(cut + 1, len(full)) if full[k - 1] != full[k])  # some text after the boundary
-    stop = full[cut - 1 : split + 1]  # from the last character of token 3 into the tokens after it
-    assert printed("--stop", stop) == full[: full.index(stop)]
 
 
 @pytest.mark.parametrize("stops", [["x"], ["\n\nUser:", "Q:"]])

@@ -1,4 +1,5 @@
-"""The chat loop: commands, labels, Ctrl+C during an answer, Ctrl+D, and no warnings at every turn."""
+"""The chat loop (lightning_gpt/commands/chat_session.py): commands, labels, Ctrl+C during an answer, Ctrl+D, no
+warnings at every turn, and with --docs the sources of the passages each answer was given."""
 
 import io
 import json
@@ -7,10 +8,18 @@ import warnings
 import pytest
 import torch
 
-from lightning_gpt.chat import chat_stop_ids, chat_tokenizer
+from lightning_gpt.chat import (  # noqa: E402
+    chat_stop_ids,
+    chat_tokenizer,
+)
 from lightning_gpt.commands.chat_session import ChatSession, run_chat
 from lightning_gpt.generate import SamplingSettings
 from lightning_gpt.model import GPT, GPTConfig
+from lightning_gpt.passages import (
+    source_list,  # noqa: E402
+)
+from lightning_gpt.retrieval.index import context_prompt, load_index  # noqa: E402
+from tests.conftest import QUESTION, planted_folder
 
 TOKENIZER = chat_tokenizer()
 
@@ -74,3 +83,31 @@ def test_a_long_conversation_warns_at_no_turn(model):
         run_chat(chat, [f"Message number {i} with some words in it." for i in range(6)])
     assert not caught
     assert len(chat.messages) >= 2 and chat.messages[-1]["role"] == "assistant"
+
+
+@pytest.fixture(scope="module")
+def docs_model() -> GPT:
+    """A tiny random chat model with room for passages in its prompt (160 tokens)."""
+    torch.manual_seed(0)
+    return GPT(GPTConfig.from_preset("tiny", vocab_size=TOKENIZER.vocab_size, block_size=160)).eval()
+
+
+def test_chat_prints_the_sources_of_the_passages_in_its_prompt(docs_model, tmp_path):
+    pytest.importorskip("bm25s")
+    model = docs_model
+    index = load_index(str(planted_folder(tmp_path / "docs")), tmp_path / "cache")
+    out = io.StringIO()
+    settings = SamplingSettings(max_new_tokens=16, temperature=0, stop_ids=chat_stop_ids(TOKENIZER))
+    session = ChatSession(model, TOKENIZER, settings, system="Be brief.", out=out, index=index, top_k=3)
+    asked = []
+    for question in (QUESTION, "And what is under the red mat?"):
+        asked.append(list(session.messages) + [{"role": "user", "content": question}])
+        run_chat(session, [question])
+        prompt, _, used = context_prompt(TOKENIZER, asked[-1], index.search(question, 3), session.budget)
+        assert session.sources == used and used  # what is printed is what the prompt was given
+        assert len(prompt) + settings.max_new_tokens <= model.config.block_size
+    lines = out.getvalue().splitlines()
+    sources = [line for line in lines if line.startswith("sources: ")]
+    assert len(sources) == 2 and sources[-1] == f"sources: {source_list(session.sources)}"
+    assert sources[0].startswith("sources: [1] facts/lighthouse.txt, lines ")
+    assert session.messages[0] == {"role": "system", "content": "Be brief."}  # passages are per turn, not history

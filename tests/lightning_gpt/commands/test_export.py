@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: nothing may reach the hub
 transformers = pytest.importorskip("transformers")
@@ -21,6 +22,7 @@ from lightning_gpt.chat import (  # noqa: E402
 )
 from lightning_gpt.commands.export_model import export  # noqa: E402
 from lightning_gpt.generate import SamplingSettings, generate  # noqa: E402
+from lightning_gpt.model import IGNORE_INDEX  # noqa: E402
 from lightning_gpt.tokenizer import END_OF_TEXT, Tokenizer  # noqa: E402
 from lightning_gpt.training.language_model import GPTModule  # noqa: E402
 from tests.conftest import save_module  # noqa: E402
@@ -295,3 +297,38 @@ def test_a_model_with_a_trained_tokenizer_loads_and_computes_like_ours(exported_
         theirs = model(torch.tensor([prompt])).logits
         expected = module.model.logits(torch.tensor([prompt]))
     torch.testing.assert_close(theirs, expected[..., : module.model.config.vocab_size], atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_the_logged_test_loss_equals_the_exported_models_loss(wikitext_dir, tmp_path, monkeypatch):
+    """`lightning-gpt test` against a transformers model loaded from `lightning-gpt export`, token by token on the
+    same test windows."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    from data_modules import WikiText103
+    from lightning_gpt.cli import run
+    from lightning_gpt.commands.export_model import export
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    base = ["-c", str(REPO / "configs" / "pretrain_wikitext103.yaml"), "-c", str(REPO / "configs" / "smoke.yaml")]
+    base += ["--data.path", str(wikitext_dir), "--trainer.limit_test_batches", "null"]
+    run(["fit", *base, "--trainer.max_steps", "2", "--trainer.val_check_interval", "2"])
+    ckpt = tmp_path / "runs" / "pretrain_wikitext103" / "smoke" / "checkpoints" / "last.ckpt"
+    ours = float(run(["test", *base, "--ckpt_path", str(ckpt)]).trainer.callback_metrics["test_loss"])
+
+    folder = export(str(ckpt), str(tmp_path / "hf"))
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    dm = WikiText103(path=str(wikitext_dir), block_size=128, eval_batch_size=16, num_workers=0)
+    dm.setup("test")
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x, y in ((b.inputs, b.targets) for b in dm.test_dataloader()):
+            logits = model(x).logits.double()  # (B, T, vocab): no padding rows there
+            total += float(
+                F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+            )
+            count += int((y != IGNORE_INDEX).sum())
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert abs(ours - total / count) < 1e-6

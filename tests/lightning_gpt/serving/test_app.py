@@ -1,117 +1,50 @@
-"""lightning-gpt serve as a client meets it: real server processes, the official openai client, tiny random models.
+"""The HTTP app of lightning-gpt serve (lightning_gpt/serving/app.py) as a client meets it: the official openai client
+against the app the serve command builds (its own flags, `load_app`), in-process through FastAPI's TestClient, over
+tiny random models. A real uvicorn process: tests/lightning_gpt/commands/test_serve.py.
 
-Greedy answers are compared with lightning_gpt.generate.generate on the same prompt, so the server neither changes
-the sampling nor mixes concurrent requests up.
+Greedy answers are compared with lightning_gpt.generate.generate on the same prompt, so the app neither changes the
+sampling nor mixes concurrent requests up.
 """
 
+import contextlib
 import importlib.util
-import signal
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 
-from lightning_gpt.__main__ import main  # noqa: E402
-from lightning_gpt.chat import (  # noqa: E402
-    chat_stop_ids,  # noqa: E402
-    chat_tokenizer,
-    render_prompt,
-)
+from fastapi.testclient import TestClient  # noqa: E402
+
+from lightning_gpt.__main__ import command_parser  # noqa: E402
+from lightning_gpt.chat import chat_stop_ids, render_prompt  # noqa: E402
 from lightning_gpt.generate import SamplingSettings, generate  # noqa: E402
 from lightning_gpt.loading import load_checkpoint  # noqa: E402
-from lightning_gpt.training.language_model import GPTModule  # noqa: E402
-from tests.conftest import save_module  # noqa: E402
-
-CONVERSATION = [
-    {"role": "system", "content": "You are terse."},
-    {"role": "user", "content": "Name a colour."},
-    {"role": "assistant", "content": "Red."},
-    {"role": "user", "content": "Another one?"},
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(ckpt: str, log_path, *extra: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "lightning_gpt", "serve", "--ckpt_path", ckpt, "--port", str(port), *extra]
-    with open(log_path, "w") as log:  # the child keeps its own copy of the file descriptor
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    return proc, f"http://127.0.0.1:{port}/v1"
-
-
-def wait_ready(proc: subprocess.Popen, url: str, log_path, timeout: float = 60) -> None:
-    client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=2)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the server exited: {log_path.read_text()}"
-        try:
-            client.models.list()
-            return
-        except openai.APIConnectionError:
-            time.sleep(0.2)
-    raise AssertionError(f"the server did not answer in {timeout} s: {log_path.read_text()}")
-
-
-def write_docs(folder: Path) -> Path:
-    """Three documents about a spare key; the log is the best match and too long to fit the context whole."""
-    folder.mkdir()
-    (folder / "keys.md").write_text("The spare key hangs behind the lighthouse door.\n\nRed mats are dry.\n")
-    (folder / "stock.csv").write_text("item,shelf\nblue rug,B7\nspare key,C3\n")
-    log = " ".join(
-        f"Day {i}: the spare key was where it should be, the keeper checked the spare key." for i in range(9)
-    )
-    (folder / "log.txt").write_text(log + "\n")
-    return folder
+from tests.conftest import CONVERSATION, serving_checkpoints, write_docs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    """A chat and a plain (pretraining-vocabulary) server, and a chat server over documents (`--docs`, when the docs
-    extra is installed), each a real process, and their models for reference."""
+    """A chat and a plain (pretraining-vocabulary) app, and a chat app over documents (`--docs`, when the docs extra
+    is installed), each built by the serve command from its checkpoint and flags, each reached by an openai client;
+    and their models, loaded again for reference."""
     root = tmp_path_factory.mktemp("serve")
-    torch.manual_seed(0)
+    kinds = ("chat", "plain", *(("docs",) if importlib.util.find_spec("bm25s") is not None else ()))
+    module, parser = command_parser("serve")
     out = {}
-    kinds = [("chat", chat_tokenizer().vocab_size, 64), ("plain", 50257, 64)]
-    if importlib.util.find_spec("bm25s") is not None:
-        kinds.append(("docs", chat_tokenizer().vocab_size, 96))
-    for kind, vocab, block_size in kinds:
-        module = GPTModule(preset="tiny", vocab_size=vocab, block_size=block_size, n_layer=1, n_embd=32)
-        with torch.no_grad():  # at the usual small init, greedy decoding repeats the last token whatever the prompt
-            for name, weight in module.named_parameters():
-                if weight.dim() == 2 and "emb" not in name:
-                    weight.normal_(0, 0.2)
-        path = str(root / f"{kind}.ckpt")
-        save_module(module, path)
-        out[kind] = {"ckpt": path, "log": root / f"{kind}.log", "args": []}
-    if "docs" in out:
-        out["docs"]["docs"] = write_docs(root / "docs")
-        out["docs"]["args"] = ["--docs", str(root / "docs"), "--docs_cache", str(root / "cache")]
-    try:
-        for server in out.values():  # all start at once: most of a start is importing torch and lightning
-            server["proc"], server["url"] = start(server["ckpt"], server["log"], *server["args"])
-        for server in out.values():
-            wait_ready(server["proc"], server["url"], server["log"])
-            server["model"], server["tokenizer"] = load_checkpoint(server["ckpt"], "cpu")
-            server["client"] = openai.OpenAI(base_url=server["url"], api_key="none", max_retries=0, timeout=60)
+    with contextlib.ExitStack() as running:
+        for kind, ckpt in serving_checkpoints(root, kinds).items():
+            flags, out[kind] = ["--ckpt_path", ckpt, "--device", "cpu"], {}
+            if kind == "docs":
+                out[kind]["docs"] = write_docs(root / "docs")
+                flags += ["--docs", str(out[kind]["docs"]), "--docs_cache", str(root / "cache")]
+            # Entered, a TestClient runs the app on one event loop for all requests, as uvicorn does.
+            http = running.enter_context(TestClient(module.load_app(parser.parse_args(flags))))
+            out[kind]["client"] = openai.OpenAI(base_url="http://testserver/v1", api_key="none", http_client=http,
+                                                max_retries=0)  # fmt: skip
+            out[kind]["model"], out[kind]["tokenizer"] = load_checkpoint(ckpt, "cpu")
         yield out
-    finally:
-        for server in out.values():
-            if "proc" in server and server["proc"].poll() is None:
-                server["proc"].kill()
-                server["proc"].wait()
 
 
 def greedy(server: dict, prompt: list[int], max_tokens: int, stop_ids: tuple[int, ...]) -> list[int]:
@@ -254,17 +187,6 @@ def test_concurrent_requests_each_get_their_own_answer(servers):
     assert len({text for text, _, _ in references}) == 8  # the answers differ, so a mix-up would show
 
 
-@pytest.mark.parametrize("command", ["serve", "web"])
-def test_serve_and_web_without_the_extra_say_what_to_install(command, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "uvicorn", None)  # makes `import uvicorn` fail
-    monkeypatch.setattr(sys, "argv", ["lightning-gpt", command, "--ckpt_path", "missing.ckpt"])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert f"lightning-gpt {command} needs FastAPI and uvicorn" in err and 'pip install -e ".[serve]"' in err
-
-
 def test_with_docs_the_answer_lists_the_sources_of_the_passages_in_its_prompt(servers, tmp_path):
     if "docs" not in servers:
         pytest.skip("the docs extra (bm25s, pypdf) is not installed")
@@ -289,13 +211,3 @@ def test_with_docs_the_answer_lists_the_sources_of_the_passages_in_its_prompt(se
     )
     assert chunks[0].model_extra["sources"] == sources
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply.choices[0].message.content
-
-
-def test_sigterm_and_ctrl_c_stop_the_servers_cleanly(servers):
-    """Last: it stops the module's servers."""
-    for kind, sig, codes in (("chat", signal.SIGTERM, (0, -signal.SIGTERM)), ("plain", signal.SIGINT, (0,))):
-        proc = servers[kind]["proc"]
-        proc.send_signal(sig)
-        assert proc.wait(timeout=20) in codes
-        log = servers[kind]["log"].read_text()
-        assert "Traceback" not in log and "Finished server process" in log

@@ -15,15 +15,12 @@ import urllib.error
 import urllib.request
 
 import pytest
-import torch
 
 pytest.importorskip("fastapi")
 
-from lightning_gpt.__main__ import COMMANDS  # noqa: E402
-from lightning_gpt.chat import chat_tokenizer  # noqa: E402
+from lightning_gpt.__main__ import command_parser  # noqa: E402
 from lightning_gpt.serving.web import page  # noqa: E402
-from lightning_gpt.training.language_model import GPTModule  # noqa: E402
-from tests.conftest import save_module  # noqa: E402
+from tests.conftest import serving_checkpoints  # noqa: E402
 
 SYSTEM = "You are terse."
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -66,14 +63,7 @@ def greedy(url: str, messages: list[dict], max_tokens: int) -> str:
 def server(tmp_path_factory):
     """The URL of a real `lightning-gpt web` process serving a tiny random chat checkpoint, with two documents."""
     root = tmp_path_factory.mktemp("web")
-    torch.manual_seed(0)
-    module = GPTModule(preset="tiny", vocab_size=chat_tokenizer().vocab_size, block_size=64, n_layer=1, n_embd=32)
-    with torch.no_grad():  # at the usual small init, greedy decoding repeats the last token whatever the prompt
-        for name, weight in module.named_parameters():
-            if weight.dim() == 2 and "emb" not in name:
-                weight.normal_(0, 0.2)
-    ckpt, log_path, port = root / "chat.ckpt", root / "web.log", free_port()
-    save_module(module, ckpt)
+    ckpt, log_path, port = serving_checkpoints(root, ("chat",))["chat"], root / "web.log", free_port()
     (root / "docs").mkdir()
     (root / "docs" / "keys.md").write_text("The spare key hangs behind the lighthouse door.\n")
     (root / "docs" / "stock.csv").write_text("item,shelf\nblue rug,B7\nspare key,C3\n")
@@ -132,14 +122,27 @@ def turns(page) -> list[tuple[str, str]]:
     return [(li.get_attribute("class"), li.query_selector(".content").text_content()) for li in items]
 
 
-def test_web_is_a_command_and_its_page_has_the_controls():
-    assert "web" in COMMANDS
+def test_web_serves_its_page_at_the_root_beside_the_api(tmp_path):
+    """In-process: the app the web command builds from its flags, through FastAPI's TestClient."""
+    from fastapi.testclient import TestClient
+
+    module, parser = command_parser("web")
+    ckpt = serving_checkpoints(tmp_path, ("chat",))["chat"]
+    with TestClient(module.load_app(parser.parse_args(["--ckpt_path", ckpt, "--device", "cpu"]))) as http:
+        served = http.get("/")
+        assert served.status_code == 200 and served.headers["content-type"].startswith("text/html")
+        assert served.text == page()
+        assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["chat"]  # the API the page calls
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi"}]
+        reply = http.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 3, "temperature": 0})
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] <= 3
     html = page()
     for control in ("system", "temperature", "top_p", "max_tokens", "message", "send", "clear", "conversation"):
         assert f'id="{control}"' in html
         assert control in ("send", "clear", "conversation") or f'for="{control}"' in html  # every input is labelled
 
 
+@pytest.mark.slow
 def test_the_answer_streams_in_equals_the_apis_and_clear_empties_the_conversation(chat_page, server):
     page = chat_page
     page.wait_for_function("() => document.querySelector('#model').textContent.includes('context of 64 tokens')")
@@ -171,6 +174,7 @@ def test_the_answer_streams_in_equals_the_apis_and_clear_empties_the_conversatio
     assert len(turns(page)) == 2
 
 
+@pytest.mark.slow
 def test_a_bad_setting_shows_the_apis_error_in_the_page(chat_page, server):
     page = chat_page
     page.fill("#max_tokens", "100000")
@@ -190,6 +194,7 @@ def test_a_bad_setting_shows_the_apis_error_in_the_page(chat_page, server):
     assert page.text_content("#error") == ""
 
 
+@pytest.mark.slow
 def test_the_sources_of_an_answer_are_shown_under_it(chat_page, server):
     page = chat_page
     page.fill("#temperature", "0")

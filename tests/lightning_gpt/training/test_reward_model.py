@@ -1,4 +1,4 @@
-"""The reward model: the Bradley-Terry loss, where its head reads, its real config end to end, its loader."""
+"""The reward model: the Bradley-Terry loss, where its head reads, its real config end to end."""
 
 import math
 import random
@@ -10,7 +10,6 @@ import torch
 from data_modules.ultrafeedback import answer_rows
 from lightning_gpt.chat import chat_tokenizer
 from lightning_gpt.cli import run
-from lightning_gpt.errors import UserInputError
 from lightning_gpt.loading import load_reward_model
 from lightning_gpt.model import IGNORE_INDEX
 from lightning_gpt.training.bradley_terry import bradley_terry
@@ -19,7 +18,6 @@ from lightning_gpt.training.reward_model import RewardModule
 from tests.conftest import REWARD, SMOKE, TINY_CHAT, pair_row, preference_folder, save_module, scalars, sentence, turn
 
 CHAT_VOCAB = chat_tokenizer().vocab_size
-TINY = TINY_CHAT
 
 
 def test_bradley_terry_is_the_hand_computation():
@@ -31,7 +29,7 @@ def test_bradley_terry_is_the_hand_computation():
 
 def test_the_head_reads_the_last_scored_position():
     torch.manual_seed(0)
-    module = RewardModule(**TINY).eval()
+    module = RewardModule(**TINY_CHAT).eval()
     prompt, answer = [50256, 10, 11, 12, 50259], [20, 21, 22, 50260]  # <|endoftext|> ... <|assistant|>; ... <|end|>
     x, y = answer_rows([(prompt, answer), (prompt, answer[:2])], pad_id=50256)  # row 1 is shorter: padded
     last = [int((row != IGNORE_INDEX).nonzero().max()) for row in y]
@@ -96,11 +94,3 @@ def test_the_reward_config_learns_easy_preferences_and_tests_on_test_prefs(sft_c
     assert not module.training and tokenizer.vocab_size == CHAT_VOCAB
     saved = torch.load(best, weights_only=True)["state_dict"]["score_head.weight"]
     assert torch.equal(module.score_head.weight, saved)
-
-
-def test_loading_a_language_model_as_the_reward_model_names_the_flag(tmp_path):
-    plain = save_module(GPTModule(**TINY), tmp_path / "sft.ckpt")
-    with pytest.raises(UserInputError, match=r"--reward_ckpt .*sft.ckpt is not a reward model's checkpoint"):
-        load_reward_model(plain, "cpu")
-    with pytest.raises(UserInputError, match=r"--reward_ckpt .*missing.ckpt is not a readable"):
-        load_reward_model(str(tmp_path / "missing.ckpt"), "cpu")
