@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lightning_gpt.errors import UserInputError
 from lightning_gpt.evaluation.scoring import Request, choice_accuracy, loglikelihoods
 from lightning_gpt.model import GPT
 from lightning_gpt.tokenizer import AnyTokenizer
@@ -28,8 +29,6 @@ class Paradigm:
 def paradigm_names(path: str, flag: str) -> list[str]:
     """The configs (paradigms) a BLiMP copy declares in its README, in its order."""
     import datasets
-
-    from lightning_gpt.errors import UserInputError
 
     try:
         return list(datasets.get_dataset_config_names(path))
@@ -58,16 +57,30 @@ def pair_requests(tokenizer: AnyTokenizer, good: str, bad: str) -> list[Request]
     return [([tokenizer.eot_id], tokenizer.encode(" " + sentence)) for sentence in (good, bad)]
 
 
-def score_paradigms(
-    model: GPT, tokenizer: AnyTokenizer, paradigms: list[Paradigm], batch_size: int = 64
-) -> dict[str, float]:
-    """Accuracy of each paradigm, and `blimp`: their mean."""
+@dataclass
+class EncodedBlimp:
+    """BLiMP's requests, encoded once: two per pair (good, then bad), paradigm after paradigm."""
+
+    names: list[str]
+    sizes: list[int]  # pairs per paradigm
+    requests: list[Request]
+
+
+def encode_paradigms(tokenizer: AnyTokenizer, paradigms: list[Paradigm]) -> EncodedBlimp:
+    paradigms = [p for p in paradigms if p.pairs]
+    if not paradigms:
+        raise UserInputError("the BLiMP copy holds no pairs to score.")
     requests = [r for p in paradigms for good, bad in p.pairs for r in pair_requests(tokenizer, good, bad)]
-    lls = [ll for ll, _ in loglikelihoods(model, requests, batch_size)]
+    return EncodedBlimp([p.name for p in paradigms], [len(p.pairs) for p in paradigms], requests)
+
+
+def score_blimp(model: GPT, encoded: EncodedBlimp, batch_size: int = 64) -> dict[str, float]:
+    """Accuracy of each paradigm, and `blimp`: their mean."""
+    lls = [ll for ll, _ in loglikelihoods(model, encoded.requests, batch_size)]
     scores, at = {}, 0
-    for p in paradigms:
-        right = [choice_accuracy(lls[at + 2 * k : at + 2 * k + 2], gold=0) for k in range(len(p.pairs))]
-        scores[p.name] = sum(right) / len(right)
-        at += 2 * len(p.pairs)
-    scores["blimp"] = sum(scores[p.name] for p in paradigms) / len(paradigms)
+    for name, size in zip(encoded.names, encoded.sizes, strict=True):
+        right = [choice_accuracy(lls[at + 2 * k : at + 2 * k + 2], gold=0) for k in range(size)]
+        scores[name] = sum(right) / size
+        at += 2 * size
+    scores["blimp"] = sum(scores[name] for name in encoded.names) / len(encoded.names)
     return scores

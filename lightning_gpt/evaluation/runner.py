@@ -56,8 +56,12 @@ def _blimp_paradigms(manager, source: str | None) -> list[str]:
 def task_spec(manager, task: TaskSpec, source: str | None, scratch: str) -> dict:
     """The harness's spec for `task`: a group of its tasks, each the harness's own definition with only the dataset's
     location changed for a local copy (read into `scratch`, not datasets' shared cache, which keys local folders
-    loosely)."""
-    local = {} if source is None else {"dataset_path": source, "dataset_kwargs": {"cache_dir": scratch}}
+    loosely), and no training split."""
+    # Zero-shot: no training split is read (the harness would load it for few-shot examples), so a local copy
+    # needs only the split that is scored.
+    local = {"training_split": None}
+    if source is not None:
+        local |= {"dataset_path": source, "dataset_kwargs": {"cache_dir": scratch}}
     names = _blimp_paradigms(manager, source) if task.name == "blimp" else [task.name]
     return {"group": f"card_{task.name}", "task": [{"task": name, **local} for name in names]}
 
