@@ -225,3 +225,16 @@ def test_bad_input_is_one_line_naming_the_flag(tmp_path, mirror, monkeypatch, ca
 def test_a_hub_dataset_offline_says_how_to_point_at_a_local_copy(tmp_path, monkeypatch, capsys):
     err = run_main(monkeypatch, capsys, "--ckpt_path", tiny_checkpoint(tmp_path / "m.ckpt"), "--tasks", "piqa")
     assert "--tasks piqa: its dataset baber/piqa could not be read" in err and "--data_path" in err
+
+
+def test_the_card_tells_a_held_out_score_from_an_in_distribution_one():
+    from lightning_gpt.evaluation.card import Card, Stage
+
+    stages = [Stage("pre.ckpt", "pretraining", "WikiText103 /data/WikiText-103, split train", 4, 9),
+              Stage("sft.ckpt", "SFT", "UltraChat200k /data/ultrachat_200k, split train_sft", 2, 3)]  # fmt: skip
+    scores = [{"task": t, "metric": "acc", "value": 0.5, "stderr": 0.1, "baseline": None, "examples": 1, "data": "d",
+               "chat_template": False} for t in ("blimp", "wikitext")]  # fmt: skip
+    card = Card("sft.ckpt", stages, scores)
+    assert card.provenance() == ["blimp: held out (no stage's data is blimp)",
+                                 "wikitext: in distribution (stage 1 trained on wikitext text)"]  # fmt: skip
+    assert "- wikitext: in distribution" in card.markdown() and "blimp: held out" in card.text()
