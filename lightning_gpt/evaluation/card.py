@@ -14,6 +14,8 @@ from lightning_gpt.errors import UserInputError
 from lightning_gpt.reward_head import SCORE_HEAD
 
 MAX_STAGES = 16  # an init_from chain longer than this is a loop
+# The word a stage's data names when it trained on a task's corpus (default: the task's name).
+CORPUS = {"arc_easy": "ai2_arc", "lambada_openai": "lambada"}
 
 
 @dataclass
@@ -76,6 +78,15 @@ def stage_chain(path: str) -> list[Stage]:
     return stages[::-1]
 
 
+def provenance(task: str, stages: list[Stage]) -> str:
+    """Whether a task's corpus is one a stage trained on (an in-distribution score) or none did (held out)."""
+    word = CORPUS.get(task, task).lower()
+    seen = [i for i, s in enumerate(stages, 1) if word in s.data.lower()]
+    if not seen:
+        return f"{task}: held out (no stage's data is {word})"
+    return f"{task}: in distribution (stage {', '.join(map(str, seen))} trained on {word} text)"
+
+
 @dataclass
 class Card:
     checkpoint: str
@@ -107,13 +118,18 @@ class Card:
         lines = [f"# Evaluation card: `{self.checkpoint}`", "", "## What the model saw", ""]
         lines += [f"{i}. {s.describe()}" for i, s in enumerate(self.stages, 1)]
         lines += ["", "## Scores", "", markdown_table(HEADER, self.rows()), ""]
+        lines += [f"- {line}" for line in self.provenance()] + [""]
         if self.settings:
             lines += ["Settings: " + ", ".join(f"{k} {v}" for k, v in self.settings.items()), ""]
         return "\n".join(lines)
 
     def text(self) -> str:
         stages = "\n".join(f"  {i}. {s.describe()}" for i, s in enumerate(self.stages, 1))
-        return f"{self.checkpoint}\nwhat it saw:\n{stages}\n\n{text_table(HEADER, self.rows())}"
+        notes = "\n".join(self.provenance())
+        return f"{self.checkpoint}\nwhat it saw:\n{stages}\n\n{text_table(HEADER, self.rows())}\n{notes}"
+
+    def provenance(self) -> list[str]:
+        return [provenance(task, self.stages) for task in dict.fromkeys(s["task"] for s in self.scores)]
 
 
 HEADER = ["task", "metric", "score", "stderr", "random baseline", "examples"]
