@@ -240,3 +240,14 @@ def benchmark_mirror(root: Path, n: int = 6) -> Path:
                       {"wikitext-2-raw-v1": {"validation": benchmark_rows("wikitext", 2, seed=1),
                                              "test": benchmark_rows("wikitext", n)}})  # fmt: skip
     return root
+
+
+def preference_rows(n: int, seed: int = 0) -> list[dict]:
+    """UltraFeedback-style rows: a one-turn prompt, its id, and a chosen and a rejected conversation."""
+    rows = []
+    for i, conversation in enumerate(synthetic_conversations(n, seed=seed, turns=1)):
+        user, answer = conversation["messages"]
+        rows.append({"prompt": user["content"], "prompt_id": f"p{i}", "chosen": [user, answer],
+                     "rejected": [user, {"role": "assistant", "content": "No."}], "messages": [user, answer],
+                     "score_chosen": 8.0, "score_rejected": 2.0})  # fmt: skip
+    return rows

@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="local copies in the hub's layout: ROOT/<dataset id> for every task (e.g. "
                         "../shared/data/hub), or TASK=DIR for one; repeatable. Default: the hub")  # fmt: skip
     parser.add_argument("--out", default=None, help="where the card goes (default: eval/ in the checkpoint's run)")
+    chat = parser.add_argument_group("chat checkpoints (--tasks chat_rouge,chat_reward)")
+    chat.add_argument("--reward_ckpt", default=None, help="chat_reward: the reward model that scores the answers")
+    chat.add_argument("--against", default=None, help="chat_reward: another checkpoint whose answers this one's meet")
+    chat.add_argument("--chat_samples", type=int, default=100, help="held-out chats (prompts) answered")
+    chat.add_argument("--max_new_tokens", type=int, default=128, help="the longest answer (greedy)")
 
 
 def _task_names() -> list[str]:
@@ -53,6 +58,9 @@ def _check_settings(args: argparse.Namespace) -> None:
         raise UserInputError(f"--limit must be a positive integer (items per task), got {args.limit}")
     if args.batch_size < 1:
         raise UserInputError(f"--batch_size must be a positive integer, got {args.batch_size}")
+    for flag in ("chat_samples", "max_new_tokens"):
+        if getattr(args, flag) < 1:
+            raise UserInputError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
     if args.compare is not None and len(args.compare) not in (2, 3):
         raise UserInputError(f"--compare takes 2 or 3 checkpoints or cards, got {len(args.compare)}")
     try:
@@ -78,6 +86,16 @@ def write_card(card, folder: Path, step: int | None) -> Path:
     return folder / f"{stem}.json"
 
 
+def chat_rows(name: str, model, tokenizer, source: str, args: argparse.Namespace) -> list:
+    from lightning_gpt.commands.chat_scores import reward_rows, rouge_rows
+
+    return (
+        rouge_rows(model, tokenizer, source, args)
+        if name == "chat_rouge"
+        else reward_rows(model, tokenizer, source, args)
+    )
+
+
 def evaluate_checkpoint(args: argparse.Namespace, ckpt_path: str, tasks, sources, out: str | None):
     """Loads, scores and writes the card of one checkpoint; returns it."""
     import lm_eval
@@ -90,7 +108,18 @@ def evaluate_checkpoint(args: argparse.Namespace, ckpt_path: str, tasks, sources
 
     model, tokenizer = load_checkpoint(ckpt_path, args.device)
     chat = is_chat(tokenizer)
-    scores = evaluate_tasks(GPTHarnessLM(model, tokenizer, args.batch_size), tasks, sources, args.limit, chat)
+    ours = [t for t in tasks if not t.harness]
+    if ours and not chat:
+        raise UserInputError(
+            f"--tasks {ours[0].name} needs a chat checkpoint; --ckpt_path {ckpt_path} has no chat tokens."
+        )
+    lm = GPTHarnessLM(model, tokenizer, args.batch_size)
+    scores = []
+    for task in tasks:  # in the order of --tasks
+        if task.harness:
+            scores += evaluate_tasks(lm, [task], sources, args.limit, chat)
+        else:
+            scores += chat_rows(task.name, model, tokenizer, sources.get(task.name, task.dataset), args)
     stages = stage_chain(ckpt_path)
     settings = {
         "limit": args.limit, "batch_size": args.batch_size, "device": str(model.tok_emb.weight.device),
@@ -113,6 +142,11 @@ def run(args: argparse.Namespace):
 
     _check_settings(args)
     tasks = parse_tasks(args.tasks)
+    names = [t.name for t in tasks]
+    if "chat_reward" in names and args.reward_ckpt is None:
+        raise UserInputError("--tasks chat_reward needs --reward_ckpt: the reward model that scores the answers.")
+    if args.against is not None and "chat_reward" not in names:
+        raise UserInputError("--against is for --tasks chat_reward (the answers' win rate against that checkpoint).")
     sources = parse_data_paths(args.data_path, tasks)
     datasets.disable_progress_bars()
     if args.ckpt_path is not None:

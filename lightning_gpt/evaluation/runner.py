@@ -36,7 +36,8 @@ def task_manager(tasks: list[TaskSpec]):
     from lm_eval.tasks import TaskManager
 
     root = Path(lm_eval.__file__).parent / "tasks"
-    return TaskManager(include_defaults=False, include_path=[str(root / t.folder) for t in tasks], verbosity="ERROR")
+    folders = [str(root / t.folder) for t in tasks if t.harness]
+    return TaskManager(include_defaults=False, include_path=folders, verbosity="ERROR")
 
 
 def _blimp_paradigms(manager, source: str | None) -> list[str]:

@@ -22,8 +22,11 @@ class TaskSpec:
     metrics: tuple[str, ...]  # what the card reports, in order
     chat: bool  # a question and an answer: asked through the chat template for a chat checkpoint
     baseline: str  # how the random baseline is got: "choices" (1 / number of choices, per item) or "none"
+    harness: bool = True  # False: one of our chat metrics (lightning_gpt/commands/chat_scores.py), not the harness's
 
 
+PERPLEXITIES = ("word_perplexity", "byte_perplexity", "bits_per_byte")
+CHAT_REWARD = ("reward", "answer_tokens", "win_rate", "against_reward", "against_answer_tokens")
 TASKS = {
     t.name: t
     for t in (
@@ -31,18 +34,14 @@ TASKS = {
         TaskSpec("hellaswag", "Rowan/hellaswag", "hellaswag", ("acc", "acc_norm"), chat=False, baseline="choices"),
         TaskSpec("arc_easy", "allenai/ai2_arc", "arc", ("acc", "acc_norm"), chat=True, baseline="choices"),
         TaskSpec("piqa", "baber/piqa", "piqa", ("acc", "acc_norm"), chat=True, baseline="choices"),
-        TaskSpec(
-            "lambada_openai", "EleutherAI/lambada_openai", "lambada", ("acc", "perplexity"), chat=False, baseline="none"
-        ),  # fmt: skip
+        TaskSpec("lambada_openai", "EleutherAI/lambada_openai", "lambada", ("acc", "perplexity"), False, "none"),
         TaskSpec("winogrande", "allenai/winogrande", "winogrande", ("acc",), chat=False, baseline="choices"),
-        TaskSpec(
-            "wikitext",
-            "EleutherAI/wikitext_document_level",
-            "wikitext",
-            ("word_perplexity", "byte_perplexity", "bits_per_byte"),
-            chat=False,
-            baseline="none",
-        ),  # fmt: skip
+        TaskSpec("wikitext", "EleutherAI/wikitext_document_level", "wikitext", PERPLEXITIES, False, "none"),
+        # Chat checkpoints, our own metrics: ROUGE-L of greedy answers to held-out chats (test_sft) against the
+        # reference answers; with --reward_ckpt, the reward of answers to held-out prompts (test_prefs), and with
+        # --against, their win rate against another checkpoint's.
+        TaskSpec("chat_rouge", "HuggingFaceH4/ultrachat_200k", "", ("rougeL_f",), True, "none", harness=False),
+        TaskSpec("chat_reward", "HuggingFaceH4/ultrafeedback_binarized", "", CHAT_REWARD, True, "none", harness=False),
     )
 }
 
