@@ -341,7 +341,8 @@ def test_chat_rouge_is_rouge_l_of_the_greedy_answers(tmp_path):
     folder = chat_folder(tmp_path / "ultrachat", rows, "test_sft")
     order = torch.randperm(6, generator=torch.Generator().manual_seed(0)).tolist()  # the sample's order (seed 0)
     rouge = ROUGEScore(rouge_keys="rougeL")
-    rouge.update([answers[i] for i in order], [rows[i]["messages"][1]["content"] for i in order])
+    sample = order[:4]  # 4 of the 6: which ones is the seed's
+    rouge.update([answers[i] for i in sample], [rows[i]["messages"][1]["content"] for i in sample])
     expected = float(rouge.compute()["rougeL_fmeasure"])
     card = command(
         "evaluate",
@@ -353,7 +354,7 @@ def test_chat_rouge_is_rouge_l_of_the_greedy_answers(tmp_path):
             "--data_path",
             f"chat_rouge={folder}",
             "--chat_samples",
-            "6",
+            "4",
             "--max_new_tokens",
             "8",
             "--out",
@@ -361,10 +362,10 @@ def test_chat_rouge_is_rouge_l_of_the_greedy_answers(tmp_path):
         ],
     )
     (score,) = card.scores
-    assert (score["task"], score["metric"], score["examples"]) == ("chat_rouge", "rougeL_f", 6)
+    assert (score["task"], score["metric"], score["examples"]) == ("chat_rouge", "rougeL_f", 4)
     assert score["value"] == pytest.approx(expected) and expected > 0.3  # the copied answers score 1
     chat = command(
-        "evaluate-chat", ["--ckpt_path", ckpt, "--data_path", folder, "--num_samples", "6", "--max_new_tokens", "8"]
+        "evaluate-chat", ["--ckpt_path", ckpt, "--data_path", folder, "--num_samples", "4", "--max_new_tokens", "8"]
     )
     assert chat["rougeL_fmeasure"] == pytest.approx(score["value"])
 
