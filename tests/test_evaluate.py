@@ -319,8 +319,8 @@ def chat_folder(root, rows: list[dict], split: str):
 
 
 def test_chat_rouge_is_rouge_l_of_the_greedy_answers(tmp_path):
-    """Half the references are the model's own greedy answers (computed here first), the others another text: the
-    card's ROUGE-L is torchmetrics' over those pairs, and evaluate-chat's on the same data."""
+    """Some references are the model's own greedy answers (computed here first), the others another text: the
+    card's ROUGE-L is torchmetrics' over the pairs the seed samples, and evaluate-chat's on the same data."""
     from torchmetrics.text import ROUGEScore
 
     from lightning_gpt.chat import chat_stop_ids
@@ -335,11 +335,10 @@ def test_chat_rouge_is_rouge_l_of_the_greedy_answers(tmp_path):
     prompts, _, _ = opening_turns(tokenizer, (r["messages"] for r in rows), 6)
     settings = SamplingSettings(max_new_tokens=8, temperature=0, stop_ids=chat_stop_ids(tokenizer))
     answers = [tokenizer.decode(a) for a in generate(model, prompts, settings)]
-    for i, (row, answer) in enumerate(zip(rows, answers, strict=True)):
-        if i % 2 == 0:
-            row["messages"][1]["content"] = answer
-    folder = chat_folder(tmp_path / "ultrachat", rows, "test_sft")
     order = torch.randperm(6, generator=torch.Generator().manual_seed(0)).tolist()  # the sample's order (seed 0)
+    for i in order[:3]:  # 3 of the 4 sampled copy the answer; of the first 4 rows, only 2 would
+        rows[i]["messages"][1]["content"] = answers[i]
+    folder = chat_folder(tmp_path / "ultrachat", rows, "test_sft")
     rouge = ROUGEScore(rouge_keys="rougeL")
     sample = order[:4]  # 4 of the 6: which ones is the seed's
     rouge.update([answers[i] for i in sample], [rows[i]["messages"][1]["content"] for i in sample])
