@@ -15,7 +15,7 @@ from lightning_gpt.reward_head import SCORE_HEAD
 
 MAX_STAGES = 16  # an init_from chain longer than this is a loop
 # The word a stage's data names when it trained on a task's corpus (default: the task's name).
-CORPUS = {"arc_easy": "ai2_arc", "lambada_openai": "lambada"}
+CORPUS = {"arc_easy": "ai2_arc", "lambada_openai": "lambada", "chat_rouge": "ultrachat", "chat_reward": "ultrafeedback"}
 
 
 @dataclass
