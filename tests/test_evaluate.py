@@ -474,3 +474,19 @@ def test_chat_tasks_need_a_chat_checkpoint_and_a_reward_model(tmp_path, monkeypa
     assert "--against is for --tasks chat_reward" in run_main(
         monkeypatch, capsys, "--ckpt_path", plain, "--against", plain
     )
+
+
+@pytest.mark.slow
+def test_evaluate_help_imports_neither_torch_nor_the_harness():
+    """As every command's --help: argparse only (the harness costs seconds to import)."""
+    import subprocess
+    from pathlib import Path
+
+    code = (
+        "import sys\nfrom lightning_gpt.__main__ import command_parser\ncommand_parser('evaluate')[1].format_help()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lm_eval', 'datasets', 'lightning')))"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
