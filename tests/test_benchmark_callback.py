@@ -94,3 +94,30 @@ def test_a_local_blimp_folder_that_is_missing_is_an_error(tmp_path):
         fit(tmp_path, wikitext_folder(tmp_path / "wikitext"), BlimpAccuracy(data_path=str(tmp_path / "none")), steps=2)
     with pytest.raises(UserInputError, match="limit must be a positive integer"):
         BlimpAccuracy(limit=0)
+
+
+def test_on_the_shared_blimp_sample_the_callback_scores_as_the_harness(tmp_path):
+    """The shared mirror's 12 real paradigms (skipped without it): the callback's scorer and the harness's tasks give
+    the same accuracy per paradigm and overall."""
+    from tests.conftest import REAL_HUB
+
+    blimp = REAL_HUB / "nyu-mll" / "blimp"
+    if not blimp.is_dir():
+        pytest.skip("no shared BLiMP sample at ../shared/data/hub/nyu-mll/blimp")
+    lm_eval = pytest.importorskip("lm_eval")
+    from lightning_gpt.evaluation.blimp import encode_paradigms, read_paradigms, score_blimp
+    from lightning_gpt.evaluation.harness import GPTHarnessLM
+    from lightning_gpt.evaluation.runner import task_manager, task_spec
+    from lightning_gpt.evaluation.tasks import TASKS
+    from lightning_gpt.model import GPT, GPTConfig
+    from lightning_gpt.tokenizer import Tokenizer
+
+    model, tokenizer = GPT(GPTConfig.from_preset("tiny", block_size=64, vocab_size=50257)).eval(), Tokenizer()
+    ours = score_blimp(model, encode_paradigms(tokenizer, read_paradigms(str(blimp), 3, "x")))
+    manager = task_manager([TASKS["blimp"]])
+    spec = task_spec(manager, TASKS["blimp"], str(blimp), str(tmp_path))
+    result = lm_eval.simple_evaluate(model=GPTHarnessLM(model, tokenizer), tasks=[spec], limit=3,
+                                     task_manager=manager, bootstrap_iters=0, verbosity="ERROR")  # fmt: skip
+    theirs = {name.removeprefix("blimp_"): result["results"][name]["acc,none"] for name in result["samples"]}
+    assert len(theirs) == 12 and {k: v for k, v in ours.items() if k != "blimp"} == pytest.approx(theirs)
+    assert ours["blimp"] == pytest.approx(sum(theirs.values()) / 12)
