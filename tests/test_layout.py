@@ -19,6 +19,7 @@ FLOORS = {
     "data": ("data_modules",),
     "training": ("lightning_gpt.training",),
     "loading": ("lightning_gpt.loading",),
+    "evaluation": ("lightning_gpt.evaluation",),
     "callbacks": ("callbacks",),
     "serving": ("lightning_gpt.serving",),
     "commands": ("lightning_gpt.commands",),
@@ -31,10 +32,11 @@ MAY_IMPORT = {
     "data": {"ground"},
     "training": {"ground"},
     "loading": {"ground"},
-    "callbacks": {"ground", "data", "training", "loading"},
+    "evaluation": {"ground", "data", "loading"},
+    "callbacks": {"ground", "data", "training", "loading", "evaluation"},
     "serving": {"ground", "retrieval"},
-    "commands": {"ground", "retrieval", "data", "loading", "serving"},
-    "entry": {"ground", "retrieval", "data", "training", "loading", "callbacks", "serving", "commands"},
+    "commands": {"ground", "retrieval", "data", "loading", "evaluation", "serving"},
+    "entry": {"ground", "retrieval", "data", "training", "loading", "evaluation", "callbacks", "serving", "commands"},
 }
 
 
