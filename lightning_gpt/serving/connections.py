@@ -30,19 +30,31 @@ class RateLimitedNote:
 
 
 def guarded_protocol(max_connections: int, header_timeout: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol class, refusing connections beyond `max_connections` and closing any connection whose
-    next request's headers take longer than `header_timeout` seconds to arrive."""
-    refused = RateLimitedNote(f"refused connections over the --max_connections {max_connections} limit")
-    timed_out = RateLimitedNote(f"closed connections whose headers took over {header_timeout:g} s")
+    """uvicorn's h11 protocol class, holding at most `max_connections` open and closing any connection whose next
+    request's headers take longer than `header_timeout` seconds to arrive. At the cap, a new connection takes the
+    place of the oldest one still waiting for headers (a slow-loris one, or an idle kept-alive one), so that clients
+    that send their requests are served while half-open connections churn; only when every connection is busy with
+    a request is the new one refused."""
+    refused = RateLimitedNote(f"refused connections over --max_connections {max_connections}: all busy")
+    evicted = RateLimitedNote(
+        f"closed connections waiting for headers to make room (--max_connections {max_connections})"
+    )
+    timed_out = RateLimitedNote(f"closed connections whose headers took over --header_timeout {header_timeout:g} s")
+    waiting: dict = {}  # the connections waiting for a request's headers, oldest first (a dict keeps order)
 
     class GuardedH11Protocol(H11Protocol):
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self._deadline = None
             if len(self.connections) > max_connections:
-                refused()
-                transport.abort()
-                return
+                if not waiting:
+                    refused()
+                    transport.abort()
+                    return
+                oldest = next(iter(waiting))
+                evicted()
+                oldest._disarm()
+                oldest.transport.abort()
             self._arm()
 
         def data_received(self, data: bytes) -> None:
@@ -63,14 +75,17 @@ def guarded_protocol(max_connections: int, header_timeout: float) -> type[H11Pro
         def _arm(self) -> None:
             self._disarm()
             self._deadline = self.loop.call_later(header_timeout, self._too_slow)
+            waiting[self] = None
 
         def _disarm(self) -> None:
+            waiting.pop(self, None)
             if getattr(self, "_deadline", None) is not None:
                 self._deadline.cancel()
                 self._deadline = None
 
         def _too_slow(self) -> None:
             self._deadline = None
+            waiting.pop(self, None)
             if not self.transport.is_closing():
                 timed_out()
                 self.transport.abort()
