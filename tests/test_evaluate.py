@@ -394,27 +394,13 @@ def test_chat_reward_scores_answers_and_their_win_rate_against_another_checkpoin
     )
     rows = preference_rows(5, seed=4)
     folder = chat_folder(tmp_path / "prefs", rows, "test_prefs")
-    card = command(
-        "evaluate",
-        [
-            "--ckpt_path",
-            this,
-            "--tasks",
-            "chat_reward",
-            "--data_path",
-            f"chat_reward={folder}",
-            "--reward_ckpt",
-            str(tmp_path / "reward.ckpt"),
-            "--against",
-            other,
-            "--chat_samples",
-            "5",
-            "--max_new_tokens",
-            "6",
-            "--out",
-            str(tmp_path / "c"),
-        ],
-    )
+
+    def reward_card(against: str, out: str):
+        flags = ["--ckpt_path", this, "--tasks", "chat_reward", "--data_path", f"chat_reward={folder}"]
+        flags += ["--reward_ckpt", str(tmp_path / "reward.ckpt"), "--against", against, "--chat_samples", "5"]
+        return command("evaluate", [*flags, "--max_new_tokens", "6", "--out", str(tmp_path / out)])
+
+    card = reward_card(other, "c")
     got = {s["metric"]: s for s in card.scores}
     # Independently: each model's greedy answers to the 5 prompts, scored by the reward model.
     scorer, _ = load_reward_model(str(tmp_path / "reward.ckpt"))
@@ -438,27 +424,7 @@ def test_chat_reward_scores_answers_and_their_win_rate_against_another_checkpoin
     assert got["answer_tokens"]["value"] == pytest.approx(sum(lengths[0]) / 5)
     assert got["against_answer_tokens"]["value"] == pytest.approx(sum(lengths[1]) / 5)
     assert rewards[0] != rewards[1] and got["reward"]["examples"] == 5
-    same = command(
-        "evaluate",
-        [
-            "--ckpt_path",
-            this,
-            "--tasks",
-            "chat_reward",
-            "--data_path",
-            f"chat_reward={folder}",
-            "--reward_ckpt",
-            str(tmp_path / "reward.ckpt"),
-            "--against",
-            this,
-            "--chat_samples",
-            "5",
-            "--max_new_tokens",
-            "6",
-            "--out",
-            str(tmp_path / "d"),
-        ],
-    )
+    same = reward_card(this, "d")
     assert {s["metric"]: s["value"] for s in same.scores}["win_rate"] == 0.5  # every answer ties with itself
 
 
