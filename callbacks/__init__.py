@@ -1,6 +1,7 @@
 """Callbacks that Lightning does not ship; everything else comes from lightning.pytorch.callbacks."""
 
 from callbacks.alignment_samples import AlignmentSamples
+from callbacks.benchmark import BlimpAccuracy
 from callbacks.last_checkpoint import KeepLastCheckpoint
 from callbacks.sigterm import CheckpointOnSigterm
 from callbacks.text_samples import GenerateSamples
@@ -9,6 +10,7 @@ from callbacks.train_val_gap import TrainValGapEarlyStopping
 
 __all__ = [
     "AlignmentSamples",
+    "BlimpAccuracy",
     "CheckpointOnSigterm",
     "GenerateSamples",
     "KeepLastCheckpoint",

@@ -18,6 +18,7 @@ TRAINING = {
 COMMANDS = {  # name: (module in lightning_gpt.commands, one line of help)
     "generate": ("generate", "continue a prompt"),
     "chat": ("chat", "chat with a fine-tuned model in the terminal (--docs: over your documents)"),
+    "evaluate": ("evaluate", "benchmarks through lm-evaluation-harness, and the checkpoint's evaluation card"),
     "evaluate-chat": ("evaluate_chat", "ROUGE-L of a chat model's answers against UltraChat's"),
     "make-pairs": ("make_pairs", "preference pairs from the model's own answers, scored by a reward model"),
     "export": ("export", "write a checkpoint as a Hugging Face transformers folder"),
@@ -46,7 +47,7 @@ def main() -> None:
 
     configure_console()
     argv = sys.argv[1:]
-    if argv and argv[0] in COMMANDS:  # generate, chat, evaluate-chat, make-pairs, export, serve, web: no Trainer
+    if argv and argv[0] in COMMANDS:  # the commands that use checkpoints: no Trainer
         try:
             run_command(argv[0], argv[1:])
         except UserInputError as err:

@@ -93,9 +93,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=_temp_name(path), suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp, 0o666 & ~umask)  # as an ordinary file would be, not mkstemp's 0600
+    os.chmod(temp, ordinary_mode())  # as an ordinary file would be, not mkstemp's 0600
     try:
         with os.fdopen(fd, "wb") as file:
             yield file
@@ -139,3 +137,8 @@ def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+def ordinary_mode() -> int:
+    """The permissions an ordinary new file gets here (0o666 less the umask), for files a library writes private."""
+    return 0o666 & ~_umask()

@@ -45,6 +45,7 @@ class SamplingSettings:
             ("temperature", math.isfinite(self.temperature) and self.temperature >= 0, "a finite number >= 0"),
             ("top_k", self.top_k is None or self.top_k > 0, "a positive integer"),
             ("top_p", self.top_p is None or 0 < self.top_p <= 1, "in (0, 1]"),  # NaN fails the comparison
+            ("seed", self.seed is None or -(2**63) <= self.seed < 2**64, "an integer in [-2**63, 2**64)"),
             (
                 "repetition_penalty",
                 math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
@@ -87,7 +88,9 @@ def next_token(
         logits = penalise_repeats(logits, seen, settings.repetition_penalty)
     if settings.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / settings.temperature
+    # In float64, shifted so that the best logit is 0: any temperature > 0, however small, then gives finite
+    # logits or -inf, never NaN (in float32 a temperature below 1e-38 is 0, and 0 / 0 is NaN).
+    logits = (logits.double() - logits.max(dim=-1, keepdim=True).values.double()) / settings.temperature
     if settings.top_k is not None:
         kth = torch.topk(logits, min(settings.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -95,6 +98,7 @@ def next_token(
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         drop = cumulative - sorted_logits.softmax(dim=-1) >= settings.top_p  # keeps the token that crosses p
+        drop[:, 0] = False  # and always the most likely one (a top_p below float32's range would drop it too)
         logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
 

@@ -7,6 +7,8 @@ checkpoints start without importing Lightning. Every file is read weights-only (
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from lightning_gpt.chat import is_chat
@@ -133,3 +135,13 @@ def load_reward_model(path: str, device: str = "cpu") -> tuple[RewardModel, AnyT
             "model is trained from a chat (SFT) checkpoint."
         )
     return reward, tokenizer
+
+
+def run_name(path: str) -> str:
+    """The name of the run a checkpoint belongs to, as its folder tells (`runs/sft_ultrachat/main/checkpoints/
+    last.ckpt` -> `sft_ultrachat`, `runs/sft_ultrachat/smoke/...` -> `sft_ultrachat-smoke`); else the file's stem."""
+    parts = Path(path).parts
+    if len(parts) >= 4 and parts[-2] == "checkpoints":
+        name, version = parts[-4], parts[-3]
+        return name if version == "main" else f"{name}-{version}"
+    return Path(path).stem

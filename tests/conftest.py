@@ -263,6 +263,81 @@ def planted_folder(root):
     return root
 
 
+# --- benchmark data (lightning-gpt evaluate) --------------------------------------------------------------------------
+
+
+def write_hub_configs(root: Path, configs: dict[str, dict[str, list[dict]]]) -> Path:
+    """A dataset folder in the hub's layout with several configs: <config>/<split>-00000-of-00001.parquet each, and
+    a README.md whose YAML header declares them all (as nyu-mll/blimp declares its paradigms)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    header = ["---", "configs:"]
+    for config, splits in configs.items():
+        (root / config).mkdir(parents=True, exist_ok=True)
+        header += [f"- config_name: {config}", "  data_files:"]
+        for split, rows in splits.items():
+            pq.write_table(pa.Table.from_pylist(rows), root / config / f"{split}-00000-of-00001.parquet")
+            header += [f"  - split: {split}", f"    path: {config}/{split}-*"]
+    (root / "README.md").write_text("\n".join([*header, "---", ""]))
+    return root
+
+
+def benchmark_rows(task: str, n: int, seed: int = 0) -> list[dict]:
+    """Rows in the columns of lm-evaluation-harness's datasets, made of WORDS: a few items per task."""
+    rng = random.Random(seed)
+
+    def words(k: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(k))
+
+    rows = []
+    for i in range(n):
+        if task == "blimp":
+            good = words(rng.randint(4, 8))
+            bad = " ".join(reversed(good.split()))
+            rows.append({"sentence_good": good.capitalize() + ".", "sentence_bad": bad.capitalize() + ".",
+                         "pair_id": i})  # fmt: skip
+        elif task == "hellaswag":
+            rows.append({"ind": i, "activity_label": "Pets", "ctx_a": words(8) + ".", "ctx_b": words(2),
+                         "ctx": "", "endings": [words(rng.randint(2, 6)) for _ in range(4)], "source_id": str(i),
+                         "split": "val", "split_type": "indomain", "label": str(rng.randrange(4))})  # fmt: skip
+        elif task == "arc_easy":
+            k = rng.choice([3, 4])
+            labels = ["A", "B", "C", "D"][:k]
+            rows.append({"id": str(i), "question": words(6) + "?", "answerKey": rng.choice(labels),
+                         "choices": {"text": [words(rng.randint(1, 4)) for _ in labels], "label": labels}})  # fmt: skip
+        elif task == "piqa":
+            rows.append({"goal": words(6), "sol1": words(5), "sol2": words(7), "label": rng.randrange(2)})
+        elif task == "winogrande":
+            rows.append({"sentence": f"The {words(3)} _ {words(4)}.", "option1": "cat", "option2": "dog",
+                         "answer": rng.choice(["1", "2"])})  # fmt: skip
+        elif task == "lambada_openai":
+            rows.append({"text": words(rng.randint(20, 40))})
+        elif task == "wikitext":
+            rows.append({"page": " = Page = \n " + " . ".join(words(12) for _ in range(rng.randint(4, 8))) + " . \n"})
+    return rows
+
+
+def benchmark_mirror(root: Path, n: int = 6) -> Path:
+    """A mirror of the hub (ROOT/<dataset id>) holding the datasets of lightning-gpt evaluate's tasks, a few items
+    each, under the configs and splits the harness reads (the scored one, and the validation split it also opens
+    where a test split is scored): BLiMP with two paradigms."""
+    blimp = {name: {"train": benchmark_rows("blimp", n, seed)} for seed, name in enumerate(["causative", "passive_1"])}
+    write_hub_configs(root / "nyu-mll" / "blimp", blimp)
+    write_hub_configs(root / "Rowan" / "hellaswag", {"default": {"validation": benchmark_rows("hellaswag", n)}})
+    arc = {"ARC-Easy": {"validation": benchmark_rows("arc_easy", 2, seed=1), "test": benchmark_rows("arc_easy", n)}}
+    write_hub_configs(root / "allenai" / "ai2_arc", arc)
+    write_hub_configs(root / "baber" / "piqa", {"default": {"validation": benchmark_rows("piqa", n)}})
+    write_hub_configs(root / "allenai" / "winogrande",
+                      {"winogrande_xl": {"validation": benchmark_rows("winogrande", n)}})  # fmt: skip
+    lambada = {"default": {"test": benchmark_rows("lambada_openai", n)}}
+    write_hub_configs(root / "EleutherAI" / "lambada_openai", lambada)
+    write_hub_configs(root / "EleutherAI" / "wikitext_document_level",
+                      {"wikitext-2-raw-v1": {"validation": benchmark_rows("wikitext", 2, seed=1),
+                                             "test": benchmark_rows("wikitext", n)}})  # fmt: skip
+    return root
+
+
 # --- DataModules ---------------------------------------------------------------------------------------------------
 
 

@@ -62,6 +62,7 @@ def add_docs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--docs_cache", default=None, help="where the index is cached (default $LIGHTNING_GPT_CACHE/docs)"
     )
+    parser.add_argument("--docs_max_mb", type=float, default=20.0, help="a larger document file is not read")
 
 
 def docs_index(args: argparse.Namespace):
@@ -74,6 +75,8 @@ def docs_index(args: argparse.Namespace):
         return None
     if args.docs_top_k < 1:
         raise UserInputError(f"--docs_top_k must be a positive integer, got {args.docs_top_k}")
+    if not args.docs_max_mb > 0:
+        raise UserInputError(f"--docs_max_mb must be positive, got {args.docs_max_mb}")
     from lightning_gpt.retrieval.index import load_index
 
-    return load_index(args.docs, args.docs_cache)
+    return load_index(args.docs, args.docs_cache, max_bytes=int(args.docs_max_mb * 1_000_000))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -99,17 +99,29 @@ class ChatSession:
         return max(0, self.model.config.block_size - len(prompt))
 
 
+def _stdin_lines() -> Iterator[str | bytes]:
+    """Lines of standard input as text; a line that is not UTF-8 comes as its bytes, for the loop to refuse alone."""
+    for raw in sys.stdin.buffer:
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError:
+            yield raw
+
+
 def run_chat(
     session: ChatSession, lines: Iterable[str] | None = None, interactive: bool = False, err=None, help_text: str = ""
 ) -> None:
     """Reads user messages and commands from `lines` (stdin by default) until /quit or their end (Ctrl+D);
     `help_text` lists the commands (when interactive, and after an unknown one)."""
     err = err or sys.stderr
-    source = iter(lines if lines is not None else sys.stdin)
+    source = iter(lines if lines is not None else _stdin_lines())
 
     def note(message: str) -> None:
         if interactive:
             print(message, file=err, flush=True)
+
+    def problem(message: str) -> None:  # always shown (on stderr, so piped answers stay one per line)
+        print(message, file=err, flush=True)
 
     note(f"Chatting. {help_text}")
     while True:
@@ -123,6 +135,9 @@ def run_chat(
         if line is None:  # end of input (Ctrl+D)
             note("")
             return
+        if isinstance(line, bytes):
+            problem(f"(a line of input is not UTF-8 text, so it was not sent: {line[:40]!r}...)")
+            continue
         text = line.strip()
         command, _, rest = text.partition(" ")
         if command == "/quit":
@@ -137,7 +152,10 @@ def run_chat(
             if not rest.strip():
                 note("(/save needs a file name: /save chat.json)")
             else:
-                note(f"(saved to {session.save(rest.strip())})")
+                try:
+                    note(f"(saved to {session.save(rest.strip())})")
+                except OSError as why:  # the conversation is kept: the user can save it elsewhere
+                    problem(f"(could not save to {rest.strip()}: {why.strerror or why}; the conversation goes on)")
         elif text.startswith("/") and " " not in text:
             note(f"(unknown command {command}; {help_text})")
         elif text:

@@ -14,11 +14,12 @@ Decisions:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
-from lightning_gpt.atomic import atomic_folder
+from lightning_gpt.atomic import atomic_folder, ordinary_mode
 from lightning_gpt.chat import is_chat
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.loading import load_checkpoint
@@ -101,8 +102,7 @@ def generation_config(config: GPTConfig, stop_ids: list[int], bos_id: int):
         temperature=0.8,
         top_k=0,
         top_p=1.0,
-        max_length=config.block_size,
-    )
+    )  # no max_length: with it, every generate(max_new_tokens=...) warns that both are set
 
 
 def check_out_dir(out: str) -> Path:
@@ -135,11 +135,17 @@ def export(ckpt_path: str, out: str, dtype: str = "float32") -> Path:
     chat = is_chat(tokenizer)
     stop_ids = stop_token_ids(tokenizer, chat)
     torch_dtype = DTYPES[dtype]
-    with atomic_folder(path) as build:  # built beside --out, renamed into place when complete
-        config = llama_config(model.config, stop_ids, tokenizer.eot_id, torch_dtype)
-        config.save_pretrained(build)
-        generation_config(model.config, stop_ids, tokenizer.eot_id).save_pretrained(build)
-        weights = hf_state_dict(model, torch_dtype)
-        save_file(weights, str(build / "model.safetensors"), metadata={"format": "pt"})
-        hf_tokenizer(tokenizer, chat, model.config.block_size).save_pretrained(build, save_jinja_files=False)
+    try:
+        with atomic_folder(path) as build:  # built beside --out, renamed into place when complete
+            config = llama_config(model.config, stop_ids, tokenizer.eot_id, torch_dtype)
+            config.save_pretrained(build)
+            generation_config(model.config, stop_ids, tokenizer.eot_id).save_pretrained(build)
+            weights = hf_state_dict(model, torch_dtype)
+            save_file(weights, str(build / "model.safetensors"), metadata={"format": "pt"})
+            os.chmod(build / "model.safetensors", ordinary_mode())  # safetensors writes it private (0600)
+            hf_tokenizer(tokenizer, chat, model.config.block_size).save_pretrained(build, save_jinja_files=False)
+    except OSError as err:  # a read-only or full disk, a folder not ours: one line, not a traceback
+        raise UserInputError(
+            f"--out {out}: cannot write there ({err.strerror or err}: {err.filename}); pass a folder you can write to."
+        ) from None
     return path

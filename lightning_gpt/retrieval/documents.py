@@ -11,10 +11,13 @@ names it and says why; it never stops the others from being read.
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import io
 import logging
 import os
+import re
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,30 +27,112 @@ from lightning_gpt.passages import Chunk
 SUFFIXES = (".txt", ".md", ".csv", ".pdf")
 CHUNK_WORDS = 120  # small enough that a few chunks fit a small model's context beside the conversation
 SNIFF_BYTES = 8192  # a NUL byte this early means a binary file, whatever its name says
+MAX_FILE_BYTES = 20_000_000  # --docs_max_mb's default: a document larger than this is not read
 
 
 class Skipped(Exception):
     """A file that is not read; the message says why."""
 
 
-def document_files(spec: str) -> tuple[list[Path], Path]:
+def document_files(spec: str, note: Callable[[str], None], max_bytes: int = MAX_FILE_BYTES) -> tuple[list[Path], Path]:
     """The files `--docs` names (a folder, searched recursively, a file, or a glob) and the folder their labels
-    are relative to.
+    are relative to. In a folder or a glob, links to folders are never followed (a link to `..` or to itself would
+    loop), and a file is read only when it is a regular file inside the folder no larger than `max_bytes`: each
+    other one (a link out of the folder, a pipe or a device, a huge file) is left out with one line to `note`.
+    Hidden files and folders (.git, .DS_Store) are left out without a word.
 
     Raises:
         UserInputError: when it names nothing.
     """
     path = Path(spec).expanduser()
-    if path.is_dir():  # hidden files and folders (.git, .DS_Store) are not documents: left out without a word
-        found = (p for p in path.rglob("*") if p.is_file() or p.is_symlink())
-        return sorted(p for p in found if not any(part.startswith(".") for part in p.relative_to(path).parts)), path
-    if path.is_file():
+    if path.is_file() and not path.is_dir():  # named by the user: read it, wherever a link leads
         return [path], path.parent
-    matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
-    files = [p for p in matches if not p.is_dir()]
-    if not files:
+    if path.is_dir():
+        root, pattern = path, None
+    else:
+        root, pattern = _glob_root(path), path.as_posix()
+    found = []
+    for candidate in _walk(root):
+        if pattern is not None and not _glob_match(pattern, candidate.as_posix()):
+            continue
+        problem = _refusal(candidate, root, max_bytes)
+        if problem:
+            note(f"--docs: skipped {candidate}: {problem}")
+        else:
+            found.append(candidate)
+    if not found and pattern is not None:
         raise UserInputError(f"--docs {spec}: no such folder or file, and no file matches it as a glob.")
-    return files, Path(os.path.commonpath([p.parent for p in files]))
+    if pattern is not None:
+        root = Path(os.path.commonpath([p.parent for p in found]))
+    return sorted(found), root
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Every entry below `root` that is not a folder; os.walk never descends through a link to a folder (it lists
+    one among the folders, and it is left out). Hidden ones are left out too."""
+    for folder, subfolders, names in os.walk(root, followlinks=False):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        for name in names:
+            if not name.startswith("."):
+                yield Path(folder) / name
+
+
+def _refusal(path: Path, root: Path, max_bytes: int) -> str | None:
+    """Why `path` (found below `root`) is not read, or None."""
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError):  # a dangling or looping link
+        return "a link that leads nowhere"
+    if not target.is_relative_to(root.resolve()):
+        return "a link to a file outside the documents folder"
+    info = target.stat()
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file (a pipe, a device or a socket)"
+    if info.st_size > max_bytes:
+        return f"{info.st_size / 1e6:.1f} MB, larger than --docs_max_mb {max_bytes / 1e6:g}"
+    return None
+
+
+def _glob_root(path: Path) -> Path:
+    """The folder a glob searches: its longest leading part without wildcards."""
+    parts = []
+    for part in path.parts:
+        if glob.has_magic(part):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path(".")
+
+
+def _glob_match(pattern: str, candidate: str) -> bool:
+    """Whether `candidate` matches the glob `pattern`, `**` standing for any number of folders (as glob's
+    recursive mode), `*` and `?` within one name."""
+    return re.fullmatch(_glob_regex(pattern), candidate) is not None
+
+
+@functools.cache
+def _glob_regex(pattern: str) -> str:
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]*/)*")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 1 :]:
+            end = pattern.index("]", i + 1)
+            out.append("[" + pattern[i + 1 : end].replace("!", "^", 1) + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out)
 
 
 def word_chunks(paragraphs: list[tuple[str, int, int]], label: str) -> Iterator[Chunk]:
@@ -84,8 +169,17 @@ def paragraphs(text: str) -> list[tuple[str, int, int]]:
     return found
 
 
+def read_bytes(path: Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The file's bytes, refused when there are more than `max_bytes` (it may have grown since it was listed)."""
+    with open(path, "rb") as file:
+        data = file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise Skipped(f"larger than --docs_max_mb {max_bytes / 1e6:g}")
+    return data
+
+
 def read_text(path: Path) -> str:
-    data = path.read_bytes()
+    data = read_bytes(path)
     if not data.strip():
         raise Skipped("empty")
     if b"\0" in data[:SNIFF_BYTES]:
@@ -115,7 +209,7 @@ def csv_chunks(path: Path, label: str) -> list[Chunk]:
 def pdf_chunks(path: Path, label: str) -> list[Chunk]:
     from pypdf import PdfReader
 
-    if not path.read_bytes().strip():
+    if not read_bytes(path).strip():
         raise Skipped("empty")
     pypdf_log = logging.getLogger("pypdf")
     level = pypdf_log.level

@@ -27,10 +27,10 @@ from lightning_gpt.atomic import atomic_folder, remove_leftovers
 from lightning_gpt.chat import fit_history, render_prompt
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.passages import Chunk, context_turn
-from lightning_gpt.retrieval.documents import document_files, read_documents
+from lightning_gpt.retrieval.documents import MAX_FILE_BYTES, document_files, read_documents
 from lightning_gpt.tokenizer import Tokenizer
 
-CACHE_VERSION = 1  # bump when chunking or the index changes, so that old caches are not read
+CACHE_VERSION = 2  # bump when chunking or the index changes, so that old caches are not read
 MIN_PASSAGE_WORDS = 5  # a passage cut shorter than this says nothing; it is left out instead
 
 
@@ -96,25 +96,34 @@ def default_cache_dir() -> Path:
 
 
 def fingerprint(files: list[Path]) -> str:
-    """Changes when any file is added, removed, resized or modified."""
+    """Changes when any file is added, removed or changed in any byte (a size and a modification time can stay the
+    same through an edit: `cp -p`, `rsync -t`)."""
     entries = []
     for path in files:
         try:
-            stat = path.stat()
-            entries.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+            digest = hashlib.sha256()
+            with open(path, "rb") as file:
+                for block in iter(lambda: file.read(1 << 20), b""):
+                    digest.update(block)
+            entries.append([str(path.resolve()), digest.hexdigest()])
         except OSError:  # unreadable: it is skipped, and still counts, so that fixing it rebuilds the index
-            entries.append([str(path), None, None])
+            entries.append([str(path), None])
     return hashlib.sha256(json.dumps([CACHE_VERSION, entries]).encode()).hexdigest()[:32]
 
 
-def load_index(spec: str, cache_dir: str | Path | None = None, note: Callable[[str], None] = stderr_note):
+def load_index(
+    spec: str,
+    cache_dir: str | Path | None = None,
+    note: Callable[[str], None] = stderr_note,
+    max_bytes: int = MAX_FILE_BYTES,
+):
     """The index of the documents `--docs spec` names, from the cache when no file has changed since it was built.
 
     Raises:
         UserInputError: without the docs extra, or when `spec` names no readable document.
     """
     require_docs_extra()
-    files, root = document_files(spec)
+    files, root = document_files(spec, note, max_bytes)  # the files refused (links out, pipes, huge) said there
     home = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     spec_dir = home / hashlib.sha256(str(Path(spec).expanduser().resolve()).encode()).hexdigest()[:16]
     folder = spec_dir / fingerprint(files)

@@ -10,9 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from fastapi import Request  # here, not in build_app: FastAPI reads the routes' annotations from this module
 
 from lightning_gpt.chat import is_chat, render_prompt
+from lightning_gpt.errors import UserInputError
 from lightning_gpt.model import GPT
 from lightning_gpt.passages import Chunk
 from lightning_gpt.retrieval.index import DocumentIndex, context_prompt
@@ -32,6 +36,8 @@ from lightning_gpt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+DISCONNECT_POLL_S = 0.25  # how often a request without streaming checks that its client is still there
 DEFAULT_ANSWER_TOKENS = 256  # with --docs, the room kept for an answer that asks for no max_tokens, as `chat` keeps
 
 
@@ -44,6 +50,8 @@ def sse(events: AsyncIterator[dict]):
         try:
             async for event in events:
                 yield f"data: {json.dumps(event)}\n\n"
+        except APIError as err:  # e.g. the server is shutting down: the client reads why, then the end
+            yield f"data: {json.dumps(err.body())}\n\n"
         except Exception as err:
             log.exception("generation failed")
             yield f"data: {json.dumps(APIError(f'generation failed: {err}', status=500).body())}\n\n"
@@ -52,20 +60,61 @@ def sse(events: AsyncIterator[dict]):
     return StreamingResponse(lines(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-def build_app(model: GPT, tokenizer: Tokenizer, name: str, index: DocumentIndex | None = None, top_k: int = 3):
-    """The FastAPI application serving `model`; with `index`, chat answers are given the best `top_k` passages of
+async def unless_gone(http, work: Awaitable[T]) -> T:
+    """`work`'s result, or, when the client hangs up first, `work` cancelled (its generation leaves the batch) and
+    ClientGone raised: a request without streaming learns of a disconnect only by asking."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await http.is_disconnected():
+                raise ClientGone
+    finally:
+        task.cancel()
+
+
+class ClientGone(Exception):
+    """The client of a request hung up before its answer was ready."""
+
+
+def build_app(
+    model: GPT,
+    tokenizer: Tokenizer,
+    name: str,
+    index: DocumentIndex | None = None,
+    top_k: int = 3,
+    max_batch: int = 16,
+    max_queue: int = 64,
+):
+    """The FastAPI application serving `model`, `max_batch` requests decoded together and up to `max_queue` more
+    waiting (the engine: `app.state.engine`); with `index`, chat answers are given the best `top_k` passages of
     the documents for the last user message, and list their sources in an extra `sources` field."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException
 
-    engine = Engine(model, tokenizer, name)
+    engine = Engine(model, tokenizer, name, max_batch=max_batch, max_queue=max_queue)
     app = FastAPI(title="lightning-gpt", description="An OpenAI-compatible server over a lightning-gpt checkpoint.")
+    app.state.engine = engine
 
     @app.exception_handler(APIError)
     async def refused(_: Request, err: APIError) -> JSONResponse:
-        return JSONResponse(err.body(), status_code=err.status)
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(ClientGone)
+    async def gone(_: Request, err: ClientGone) -> Response:
+        return Response(status_code=499)  # nobody reads it: nginx's code for a client that closed the request
+
+    async def prompt_of(param: str, render, *args) -> Any:
+        """A prompt rendered off the event loop (a long text takes a while to tokenize), text that is no valid
+        Unicode refused as a 400 naming `param`."""
+        try:
+            return await asyncio.to_thread(render, *args)
+        except UserInputError as err:
+            raise APIError(str(err), param, "invalid_text") from None
 
     @app.exception_handler(RequestValidationError)
     async def malformed(_: Request, err: RequestValidationError) -> JSONResponse:
@@ -89,7 +138,7 @@ def build_app(model: GPT, tokenizer: Tokenizer, name: str, index: DocumentIndex 
         return model_list(name, engine.context)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: ChatCompletionRequest):
+    async def chat_completions(request: ChatCompletionRequest, http: Request):
         if not is_chat(tokenizer):
             raise APIError(
                 f"{name} is a pretrained checkpoint without chat tokens, so it has no chat template; use "
@@ -104,15 +153,14 @@ def build_app(model: GPT, tokenizer: Tokenizer, name: str, index: DocumentIndex 
         max_tokens = request.max_completion_tokens or request.max_tokens
         cited: dict = {}  # the extra field of a served --docs: OpenAI clients ignore it, the web page shows it
         if index is None:
-            prompt = render_prompt(tokenizer, messages)
-        else:
-            # In a worker thread, as the forward steps are: searching and fitting passages keeps the server waiting.
-            prompt, sources = await asyncio.to_thread(with_documents, messages, max_tokens)
+            prompt = await prompt_of("messages", render_prompt, tokenizer, messages)
+        else:  # searching and fitting passages too
+            prompt, sources = await prompt_of("messages", with_documents, messages, max_tokens)
             cited = {"sources": [c.source for c in sources]}
         settings = engine.settings(prompt, request, max_tokens)
         rid = new_id("chatcmpl")
         if not request.stream:
-            answer = await engine.answer(prompt, settings)
+            answer = await unless_gone(http, engine.answer(prompt, settings))
             counts = (len(prompt), len(answer.tokens))
             return {**chat_response(rid, name, answer.text(), answer.finish_reason(), counts), **cited}
 
@@ -139,15 +187,15 @@ def build_app(model: GPT, tokenizer: Tokenizer, name: str, index: DocumentIndex 
         return prompt, used
 
     @app.post("/v1/completions")
-    async def completions(request: CompletionRequest):
+    async def completions(request: CompletionRequest, http: Request):
         text = request.text()
         if not text:
             raise APIError("prompt is empty; give some text to continue.", "prompt")
-        prompt = tokenizer.encode(text)
+        prompt = await prompt_of("prompt", tokenizer.encode, text)
         settings = engine.settings(prompt, request, request.max_tokens)
         rid = new_id("cmpl")
         if not request.stream:
-            answer = await engine.answer(prompt, settings)
+            answer = await unless_gone(http, engine.answer(prompt, settings))
             counts = (len(prompt), len(answer.tokens))
             return completion_response(rid, name, answer.text(), answer.finish_reason(), counts)
 

@@ -250,7 +250,11 @@ class TrainingModule(L.LightningModule):
             raise TrainingStopped(self._nonfinite_message())
         checkpoint["tokens_seen"] = self.tokens_seen
         checkpoint["rng_states"] = collect_rng_states()
-        tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if hasattr(datamodule, "splits"):  # what this stage trained on, for the evaluation card's stage chain
+            checkpoint["data"] = {"class": type(datamodule).__name__, "path": str(datamodule.path),
+                                  "name": datamodule.name, "train_split": datamodule.splits["train"]}  # fmt: skip
+        tokenizer = getattr(datamodule, "tokenizer", None)
         if hasattr(tokenizer, "to_data"):  # plain data: generate, chat and serve rebuild it from the checkpoint alone
             checkpoint["tokenizer"] = tokenizer.to_data()
 

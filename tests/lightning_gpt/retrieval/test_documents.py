@@ -73,7 +73,7 @@ def test_unusable_files_are_skipped_with_one_line_each(tmp_path):
     index = load_index(str(docs), tmp_path / "cache", note=notes.append)
     assert [c.source for c in index.chunks] == ["good.md, lines 1-1"]
     reasons = {"empty.txt": "empty", "binary.txt": "binary", "latin1.txt": "not UTF-8", "photo.png": "not a supported"}
-    reasons |= {"broken.pdf": "not a readable PDF", "gone.txt": "unreadable"}
+    reasons |= {"broken.pdf": "not a readable PDF", "gone.txt": "a link that leads nowhere"}
     assert len(notes) == len(reasons)
     for name, reason in reasons.items():
         (line,) = [n for n in notes if f"{name}:" in n]
