@@ -44,6 +44,7 @@ def test_every_config_parses_alone_and_with_smoke(config, wikitext_dir, ultracha
     assert cli.trainer.accelerator.__class__.__name__ == "CPUAccelerator"
 
 
+@pytest.mark.slow
 def test_checkpoint_hyperparameters_win_over_the_command_line(wikitext_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run(smoke_args("fit", wikitext_dir, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1"))

@@ -99,6 +99,7 @@ class PoisonWeightsAt(L.Callback):
                 pl_module.model.norm.weight[0] = float("nan")
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     wikitext_dir, tmp_path, monkeypatch, capsys
 ):
@@ -118,6 +119,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert not list(checkpoints.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_validate_and_test_get_their_own_runs_and_never_touch_the_fit(wikitext_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     short = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "8"]

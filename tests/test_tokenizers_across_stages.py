@@ -62,6 +62,7 @@ def stages(tmp_path_factory) -> dict:
             "corpus": corpus}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sft_from_a_bpe_pretraining_reads_its_data_with_that_tokenizer_plus_the_chat_tokens(stages):
     _, pretrained = load_checkpoint(stages["pretrain"], device="cpu")
     dm, model = stages["cli"].datamodule, stages["cli"].model
@@ -82,6 +83,7 @@ def test_sft_from_a_bpe_pretraining_reads_its_data_with_that_tokenizer_plus_the_
     assert stored.fingerprint == dm.tokenizer.fingerprint
 
 
+@pytest.mark.slow
 def test_dpo_data_takes_the_sft_checkpoints_tokenizer(stages, tmp_path):
     pairs = preference_folder(tmp_path / "pairs", preference_rows(24, seed=3))
     _, sft_tokenizer = load_checkpoint(stages["sft"], device="cpu")
@@ -92,6 +94,7 @@ def test_dpo_data_takes_the_sft_checkpoints_tokenizer(stages, tmp_path):
     assert cli.datamodule.tokenizer.fingerprint == sft_tokenizer.fingerprint and cli.trainer.global_step == 1
 
 
+@pytest.mark.slow
 def test_a_data_tokenizer_other_than_init_froms_is_refused_before_any_encoding(stages, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         fit("sft_ultrachat.yaml", tmp_path, "--data.path", str(stages["chat_data"]), "--model.init_from",
@@ -103,6 +106,7 @@ def test_a_data_tokenizer_other_than_init_froms_is_refused_before_any_encoding(s
     assert not list((tmp_path / "cache").glob("ultrachat200k-*"))  # refused before the data was encoded
 
 
+@pytest.mark.slow
 def test_chat_data_trains_no_tokenizer_of_its_own(stages):
     for spec in ("char", "bpe-300"):
         with pytest.raises(UserInputError, match=f"--data.tokenizer {spec}: chat data trains no tokenizer"):
@@ -111,6 +115,7 @@ def test_chat_data_trains_no_tokenizer_of_its_own(stages):
         UltraChat200k(path=str(stages["chat_data"]), tokenizer="nope.ckpt")
 
 
+@pytest.mark.slow
 def test_validate_takes_the_tokenizer_of_the_ckpt_path_file(stages, tmp_path):
     cli = run(["validate", "-c", str(CONFIGS / "pretrain_text.yaml"), *SMALL, "--data.path", str(stages["corpus"]),
                "--trainer.logger.init_args.save_dir", str(tmp_path), "--ckpt_path", stages["pretrain"]])  # fmt: skip
@@ -119,6 +124,7 @@ def test_validate_takes_the_tokenizer_of_the_ckpt_path_file(stages, tmp_path):
     assert torch.isfinite(cli.trainer.callback_metrics["val_loss"])
 
 
+@pytest.mark.slow
 def test_text_data_can_take_a_checkpoints_tokenizer(stages, tmp_path):
     corpus = tmp_path / "more"
     corpus.mkdir()
@@ -192,6 +198,7 @@ def test_make_pairs_refuses_a_reward_model_of_another_tokenizer(tmp_path):
         pair_sampling.load_models(args, "cpu")
 
 
+@pytest.mark.slow
 def test_the_checkpoint_alone_rebuilds_the_tokenizer(tmp_path, monkeypatch, capsys):
     from lightning_gpt.cli import run
     from lightning_gpt.loading import load_checkpoint

@@ -5,6 +5,7 @@ import inspect
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from data_modules import ChatMessages, UltraChat200k
@@ -26,6 +27,7 @@ def no_robots_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_no_robots_style_data_trains_through_the_cli_with_loss_on_assistant_tokens_only(tmp_path, monkeypatch):
     folder = write_hub_folder(
         tmp_path / "no_robots", {"train": no_robots_rows(60, 1), "test": no_robots_rows(12, 2)}, config="default"

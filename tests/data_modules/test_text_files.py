@@ -128,6 +128,7 @@ def test_unusable_sources_fail_with_one_clear_error(make, named, tmp_path):
     assert "--data.path" in str(err.value)
 
 
+@pytest.mark.slow
 def test_a_fit_on_a_folder_of_text_files_through_the_cli(tmp_path, monkeypatch):
     folder = text_folder(tmp_path / "corpus", n=30)
     monkeypatch.chdir(tmp_path)

@@ -64,6 +64,7 @@ def test_evaluate_chat_warns_when_fewer_samples_than_asked_are_usable(checkpoint
     assert "fewer than --num_samples 5" in err
 
 
+@pytest.mark.slow
 def test_evaluate_chat_scores_do_not_depend_on_the_batch_size(checkpoints, capsys):
     """Answers up to 60 new tokens in a 64-token context: batched prompts must not share one length budget."""
     scores = set()

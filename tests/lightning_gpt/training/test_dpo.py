@@ -131,6 +131,7 @@ def test_precomputed_reference_log_probabilities_give_the_live_losses(pairs_dir,
 
 
 @pytest.mark.parametrize("stage", ["dpo", "reward"])
+@pytest.mark.slow
 def test_resume_continues_exactly_with_accumulation_and_workers(stage, pairs_dir, tmp_path):
     """DPO (with the reference log-probabilities computed ahead, kept in the checkpoint) and the reward model."""
     init = sft_checkpoint(tmp_path / "sft.ckpt")

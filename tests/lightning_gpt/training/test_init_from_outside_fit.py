@@ -16,6 +16,7 @@ def metrics(cli) -> dict[str, float]:
     return {name: float(value) for name, value in cli.trainer.callback_metrics.items()}
 
 
+@pytest.mark.slow
 def test_dpo_validate_before_training_scores_a_policy_equal_to_its_reference(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
@@ -31,6 +32,7 @@ def test_dpo_validate_before_training_scores_a_policy_equal_to_its_reference(tmp
         assert got[f"{stage}_kl"] == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_sft_validate_with_init_from_equals_validate_with_ckpt_path(ultrachat_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     base = ["-c", SFT, "-c", SMOKE, "--data.path", str(ultrachat_dir), "--data.val_fraction", "0.1"]

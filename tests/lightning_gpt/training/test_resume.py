@@ -27,6 +27,7 @@ class LearningRates(L.Callback):
         self.lrs[trainer.global_step] = trainer.optimizers[0].param_groups[0]["lr"]
 
 
+@pytest.mark.slow
 def test_a_resume_with_more_steps_follows_the_longer_plan(wikitext_dir, tmp_path):
     planned = LearningRates()
     dm = wikitext_data(wikitext_dir)
@@ -55,6 +56,7 @@ class Recorder(L.Callback):
         self.losses[(trainer.current_epoch, batch_idx)] = float(outputs["loss"])
 
 
+@pytest.mark.slow
 def test_a_resume_from_an_end_of_epoch_validation_checkpoint_continues_exactly(wikitext_dir, tmp_path):
     # Lightning's default: validation (and ModelCheckpoint) at each epoch's end; dropout and accumulation on.
     def fit(root, ckpt_path=None):
@@ -97,6 +99,7 @@ def test_a_checkpoint_with_the_old_sequential_schedule_resumes_on_the_closed_for
         assert lr == pytest.approx(expected, rel=1e-12), step
 
 
+@pytest.mark.slow
 def test_sft_resume_continues_exactly(ultrachat_dir, tmp_path):
     def fresh():
         L.seed_everything(0)

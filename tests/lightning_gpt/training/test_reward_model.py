@@ -63,6 +63,7 @@ def sft_ckpt(tmp_path) -> str:
     return save_module(GPTModule(preset="tiny", vocab_size=CHAT_VOCAB, block_size=128), tmp_path / "sft.ckpt")
 
 
+@pytest.mark.slow
 def test_the_reward_config_learns_easy_preferences_and_tests_on_test_prefs(sft_ckpt, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data = preference_folder(tmp_path / "prefs", easy_preferences(80, seed=1), easy_preferences(16, seed=2))
