@@ -19,7 +19,8 @@ def test_chat_answers_each_line_and_reset_forgets(checkpoints, capsys):
 
 
 def test_chat_reads_stdin_when_it_is_not_a_terminal(checkpoints, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello\nHow are you?\n"))
+    # As a pipe is: text over a byte buffer (chat reads the bytes, to refuse a non-UTF-8 line alone).
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"Hello\nHow are you?\n")))
     out = run_main(
         monkeypatch, capsys, "chat", "--ckpt_path", checkpoints["chat"], "--max_new_tokens", "6", "--temperature", "0"
     )
@@ -30,7 +31,7 @@ def test_chat_with_docs_prints_the_sources_after_each_answer(checkpoints, monkey
     pytest.importorskip("bm25s")
     (tmp_path / "keys.md").write_text("The spare key hangs behind the lighthouse door.\n")
     (tmp_path / "notes.txt").write_text("")
-    monkeypatch.setattr(sys, "stdin", io.StringIO("Where is the spare key?\nZzz?\n"))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"Where is the spare key?\nZzz?\n")))
     args = ["chat", "--ckpt_path", checkpoints["chat"], "--max_new_tokens", "6", "--temperature", "0"]
     monkeypatch.setattr(
         sys, "argv", ["lightning-gpt", *args, "--docs", str(tmp_path / "*"), "--docs_cache", str(tmp_path / "c")]
