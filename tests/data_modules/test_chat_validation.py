@@ -108,7 +108,10 @@ def test_fit_and_validate_never_read_test_sft_and_test_does(ultrachat_dir):
 
 
 def test_the_sft_config_holds_out_validation_and_tests_on_test_sft(ultrachat_dir):
-    cli = parse_only(["-c", SFT, "--trainer.accelerator", "cpu", "--data.path", str(ultrachat_dir)])
+    # The data section as the config has it; a tiny model, since building gpt2-124m's weights costs seconds.
+    cli = parse_only(
+        ["-c", SFT, "--trainer.accelerator", "cpu", "--model.preset", "tiny", "--data.path", str(ultrachat_dir)]
+    )
     assert cli.datamodule.splits == {"train": "train_sft", "val": "train_sft", "test": "test_sft"}
     assert cli.datamodule.holds_out and cli.datamodule.val_fraction == 0.01
 
