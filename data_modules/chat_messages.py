@@ -71,7 +71,7 @@ def sample_batches(lengths: np.ndarray, batch_size: int, batches: int, seed: int
 
 
 # Batch widths are rounded up to a multiple of this: tensor-core friendly shapes, and few distinct ones for a compiled
-# model (with dynamic shapes it compiles 2 graphs whatever the widths; tests/test_compile.py counts them).
+# model (with dynamic shapes it compiles 2 graphs whatever the widths; tests/lightning_gpt/test_compile.py counts them).
 WIDTH_MULTIPLE = 64
 
 

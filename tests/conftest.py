@@ -1,19 +1,50 @@
-"""Shared fixtures: every test runs offline, on the CPU, with its own caches, on data it makes itself."""
+"""Shared fixtures and builders: every test runs offline, on the CPU, with its own caches, on data it makes itself.
+
+The builders here are the only code tests share: no test module imports another. Sections: the environment, paths,
+data folders, DataModules, modules and Trainers, the command line, TensorBoard, and the checkpoints several test
+files read (built once per session).
+"""
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 from pathlib import Path
 
+import lightning as L
+import numpy as np
 import pytest
 import torch
 
-REAL_HUB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hub"
+from lightning_gpt.chat import chat_tokenizer
 
-WORDS = [
-    *("the", "cat", "dog", "sat", "ran", "on", "under", "a", "mat", "rug"),
-    *("big", "small", "red", "blue", "and", "then", "slept", "ate", "fish"),
-]
+# --- paths --------------------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+PRETRAIN = str(CONFIGS / "pretrain_wikitext103.yaml")
+SFT = str(CONFIGS / "sft_ultrachat.yaml")
+SMOKE = str(CONFIGS / "smoke.yaml")
+DPO = str(CONFIGS / "dpo_ultrafeedback.yaml")
+REWARD = str(CONFIGS / "reward_ultrafeedback.yaml")
+REAL_HUB = REPO.parent / "shared" / "data" / "hub"
+
+
+# --- the environment ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline_session(tmp_path_factory):
+    """The session fixtures (checkpoints trained once) run offline and away from the user's caches too."""
+    with pytest.MonkeyPatch.context() as patch:
+        hf = tmp_path_factory.mktemp("hf-session")
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setenv("HF_DATASETS_OFFLINE", "1")
+        patch.setenv("HF_HOME", str(hf))
+        patch.setenv("HF_DATASETS_CACHE", str(hf / "datasets"))
+        patch.setenv("LIGHTNING_GPT_CACHE", str(tmp_path_factory.mktemp("lgcache-session")))
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -25,6 +56,14 @@ def _offline_and_isolated(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(hf / "datasets"))
     monkeypatch.setenv("LIGHTNING_GPT_CACHE", str(tmp_path_factory.mktemp("lgcache")))
     torch.manual_seed(0)
+
+
+# --- data folders -------------------------------------------------------------------------------------------------
+
+WORDS = [
+    *("the", "cat", "dog", "sat", "ran", "on", "under", "a", "mat", "rug"),
+    *("big", "small", "red", "blue", "and", "then", "slept", "ate", "fish"),
+]
 
 
 def synthetic_articles(n_articles: int, sentences: int = 12, seed: int = 0) -> list[list[str]]:
@@ -126,12 +165,6 @@ def text_folder(root: Path, n: int = 30, seed: int = 0) -> Path:
     return root
 
 
-def save_module(module, path) -> str:
-    """What a checkpoint of `lightning-gpt fit` holds and what loading it reads: the weights and the settings."""
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
-    return str(path)
-
-
 def squad_rows(n_articles: int, seed: int = 0, questions: int = 3) -> list[dict]:
     """SQuAD-style rows: a passage per article of made-up words, each asked `questions` questions whose answer is
     a word planted in it."""
@@ -161,13 +194,76 @@ def squad_folder(root: Path) -> Path:
     )
 
 
-def command(name: str, argv: list[str], **kwargs):
-    """Runs `lightning-gpt NAME ARGV...` in this process, as the console script does (its argument parser, then the
-    command), and returns what the command returns; keyword arguments go to its run (e.g. chat's `lines`)."""
-    from lightning_gpt.__main__ import command_parser
+def sentence(rng: random.Random, k: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(k)).capitalize() + "."
 
-    module, parser = command_parser(name)
-    return module.run(parser.parse_args(argv), **kwargs)
+
+def turn(role: str, content) -> dict:
+    return {"role": role, "content": content}
+
+
+def pair_row(prompt_id: str, prompt: list[dict], chosen: str, rejected: str, scores=(8.0, 5.0)) -> dict:
+    return {
+        "prompt": prompt[-1]["content"],
+        "prompt_id": prompt_id,
+        "chosen": [*prompt, turn("assistant", chosen)],
+        "rejected": [*prompt, turn("assistant", rejected)],
+        "messages": [*prompt, turn("assistant", chosen)],
+        "score_chosen": float(scores[0]),
+        "score_rejected": float(scores[1]),
+    }
+
+
+def preference_rows(n: int, seed: int = 0, ties_every: int = 0, system: bool = False) -> list[dict]:
+    """UltraFeedback-style rows: one user turn (after a system turn if asked), two different answers, scores; every
+    `ties_every`-th row a tie."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        prompt = [turn("system", "Be brief.")] if system else []
+        prompt.append(turn("user", sentence(rng, rng.randint(4, 9))))
+        chosen, rejected = sentence(rng, rng.randint(3, 10)), sentence(rng, rng.randint(3, 10))
+        rejected = rejected if rejected != chosen else rejected + " No."
+        score = rng.randint(6, 10)
+        tie = ties_every and i % ties_every == 0
+        rows.append(pair_row(f"{seed}-{i}", prompt, chosen, rejected, (score, score if tie else score - 2)))
+    return rows
+
+
+def preference_folder(root, train: list[dict], test: list[dict] | None = None):
+    """An UltraFeedback-like folder: the rows as train_prefs, and as test_prefs `test` (else the first 8)."""
+    return write_hub_folder(root, {"train_prefs": train, "test_prefs": test or train[:8]}, config="default")
+
+
+def unicode_corpus(folder: Path) -> Path:
+    """24 text files mixing Latin, Cyrillic, CJK and emoji: corpora for trained tokenizers."""
+    folder.mkdir()
+    for i in range(24):
+        (folder / f"doc{i}.txt").write_text(f"Document {i}: Привет, мир! 你好 😀. " * 12, encoding="utf-8")
+    return folder
+
+
+FACT = "The keeper of the northern lighthouse hides the spare key under the green barrel."
+
+QUESTION = "Where does the lighthouse keeper hide the spare key?"
+
+
+def filler(words: int, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    return " ".join(rng.choice(WORDS, words)) + "."
+
+
+def planted_folder(root):
+    """30 notes of made-up words, and one file of several chunks where one paragraph holds FACT."""
+    text_folder(root)
+    paragraphs = [filler(50, seed) for seed in range(6)]
+    paragraphs[4] = FACT
+    (root / "facts").mkdir()
+    (root / "facts" / "lighthouse.txt").write_text("\n\n".join(paragraphs) + "\n")
+    return root
+
+
+# --- benchmark data (lightning-gpt evaluate) --------------------------------------------------------------------------
 
 
 def write_hub_configs(root: Path, configs: dict[str, dict[str, list[dict]]]) -> Path:
@@ -242,12 +338,269 @@ def benchmark_mirror(root: Path, n: int = 6) -> Path:
     return root
 
 
-def preference_rows(n: int, seed: int = 0) -> list[dict]:
-    """UltraFeedback-style rows: a one-turn prompt, its id, and a chosen and a rejected conversation."""
-    rows = []
-    for i, conversation in enumerate(synthetic_conversations(n, seed=seed, turns=1)):
-        user, answer = conversation["messages"]
-        rows.append({"prompt": user["content"], "prompt_id": f"p{i}", "chosen": [user, answer],
-                     "rejected": [user, {"role": "assistant", "content": "No."}], "messages": [user, answer],
-                     "score_chosen": 8.0, "score_rejected": 2.0})  # fmt: skip
-    return rows
+# --- DataModules ---------------------------------------------------------------------------------------------------
+
+
+def wikitext_data(path, **overrides):
+    """WikiText103 over a made-up folder: windows of 16 tokens, batches of 4, no worker processes."""
+    from data_modules import WikiText103
+
+    return WikiText103(path=str(path), **{"block_size": 16, "batch_size": 4, "num_workers": 0, "seed": 7, **overrides})
+
+
+def chat_data(path, **overrides):
+    """UltraChat200k over a made-up folder: 64-token conversations, batches of 8."""
+    from data_modules import UltraChat200k
+
+    args = {"block_size": 64, "batch_size": 8, "eval_batch_size": 8, "num_workers": 0, "seed": 5}
+    return UltraChat200k(path=str(path), **{**args, **overrides})
+
+
+def pref_data(path, **overrides):
+    """UltraFeedback over a made-up folder: 64-token pairs, batches of 4 pairs."""
+    from data_modules import UltraFeedback
+
+    args = {"block_size": 64, "batch_size": 4, "eval_batch_size": 4, "num_workers": 0, "seed": 5}
+    return UltraFeedback(path=str(path), **{**args, **overrides})
+
+
+# --- modules and Trainers ------------------------------------------------------------------------------------------
+
+
+def tiny_module(dm, **overrides):
+    """A one-layer GPTModule for the DataModule's vocabulary and context."""
+    from lightning_gpt.training.language_model import GPTModule
+
+    args = {
+        "preset": "tiny",
+        "vocab_size": dm.vocab_size,
+        "block_size": dm.block_size,
+        "n_layer": 1,
+        "n_embd": 32,
+        "learning_rate": 1e-2,
+        "warmup_steps": 2,
+    }
+    return GPTModule(**{**args, **overrides})
+
+
+def trainer(tmp_path, max_steps, callbacks=(), **overrides) -> L.Trainer:
+    """A quiet CPU Trainer: no logger, progress bar, checkpoints or validation unless asked."""
+    args = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_steps": max_steps,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+        "default_root_dir": tmp_path,
+    }
+    return L.Trainer(**{**args, **overrides}, callbacks=list(callbacks))
+
+
+class LossRecorder(L.Callback):
+    """The loss of every training batch, in order."""
+
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+class StopAt(L.Callback):
+    """Ends a run after `step` optimizer steps, like a crash would (the schedule still plans for max_steps)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        trainer.should_stop = trainer.global_step >= self.step
+
+
+# A tiny chat model's settings: GPT-2's vocabulary plus the 4 chat tokens.
+TINY_CHAT = {"preset": "tiny", "vocab_size": chat_tokenizer().vocab_size, "block_size": 64, "n_layer": 1, "n_embd": 32}
+
+
+def save_module(module, path) -> str:
+    """What a checkpoint of `lightning-gpt fit` holds and what loading it reads: the weights and the settings."""
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return str(path)
+
+
+# --- the command line ----------------------------------------------------------------------------------------------
+
+
+def command(name: str, argv: list[str], **kwargs):
+    """Runs `lightning-gpt NAME ARGV...` in this process, as the console script does (its argument parser, then the
+    command), and returns what the command returns; keyword arguments go to its run (e.g. chat's `lines`)."""
+    from lightning_gpt.__main__ import command_parser
+
+    module, parser = command_parser(name)
+    return module.run(parser.parse_args(argv), **kwargs)
+
+
+def run_main(monkeypatch, capsys, *argv) -> str:
+    """Runs `lightning-gpt ARGV...` through the console script's main() and returns what it printed."""
+    from lightning_gpt.__main__ import main
+
+    monkeypatch.setattr(sys, "argv", ["lightning-gpt", *argv])
+    main()
+    return capsys.readouterr().out
+
+
+def parse_only(args):
+    """The LightningCLI built from `args` without running anything; a user error fails the test with its message."""
+    from lightning_gpt.cli import build_cli
+    from lightning_gpt.errors import UserInputError
+
+    try:
+        return build_cli(args, run=False)
+    except UserInputError as err:  # run() turns these into one line and exit code 2
+        pytest.fail(str(err))
+
+
+# --- serving -------------------------------------------------------------------------------------------------------
+
+CONVERSATION = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Name a colour."},
+    {"role": "assistant", "content": "Red."},
+    {"role": "user", "content": "Another one?"},
+]
+
+
+def serving_checkpoints(root: Path, kinds=("chat", "plain", "docs")) -> dict[str, str]:
+    """Tiny random models for `serve` and `web`, saved as fit saves them: {kind: path}. "chat" (64-token context) and
+    "docs" (96 tokens: room for passages) have the chat vocabulary, "plain" GPT-2's. Built in this order from one
+    seed, so a kind has the same weights whichever others are asked for."""
+    from lightning_gpt.training.language_model import GPTModule
+
+    torch.manual_seed(0)
+    shapes = {
+        "chat": (chat_tokenizer().vocab_size, 64),
+        "plain": (50257, 64),
+        "docs": (chat_tokenizer().vocab_size, 96),
+    }
+    paths = {}
+    for kind in [k for k in shapes if k in kinds]:
+        vocab, block_size = shapes[kind]
+        module = GPTModule(preset="tiny", vocab_size=vocab, block_size=block_size, n_layer=1, n_embd=32)
+        with torch.no_grad():  # at the usual small init, greedy decoding repeats the last token whatever the prompt
+            for name, weight in module.named_parameters():
+                if weight.dim() == 2 and "emb" not in name:
+                    weight.normal_(0, 0.2)
+        paths[kind] = save_module(module, root / f"{kind}.ckpt")
+    return paths
+
+
+def write_docs(folder: Path) -> Path:
+    """Three documents about a spare key; the log is the best match and too long to fit the context whole."""
+    folder.mkdir()
+    (folder / "keys.md").write_text("The spare key hangs behind the lighthouse door.\n\nRed mats are dry.\n")
+    (folder / "stock.csv").write_text("item,shelf\nblue rug,B7\nspare key,C3\n")
+    log = " ".join(
+        f"Day {i}: the spare key was where it should be, the keeper checked the spare key." for i in range(9)
+    )
+    (folder / "log.txt").write_text(log + "\n")
+    return folder
+
+
+# --- TensorBoard ---------------------------------------------------------------------------------------------------
+
+
+def scalars(folder: Path, metric: str) -> dict[int, float]:
+    """step -> value of a logged metric in TensorBoard, over every event file in `folder` (a resumed run writes a
+    second). Looked up by the tag the project's TensorBoard logger gives the metric (`val_loss` -> `loss/val`)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lightning_gpt.training.tensorboard import tensorboard_tag
+
+    tag, values = tensorboard_tag(metric), {}
+    for events in sorted(folder.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            values.update({e.step: e.value for e in accumulator.Scalars(tag)})
+    return values
+
+
+# --- checkpoint files ---------------------------------------------------------------------------------------------
+
+
+def small_checkpoint(step: int = 0) -> dict:
+    """A checkpoint-shaped dict of weights, a step and hyperparameters (with a tuple, as fit writes betas)."""
+    return {
+        "state_dict": {"model.w": torch.arange(1000, dtype=torch.float32) + step, "model.b": torch.zeros(3, 3)},
+        "global_step": step,
+        "hyper_parameters": {"preset": "tiny", "betas": (0.9, 0.95), "init_from": None},
+    }
+
+
+def temp_files(folder: Path) -> list[str]:
+    """The temporary files of unfinished atomic saves in `folder`."""
+    return sorted(p.name for p in folder.glob(".*.tmp"))
+
+
+def dead_pid() -> int:
+    """A pid no process has: above the largest that Linux (2**22) or macOS (99,999) hands out. Cheaper than
+    starting and reaping a process, and no later process can take it."""
+    return 2**22 + 1
+
+
+def live_temp_file(folder: Path, name: str = "last.ckpt") -> Path:
+    """A temp file named as a save of this (live) test process writes it."""
+    from lightning_gpt.atomic import HOST
+
+    path = folder / f".{name}.{HOST}-{os.getpid()}.0123abcd.tmp"
+    path.write_bytes(b"half a checkpoint")
+    return path
+
+
+# --- checkpoints several test files read, trained once per session ------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict:
+    """A pretraining and a chat checkpoint of tiny models, trained a few steps on made-up data: {"pretrain",
+    "chat" (paths), "chat_data" (the chat folder; its test_sft is synthetic_conversations(12, seed=2))}."""
+    from data_modules import UltraChat200k, WikiText103
+
+    torch.manual_seed(0)  # the same weights every run: tests compare generated text (a session fixture runs unseeded)
+    root = tmp_path_factory.mktemp("ckpts")
+    wiki = wikitext_folder(root / "wiki")
+    chat = write_hub_folder(
+        root / "chat",
+        {"train_sft": synthetic_conversations(60, seed=1), "test_sft": synthetic_conversations(12, seed=2)},
+        config="default",
+    )
+    paths = {"chat_data": str(chat)}
+    for name, dm in (
+        (
+            "pretrain",
+            WikiText103(path=str(wiki), block_size=64, batch_size=4, num_workers=0, cache_dir=str(root / "c")),
+        ),
+        ("chat", UltraChat200k(path=str(chat), block_size=64, batch_size=4, num_workers=0, cache_dir=str(root / "c"))),
+    ):
+        run = trainer(root / name, 5)
+        run.fit(tiny_module(dm), dm)
+        run.save_checkpoint(root / f"{name}.ckpt")
+        paths[name] = str(root / f"{name}.ckpt")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def pretrain_ckpt(tmp_path_factory) -> str:
+    """A real pretraining checkpoint: a tiny model fitted for 30 steps on the WikiText-like corpus."""
+    torch.manual_seed(0)  # the same weights every run (a session fixture runs unseeded)
+    root = tmp_path_factory.mktemp("pretrain")
+    folder = wikitext_folder(root / "wikitext")
+    from data_modules import WikiText103
+
+    dm = WikiText103(path=str(folder), block_size=64, batch_size=4, num_workers=0, cache_dir=str(root / "cache"))
+    run = trainer(root, 30)
+    run.fit(tiny_module(dm), dm)
+    run.save_checkpoint(root / "pretrain.ckpt")
+    return str(root / "pretrain.ckpt")

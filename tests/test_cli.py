@@ -1,32 +1,26 @@
 """The command line, run in-process (LightningCLI with args=...), as a user types it."""
 
-from pathlib import Path
-
 import pytest
 import torch
 import yaml
 
-from lightning_gpt.cli import build_cli, run
-from lightning_gpt.errors import UserInputError
-from tests.conftest import squad_folder, text_folder
+from lightning_gpt.cli import run
+from tests.conftest import (
+    CONFIGS,
+    PRETRAIN,
+    SMOKE,
+    parse_only,
+    preference_folder,
+    preference_rows,
+    squad_folder,
+    text_folder,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
-PRETRAIN = str(CONFIGS / "pretrain_wikitext103.yaml")
-SMOKE = str(CONFIGS / "smoke.yaml")
-SFT = str(CONFIGS / "sft_ultrachat.yaml")
 SHORT = ["--trainer.max_steps", "6", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "2"]
 
 
 def smoke_args(command, data_dir, *extra):
     return [command, "-c", PRETRAIN, "-c", SMOKE, "--data.path", str(data_dir), *extra]
-
-
-def parse_only(args):
-    try:
-        return build_cli(args, run=False)
-    except UserInputError as err:  # run() turns these into one line and exit code 2
-        pytest.fail(str(err))
 
 
 # Overrides, not runs: smoke.yaml is composed below; the multi-GPU ones are tested in tests/test_multi_gpu_configs.py.
@@ -35,10 +29,8 @@ OVERRIDES = {"smoke.yaml", "multi_gpu.yaml", "fsdp.yaml"}
 
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in OVERRIDES))
 def test_every_config_parses_alone_and_with_smoke(config, wikitext_dir, ultrachat_dir, tmp_path):
-    from tests.test_ultrafeedback import folder, preference_rows  # here: that module imports this one
-
     if "ultrafeedback" in config:  # preference pairs (reward model, DPO)
-        data_dir = folder(tmp_path / "ultrafeedback", preference_rows(24))
+        data_dir = preference_folder(tmp_path / "ultrafeedback", preference_rows(24))
     elif "text" in config:  # your own text files
         data_dir = text_folder(tmp_path / "text", n=4)
     elif "context" in config:  # questions over passages (SQuAD's columns)
@@ -52,6 +44,7 @@ def test_every_config_parses_alone_and_with_smoke(config, wikitext_dir, ultracha
     assert cli.trainer.accelerator.__class__.__name__ == "CPUAccelerator"
 
 
+@pytest.mark.slow
 def test_checkpoint_hyperparameters_win_over_the_command_line(wikitext_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run(smoke_args("fit", wikitext_dir, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1"))

@@ -176,3 +176,59 @@ def test_the_commands_that_use_checkpoints_never_import_lightning(tmp_path):
     done = subprocess.run([sys.executable, "-c", _NO_LIGHTNING, ckpt], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+# --- the tests' own layout -----------------------------------------------------------------------------------------
+
+# Tests of no one module (the command line, the real configs, the layout, the GPU suite) stay at tests/ top.
+CROSS_CUTTING = {
+    "test_cli.py",
+    "test_layout.py",
+    "test_real_configs.py",
+    "test_multi_gpu_configs.py",
+    "test_gpu_suite.py",
+    "test_tokenizers_across_stages.py",
+}
+
+
+def misplaced_tests(root: Path = REPO) -> list[str]:
+    """What breaks the tests' layout under `root`: a test module flat in tests/ (not cross-cutting), a test folder
+    that mirrors no package folder, a test module that imports another (shared builders belong in a conftest.py)."""
+    tests, problems = root / "tests", []
+    for path in sorted(tests.rglob("test_*.py")):
+        where = path.relative_to(tests)
+        if len(where.parts) == 1 and where.name not in CROSS_CUTTING:
+            problems.append(f"tests/{where} is flat: move it to the folder that mirrors the module it tests")
+        if len(where.parts) > 1 and not (root / where.parent).is_dir():
+            problems.append(f"tests/{where.parent} mirrors no package folder")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            if any(name.startswith("tests.") and name.rsplit(".", 1)[-1].startswith("test_") for name in names):
+                problems.append(f"tests/{where} imports a test module")
+    return problems
+
+
+def test_the_tests_mirror_the_package_and_no_test_module_imports_another():
+    assert misplaced_tests() == []
+
+
+def test_the_tests_layout_checker_sees_a_flat_file_a_stray_folder_and_a_test_import(tmp_path):
+    files = {
+        "lightning_gpt/serving/app.py": "",
+        "tests/lightning_gpt/serving/test_app.py": "from tests.conftest import REPO\n",
+        "tests/test_app_edges.py": "",
+        "tests/lightning_gpt/servers/test_web.py": "def f():\n    from tests.lightning_gpt.serving import test_app\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert misplaced_tests(tmp_path) == [
+        "tests/lightning_gpt/servers mirrors no package folder",
+        "tests/lightning_gpt/servers/test_web.py imports a test module",
+        "tests/test_app_edges.py is flat: move it to the folder that mirrors the module it tests",
+    ]

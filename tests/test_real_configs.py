@@ -15,11 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lightning_gpt.cli import run
 from lightning_gpt.training.checkpoint_plugin import SafeCheckpointIO
-from lightning_gpt.training.tensorboard import tensorboard_tag
+from tests.conftest import PRETRAIN, REPO, SFT, scalars
 
-REPO = Path(__file__).resolve().parents[1]
-PRETRAIN = str(REPO / "configs" / "pretrain_wikitext103.yaml")
-SFT = str(REPO / "configs" / "sft_ultrachat.yaml")
 # What a CPU needs and nothing more: dropout 0.1, accumulate_grad_batches 4, workers, every callback and the
 # TensorBoard logger stay as the config has them. 24 steps of 4 x 2 windows of 64 tokens cross two epochs.
 CPU = [
@@ -33,18 +30,6 @@ CPU = [
 def pretrain(data_dir, version, *extra):
     return ["fit", "-c", PRETRAIN, "--data.path", str(data_dir), *CPU, "--trainer.logger.init_args.version", version,
             *extra]  # fmt: skip
-
-
-def scalars(folder: Path, metric: str) -> dict[int, float]:
-    """step -> value of a logged metric in TensorBoard, over every event file in `folder` (a resumed run writes a
-    second). Looked up by the tag the project's TensorBoard logger gives the metric (`val_loss` -> `loss/val`)."""
-    tag, values = tensorboard_tag(metric), {}
-    for events in sorted(folder.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
-        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        accumulator.Reload()
-        if tag in accumulator.Tags()["scalars"]:
-            values.update({e.step: e.value for e in accumulator.Scalars(tag)})
-    return values
 
 
 def scalar_tags(folder: Path) -> set[str]:
@@ -114,6 +99,7 @@ class PoisonWeightsAt(L.Callback):
                 pl_module.model.norm.weight[0] = float("nan")
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     wikitext_dir, tmp_path, monkeypatch, capsys
 ):
@@ -133,6 +119,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert not list(checkpoints.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_validate_and_test_get_their_own_runs_and_never_touch_the_fit(wikitext_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     short = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "8"]
@@ -282,6 +269,7 @@ class SigtermAt(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+@pytest.mark.slow
 def test_a_sigterm_before_a_validation_step_keeps_that_validation(wikitext_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     short = ["--trainer.max_steps", "8"]  # validation after steps 4 and 8

@@ -16,11 +16,16 @@ from lightning_gpt.loading import load_checkpoint
 from lightning_gpt.model import GPT
 from lightning_gpt.tokenizer import BPETokenizer, extends, train_tokenizer
 from lightning_gpt.training.language_model import GPTModule
-from tests.conftest import WORDS, synthetic_conversations, write_hub_folder
-from tests.test_ultrafeedback import folder as preference_folder
-from tests.test_ultrafeedback import preference_rows
+from tests.conftest import (
+    CONFIGS,
+    WORDS,
+    preference_folder,
+    preference_rows,
+    synthetic_conversations,
+    unicode_corpus,
+    write_hub_folder,
+)
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TEXT = "Hello, world! Привет, мир! 你好，世界！ 😀🚀 the cat sat on the mat.\n"
 # The real configs shrunk in size only: their accumulation (4 or 2 batches a step), dropout and worker processes
 # (2, as on a small machine) stay, so one step with a validation after 4 batches.
@@ -36,7 +41,7 @@ def fit(config: str, root: Path, *extra: str):
     return run(["fit", "-c", str(CONFIGS / config), *SMALL, "--trainer.logger.init_args.save_dir", str(root), *extra])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stages(tmp_path_factory) -> dict:
     """A bpe-2000 pretraining on a little text (too little for 2,000 ids: it learns fewer), then SFT from it with
     --data.tokenizer unset. {"root", "pretrain", "sft" (checkpoint paths), "cli" (the SFT run), "chat_data",
@@ -57,6 +62,7 @@ def stages(tmp_path_factory) -> dict:
             "corpus": corpus}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sft_from_a_bpe_pretraining_reads_its_data_with_that_tokenizer_plus_the_chat_tokens(stages):
     _, pretrained = load_checkpoint(stages["pretrain"], device="cpu")
     dm, model = stages["cli"].datamodule, stages["cli"].model
@@ -77,6 +83,7 @@ def test_sft_from_a_bpe_pretraining_reads_its_data_with_that_tokenizer_plus_the_
     assert stored.fingerprint == dm.tokenizer.fingerprint
 
 
+@pytest.mark.slow
 def test_dpo_data_takes_the_sft_checkpoints_tokenizer(stages, tmp_path):
     pairs = preference_folder(tmp_path / "pairs", preference_rows(24, seed=3))
     _, sft_tokenizer = load_checkpoint(stages["sft"], device="cpu")
@@ -87,6 +94,7 @@ def test_dpo_data_takes_the_sft_checkpoints_tokenizer(stages, tmp_path):
     assert cli.datamodule.tokenizer.fingerprint == sft_tokenizer.fingerprint and cli.trainer.global_step == 1
 
 
+@pytest.mark.slow
 def test_a_data_tokenizer_other_than_init_froms_is_refused_before_any_encoding(stages, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         fit("sft_ultrachat.yaml", tmp_path, "--data.path", str(stages["chat_data"]), "--model.init_from",
@@ -98,6 +106,7 @@ def test_a_data_tokenizer_other_than_init_froms_is_refused_before_any_encoding(s
     assert not list((tmp_path / "cache").glob("ultrachat200k-*"))  # refused before the data was encoded
 
 
+@pytest.mark.slow
 def test_chat_data_trains_no_tokenizer_of_its_own(stages):
     for spec in ("char", "bpe-300"):
         with pytest.raises(UserInputError, match=f"--data.tokenizer {spec}: chat data trains no tokenizer"):
@@ -106,6 +115,7 @@ def test_chat_data_trains_no_tokenizer_of_its_own(stages):
         UltraChat200k(path=str(stages["chat_data"]), tokenizer="nope.ckpt")
 
 
+@pytest.mark.slow
 def test_validate_takes_the_tokenizer_of_the_ckpt_path_file(stages, tmp_path):
     cli = run(["validate", "-c", str(CONFIGS / "pretrain_text.yaml"), *SMALL, "--data.path", str(stages["corpus"]),
                "--trainer.logger.init_args.save_dir", str(tmp_path), "--ckpt_path", stages["pretrain"]])  # fmt: skip
@@ -114,6 +124,7 @@ def test_validate_takes_the_tokenizer_of_the_ckpt_path_file(stages, tmp_path):
     assert torch.isfinite(cli.trainer.callback_metrics["val_loss"])
 
 
+@pytest.mark.slow
 def test_text_data_can_take_a_checkpoints_tokenizer(stages, tmp_path):
     corpus = tmp_path / "more"
     corpus.mkdir()
@@ -185,3 +196,32 @@ def test_make_pairs_refuses_a_reward_model_of_another_tokenizer(tmp_path):
     args = command_parser("make-pairs")[1].parse_args(flags)
     with pytest.raises(UserInputError, match=r"--reward_ckpt .* was trained with bpe .* --ckpt_path .* with gpt2"):
         pair_sampling.load_models(args, "cpu")
+
+
+@pytest.mark.slow
+def test_the_checkpoint_alone_rebuilds_the_tokenizer(tmp_path, monkeypatch, capsys):
+    from lightning_gpt.cli import run
+    from lightning_gpt.loading import load_checkpoint
+    from tests.conftest import command
+
+    corpus = unicode_corpus(tmp_path / "corpus")
+    monkeypatch.chdir(tmp_path)
+    cli = run(
+        [
+            *("fit", "-c", str(CONFIGS / "pretrain_text.yaml"), "-c", str(CONFIGS / "smoke.yaml")),
+            *("--data.path", str(corpus), "--data.tokenizer", "char", "--data.cache_dir", str(tmp_path / "cache")),
+            *("--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--model.block_size", "32"),
+        ]
+    )
+    dm = cli.datamodule
+    assert cli.model.model.config.vocab_size >= dm.tokenizer.vocab_size == dm.vocab_size
+    assert "val_bpb" in cli.trainer.callback_metrics  # bytes counted from the text: comparable across tokenizers
+    (ckpt,) = tmp_path.glob("runs/**/last.ckpt")
+    for path in (tmp_path / "cache").iterdir():  # nothing but the checkpoint
+        path.unlink() if path.is_file() else None
+    _, tokenizer = load_checkpoint(str(ckpt), device="cpu")
+    text = (corpus / "doc3.txt").read_text(encoding="utf-8")
+    assert type(tokenizer).__name__ == "CharTokenizer" and tokenizer.decode(tokenizer.encode(text)) == text
+    capsys.readouterr()
+    command("generate", ["--ckpt_path", str(ckpt), "--prompt", "Привет", "--max_new_tokens", "5", "--device", "cpu"])
+    assert capsys.readouterr().out.startswith("Привет")
