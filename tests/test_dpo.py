@@ -274,7 +274,8 @@ def test_the_dpo_config_with_the_smoke_overlay_trains_logs_and_writes_a_chat_che
     cli = run([*args, *short, "--trainer.val_check_interval", "8", "--trainer.log_every_n_steps", "2"])
     assert isinstance(cli.model, DPOModule) and cli.trainer.global_step == 8
     events = tmp_path / "runs" / "dpo_ultrafeedback" / "smoke"
-    for tag in ("train_loss", "rewards/chosen", "rewards/margins", "rewards/accuracies", "logps/rejected", "train_kl"):
+    tags = ("train_rewards/chosen", "train_rewards/margins", "train_rewards/accuracies", "train_logps/rejected")
+    for tag in ("train_loss", *tags, "train_kl"):
         assert sorted(scalars(events, tag)) == [1, 3, 5, 7], tag
     assert scalars(events, "train_loss")[1] == pytest.approx(math.log(2), abs=0.02)  # the first step's pairs
     validations = ("val_loss", "val_rewards/accuracies", "val_logps/chosen", "val_entropy", "val_kl", "train_eval_loss")

@@ -137,3 +137,72 @@ def test_quickstart_runs_from_a_fresh_copy_offline(tmp_path):
     for _, stdout, stderr in outputs:
         assert "\ufffd" not in stdout
         assert "Warning:" not in stderr and "site-packages" not in stderr  # no raw Python warnings
+
+
+SAMPLES = {  # folder: (config name, {split: rows}), as lightning_gpt/sample_data/README.md states them
+    "Salesforce/wikitext": ("wikitext-103-raw-v1", {"train": 1019, "validation": 554}),
+    "HuggingFaceH4/ultrachat_200k": (None, {"train_sft": 160, "test_sft": 40}),
+    "HuggingFaceH4/ultrafeedback_binarized": (None, {"train_prefs": 160, "test_prefs": 40}),
+}
+
+
+def test_the_built_in_samples_load_as_hub_datasets_and_stay_small(tmp_path):
+    import datasets
+
+    from lightning_gpt.sample import SAMPLE_ROOT
+
+    for folder, (name, splits) in SAMPLES.items():
+        for split, rows in splits.items():
+            loaded = datasets.load_dataset(str(SAMPLE_ROOT / folder), name, split=split, cache_dir=str(tmp_path))
+            assert len(loaded) == rows
+        assert "license:" in (SAMPLE_ROOT / folder / "README.md").read_text()
+    size = sum(f.stat().st_size for f in SAMPLE_ROOT.rglob("*") if f.is_file())
+    assert size <= 2 * 2**20
+    readme = (SAMPLE_ROOT / "README.md").read_text()
+    assert all(word in readme for word in ("CC BY-SA 3.0", "MIT", "huggingface.co/datasets"))
+
+
+@pytest.mark.parametrize(
+    ("config", "folder"),
+    [
+        ("pretrain_wikitext103.yaml", "Salesforce/wikitext"),
+        ("sft_ultrachat.yaml", "HuggingFaceH4/ultrachat_200k"),
+        ("dpo_ultrafeedback.yaml", "HuggingFaceH4/ultrafeedback_binarized"),
+        ("reward_ultrafeedback.yaml", "HuggingFaceH4/ultrafeedback_binarized"),
+    ],
+)
+def test_smoke_runs_read_the_sample_and_real_runs_the_hub(config, folder):
+    from lightning_gpt.cli import build_cli
+    from lightning_gpt.sample import SAMPLE_ROOT
+
+    smoke = build_cli(["-c", str(REPO / "configs" / config), "-c", str(REPO / "configs/smoke.yaml")], run=False)
+    assert Path(smoke.datamodule.path) == SAMPLE_ROOT / folder
+    real = build_cli(["-c", str(REPO / "configs" / config), "--trainer.accelerator", "cpu"], run=False)
+    assert real.datamodule.path == folder  # the hub id
+
+
+def test_a_data_module_without_a_sample_says_so():
+    from lightning_gpt.cli import build_cli
+    from lightning_gpt.errors import UserInputError
+
+    cli = build_cli(["-c", str(REPO / "configs/pretrain_text.yaml"), "-c", str(REPO / "configs/smoke.yaml")], run=False)
+    with pytest.raises(UserInputError, match=r"--data.path sample: TextFiles has no built-in sample.*--data.path DIR"):
+        cli.datamodule.prepare_data()
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_sample(tmp_path):
+    import zipfile
+
+    from lightning_gpt.sample import SAMPLE_ROOT
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(repository_copy(tmp_path / "src")), "--no-deps"]
+        + ["--no-build-isolation", "-q", "-w", str(tmp_path / "dist")],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {f"lightning_gpt/sample_data/{f.relative_to(SAMPLE_ROOT)}" for f in SAMPLE_ROOT.rglob("*") if f.is_file()}
+    assert shipped and shipped <= names
