@@ -310,7 +310,9 @@ class TokenDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         for role in self._roles(stage):
             self._cache(role)
-        if "train" in self._roles(stage):  # here, before the model summary and the sanity check, not at step 0
+        # In a fit, here: before the model summary and the sanity check, not at step 0. (A setup by hand, with no
+        # Trainer, only reads the caches: train_dataloader checks then.)
+        if "train" in self._roles(stage) and self.trainer is not None:
             self._train_ready = self.train_dataset(*self._cache("train"))  # train_dataloader takes it
             self.check_one_step(*self._train_ready[1:])
 
@@ -344,7 +346,7 @@ class TokenDataModule(L.LightningDataModule):
     def sampler_args(self, items_per_batch: int) -> dict:
         """What a training sampler needs to know of the run: ranks, seed, and the items of one optimizer step."""
         world_size, rank = self._world()
-        accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+        accumulate = getattr(self.trainer, "accumulate_grad_batches", 1)  # 1 without a Trainer (or a stand-in's)
         trainer = self.trainer
         return {
             "epoch_source": (lambda: trainer.current_epoch) if trainer is not None else None,

@@ -1,6 +1,7 @@
 """DPO: the loss and its metrics against hand computations, what is scored, the reference (live or computed ahead),
 the real config with the smoke overlay, and an exact resume."""
 
+import logging
 import math
 
 import lightning as L
@@ -317,3 +318,15 @@ def test_accumulated_micro_batches_give_the_gradient_of_the_mean_over_all_pairs_
     module.training_step(Batch(x, y), 0).backward()  # no step count: the batch's own mean
     for got, expected in zip(accumulated, (p.grad for p in module.model.parameters()), strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_the_two_initialised_from_lines_name_the_policy_and_the_reference(pairs_dir, tmp_path, caplog):
+    init = sft_checkpoint(tmp_path / "sft.ckpt")
+    dm = pref_data(pairs_dir, batch_size=4)
+    with caplog.at_level(logging.INFO, logger="lightning_gpt"):
+        trainer(tmp_path, 1).fit(DPOModule(**SHAPE, vocab_size=dm.vocab_size, init_from=init), dm)
+    lines = sorted(r.getMessage() for r in caplog.records if "initialised from" in r.getMessage())
+    vocab = chat_tokenizer().vocab_size
+    assert lines == [
+        f"{role} initialised from {init} (vocabulary {vocab} -> {vocab})" for role in ("policy", "reference (frozen)")
+    ]

@@ -12,7 +12,6 @@ import pytest
 
 from data_modules import TextFiles
 from lightning_gpt.cli import run
-from lightning_gpt.errors import UserInputError
 from lightning_gpt.tokenizer import Tokenizer
 from tests.conftest import WORDS
 
@@ -62,16 +61,20 @@ def test_enough_documents_still_hold_out_whole_documents(tmp_path):
     assert val.count("<|endoftext|>") == 1 and val.removesuffix("<|endoftext|>") in texts
 
 
-def test_a_corpus_shorter_than_one_window_says_what_fits_before_training(tmp_path):
+def test_a_corpus_shorter_than_one_window_says_what_fits_before_training(tmp_path, monkeypatch, capsys):
     texts = three_files(tmp_path / "corpus", words=12)
     stream = stream_of(texts)
     train_tokens = len(stream) - 2
-    dm = TextFiles(path=str(tmp_path / "corpus"), block_size=128, batch_size=8, num_workers=0)
-    with pytest.raises(UserInputError) as err:
-        dm.setup("fit")  # setup, before any model summary or step
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "-c", str(CONFIGS / "pretrain_text.yaml"), "-c", str(CONFIGS / "smoke.yaml")]
+    with pytest.raises(SystemExit) as exit_info:
+        run([*args, "--data.path", str(tmp_path / "corpus")])
+    out, err = capsys.readouterr()
     fits = 2 ** int(math.log2(train_tokens - 1))
-    assert f"has {train_tokens} tokens to train on" in str(err.value) and "takes 129" in str(err.value)
-    assert f"--model.block_size {fits} (or less) fits it" in str(err.value)
+    assert exit_info.value.code == 2 and len([line for line in err.splitlines() if "error" in line]) == 1
+    assert f"has {train_tokens} tokens to train on" in err and "takes 129" in err
+    assert f"--model.block_size {fits} (or less) fits it" in err
+    assert "Total params" not in out + err  # before the model summary
     advised = TextFiles(path=str(tmp_path / "corpus"), block_size=fits, batch_size=8, num_workers=0)
     advised.setup("fit")  # the advice works
     assert next(iter(advised.train_dataloader())).inputs.shape == (8, fits)
