@@ -13,9 +13,11 @@ Stages (each one of the benchmarks in this folder, in its own process, its figur
   decode    benchmarks/generate.py: tokens/s with and without the KV cache
   logits    benchmarks/loss_memory.py: peak memory of the LM head's loss on whole logits vs in chunks
 
-Data: the shared mirrors (../shared/data/hub) by default, or --data-root DIR in the same layout. The WikiText-103
-wall-clock to the target loss is not run (the full corpus is not on the GPU machine); the table estimates it from the
-measured tokens/s and the recipe's tokens, and says so.
+Data: a real run reads WikiText-103 and UltraChat-200k from the Hugging Face hub, or from --data DIR (a folder of
+datasets in the hub's layout: DIR/Salesforce/wikitext, DIR/HuggingFaceH4/ultrachat_200k), which a GPU machine
+without the hub needs; a dry run reads the built-in sample (lightning_gpt/sample_data/) unless given --data. The
+WikiText-103 wall-clock to the target loss is not run (the full corpus is not on the GPU machine); the table estimates
+it from the measured tokens/s and the recipe's tokens, and says so.
 """
 
 from __future__ import annotations
@@ -36,13 +38,27 @@ BEGIN, END = "<!-- gpu-suite:begin -->", "<!-- gpu-suite:end -->"
 RECIPE_TOKENS = 12_000 * 64 * 1024  # configs/pretrain_wikitext103.yaml: max_steps x windows per step x block size
 
 
+DATASETS = {"pretrain": "Salesforce/wikitext", "sft": "HuggingFaceH4/ultrachat_200k"}  # hub ids
+SAMPLE_ROOT = REPO / "lightning_gpt" / "sample_data"  # the built-in sample, in the hub's layout
+
+
+def data_paths(args) -> dict[str, str]:
+    """What the pretraining and SFT stages read: --data DIR (hub layout), else in a dry run the built-in sample,
+    else the hub."""
+    if args.data_root:
+        return {stage: str(Path(args.data_root) / hub_id) for stage, hub_id in DATASETS.items()}
+    if args.dry_run:
+        return {stage: str(SAMPLE_ROOT / hub_id) for stage, hub_id in DATASETS.items()}
+    return dict(DATASETS)
+
+
 def stage_commands(args) -> dict[str, list[str]]:
     """Each stage's benchmark command line (without --json), sized for a GPU or, with --dry-run, for a CPU check."""
-    hub = Path(args.data_root)
+    data = data_paths(args)
     pretrain = ["throughput.py", "--config", str(REPO / "configs/pretrain_wikitext103.yaml")]
-    pretrain += ["--data-path", str(hub / "Salesforce/wikitext")]
+    pretrain += ["--data-path", data["pretrain"]]
     sft = ["throughput.py", "--config", str(REPO / "configs/sft_ultrachat.yaml")]
-    sft += ["--data-path", str(hub / "HuggingFaceH4/ultrachat_200k")]
+    sft += ["--data-path", data["sft"]]
     if args.dry_run:
         tiny = ["--preset", "tiny", "--block-size", "64", "--steps", "2", "--warmup", "1", "--repeats", "1"]
         tiny += ["--num-workers", "0"]
@@ -154,7 +170,13 @@ def write_docs(text: str, command: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="every stage for a few steps on the CPU")
-    parser.add_argument("--data-root", default=str(REPO.parent / "shared/data/hub"), help="hub-layout datasets")
+    parser.add_argument(
+        "--data",
+        "--data-root",
+        dest="data_root",
+        help="a folder of hub-layout datasets (DIR/Salesforce/wikitext, ...); default: the hub, or in a dry run the "
+        "built-in sample",
+    )
     parser.add_argument("--out", help="also write the table to this file (a dry run writes nothing else)")
     args = parser.parse_args()
     import torch

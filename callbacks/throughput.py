@@ -10,11 +10,12 @@ from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.trainer.states import RunningStage
 
 TRAINING = RunningStage.TRAINING
+RATES = ("items_per_sec",)  # the run-wide rate the README promises (tokens/s), as Lightning names it
 
 
 class ResumableThroughputMonitor(ThroughputMonitor):
     """ThroughputMonitor (tokens/s, MFU, and the running `train/time`, `train/batches`, `train/samples`,
-    `train/lengths`), with two changes. Same arguments as ThroughputMonitor.
+    `train/lengths`), with three changes. Same arguments as ThroughputMonitor.
 
     - In training, Lightning's monitor synchronizes CUDA after every batch so that its clock is right, which stalls
       the host once per micro-batch. This one counts every batch on the host (no device access) and reads the clock,
@@ -23,6 +24,7 @@ class ResumableThroughputMonitor(ThroughputMonitor):
     - Its running counts go on from where the checkpoint left them: Lightning's restart from 0 at every resume, so
       their curves jump back. The rates start a fresh window after a resume, as they should (the pause is no
       throughput).
+    - The run-wide rates (`train/items_per_sec`: tokens/s) are written on one device too, equal to the device's.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -51,6 +53,22 @@ class ResumableThroughputMonitor(ThroughputMonitor):
             flops=self._flops_since_update or None,
         )
         self._flops_since_update = 0
+
+    def _compute(self, trainer: L.Trainer, iter_num: int | None = None) -> None:
+        """Lightning's, plus the run's rates on one device: Lightning writes `train/items_per_sec` (tokens/s of the
+        whole run) only with several devices, `train/device/items_per_sec` always; on one they are the same."""
+        if not trainer._logger_connector.should_update_logs:
+            return
+        stage = trainer.state.stage
+        throughput = self._throughputs[stage]
+        metrics = throughput.compute()
+        if throughput.world_size == 1:
+            for name in RATES:
+                device = f"device{throughput.separator}{name}"
+                if device in metrics:
+                    metrics.setdefault(name, metrics[device])
+        metrics = {f"{stage.value}{throughput.separator}{k}": v for k, v in metrics.items()}
+        trainer._logger_connector.log_metrics(metrics, step=iter_num)
 
     def state_dict(self) -> dict:
         if TRAINING not in self._samples:

@@ -52,7 +52,8 @@ class TrainValGapEarlyStopping(L.Callback):
             logger.log_metrics({"train_val_gap": gap}, step=step)
         trainer.callback_metrics["train_val_gap"] = torch.tensor(gap)
         self.wait = self.wait + 1 if gap > self.max_gap else 0
-        if self.wait >= self.patience:
+        last_step = trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step
+        if self.wait >= self.patience and not last_step:  # at max_steps the run ends anyway: one stop, one reason
             self.stopped_reason = (
                 f"stopped at step {trainer.global_step}: {self.monitor} {val_loss:.4f} exceeded {self.train_monitor} "
                 f"{train_loss:.4f} by {gap:.4f} > max_gap {self.max_gap} for {self.wait} validations in a row "

@@ -19,7 +19,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset
 
 from data_modules.hf_loading import find_bad_data_file, load_hf_split
-from data_modules.holdout import check_val_fraction, holdout_part
+from data_modules.holdout import check_val_fraction, holdout_part, split_label
 from data_modules.token_cache import (
     array_path,
     cache_key,
@@ -35,6 +35,7 @@ from data_modules.windows import ResumableShuffleSampler
 from lightning_gpt.atomic import remove_leftovers, scratch_folder
 from lightning_gpt.batch import collate
 from lightning_gpt.errors import UserInputError
+from lightning_gpt.sample import check_sample, resolve_sample
 from lightning_gpt.tokenizer import AnyTokenizer
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ class TokenDataModule(L.LightningDataModule):
     train split sets `holds_out` and `val_fraction` before calling `__init__`.
 
     Args:
-        path: Hugging Face dataset id, or a local folder in the hub's layout.
+        path: Hugging Face dataset id, or a local folder in the hub's layout; `sample`: the built-in sample of the
+            dataset (lightning_gpt/sample_data/), where the DataModule has one (its `sample` attribute).
         name: the dataset's config name, if it has several.
         block_size: longest training sequence; the CLI links it to `model.block_size`.
         batch_size: sequences per training batch on each device.
@@ -62,6 +64,7 @@ class TokenDataModule(L.LightningDataModule):
     """
 
     required_columns: tuple[str, ...] = ()
+    sample: str | None = None  # the hub id of this DataModule's built-in sample (lightning_gpt/sample_data/<id>)
     holds_out = False  # validation is about `val_fraction` of the train split's rows, held out of training
     val_fraction: float | None = None  # None: this DataModule never holds validation out
 
@@ -81,7 +84,7 @@ class TokenDataModule(L.LightningDataModule):
         tokenizer_setting: TokenizerSetting | None = None,
     ) -> None:
         super().__init__()
-        self.path, self.name = path, name
+        self.path, self.name = resolve_sample(path, self.sample), name
         self.block_size, self.batch_size = block_size, batch_size
         self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size  # checked in check_arguments
         self.num_workers, self.seed = num_workers, seed
@@ -96,6 +99,7 @@ class TokenDataModule(L.LightningDataModule):
         self._caches: dict[str, tuple[Path, dict]] = {}
         self._progress = {"epoch": 0, "batches": 0}  # training batches taken this epoch, on this rank
         self._resume: dict | None = None
+        self._train_ready: tuple | None = None  # the training set and sampler that setup() checked
 
     # --- the tokenizer ---------------------------------------------------------------------------------------
 
@@ -167,6 +171,7 @@ class TokenDataModule(L.LightningDataModule):
     def check_arguments(self) -> None:
         """Refuses unusable settings, naming the flag. Called by prepare_data and setup, not __init__: the CLI builds
         the DataModule inside jsonargparse, which turns any error raised in __init__ into a long traceback."""
+        check_sample(self.path, type(self).__name__)
         limits = {
             "block_size": (self.block_size, 1, "it follows --model.block_size"),
             "batch_size": (self.batch_size, 1, "sequences per training batch"),
@@ -256,7 +261,8 @@ class TokenDataModule(L.LightningDataModule):
             )
         if len(rows) == 0:
             raise UserInputError(f"--data.path {self.path} split {split!r} is empty; point it at data with rows.")
-        log.info("encoding %s split %r into %s.*", self.path, split, base)
+        label = split_label(split, self.holdout_part(role))
+        log.info("encoding %s %s into %s.*", self.path, label, base)
         self.encode_stats = {}  # filled while rows are read; the metadata is written after the last one
         self.encode_role = role
         meta = {
@@ -278,7 +284,7 @@ class TokenDataModule(L.LightningDataModule):
                 array_path(base, name).unlink(missing_ok=True)
             meta_path(base).unlink(missing_ok=True)
             raise UserInputError(f"--data.path {self.path} split {split!r} holds no usable text.")
-        log.info("%s split %r: %s", self.path, split, {n: a["length"] for n, a in meta["arrays"].items()})
+        log.info("%s %s: %s", self.path, label, {n: a["length"] for n, a in meta["arrays"].items()})
         return meta
 
     def _not_utf8(self, split: str, err: UnicodeDecodeError) -> str:
@@ -296,13 +302,19 @@ class TokenDataModule(L.LightningDataModule):
             if meta is None:  # prepare_data did not run here (setup() called by hand, or another node built it)
                 meta = self.build_cache(split, base, role)
             else:
-                log.info("%s split %r: reusing the token cache %s.*", self.path, split, base)
+                label = split_label(split, self.holdout_part(role))
+                log.info("%s %s: reusing the token cache %s.*", self.path, label, base)
             self._caches[role] = (base, meta)
         return self._caches[role]
 
     def setup(self, stage: str) -> None:
         for role in self._roles(stage):
             self._cache(role)
+        # In a fit, here: before the model summary and the sanity check, not at step 0. (A setup by hand, with no
+        # Trainer, only reads the caches: train_dataloader checks then.)
+        if "train" in self._roles(stage) and self.trainer is not None:
+            self._train_ready = self.train_dataset(*self._cache("train"))  # train_dataloader takes it
+            self.check_one_step(*self._train_ready[1:])
 
     def tokens(self, role: str = "train") -> np.ndarray:
         """The cached token ids of a role's split ("train", "val" or "test"), memory-mapped; built if missing."""
@@ -334,7 +346,7 @@ class TokenDataModule(L.LightningDataModule):
     def sampler_args(self, items_per_batch: int) -> dict:
         """What a training sampler needs to know of the run: ranks, seed, and the items of one optimizer step."""
         world_size, rank = self._world()
-        accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+        accumulate = getattr(self.trainer, "accumulate_grad_batches", 1)  # 1 without a Trainer (or a stand-in's)
         trainer = self.trainer
         return {
             "epoch_source": (lambda: trainer.current_epoch) if trainer is not None else None,
@@ -345,17 +357,35 @@ class TokenDataModule(L.LightningDataModule):
         }
 
     def train_dataloader(self) -> DataLoader:
-        dataset, sampler, batch_size = self.train_dataset(*self._cache("train"))
+        ready, self._train_ready = self._train_ready, None
+        dataset, sampler, batch_size = ready or self.train_dataset(*self._cache("train"))
         self._items_per_batch = batch_size or 1
         if self._resume is not None:
             sampler.resume_from(self._resume["epoch"], self._resume["batches"] * self._items_per_batch)
-        if len(sampler) == 0:
-            raise UserInputError(
-                f"split {self.splits['train']!r} gives fewer training sequences per device than one optimizer step "
-                f"({sampler.items_per_step // self._items_per_batch} x --data.batch_size {self.batch_size}, with "
-                "--trainer.accumulate_grad_batches); use more data or a smaller batch size, block size or accumulation."
-            )
+        self.check_one_step(sampler, batch_size)
         return self._loader(dataset, sampler, batch_size, drop_last=batch_size is not None)
+
+    def check_one_step(self, sampler: ResumableShuffleSampler, batch_size: int | None) -> None:
+        """Refuses a training split that cannot fill one optimizer step on each device, with the numbers: what
+        the split gives, what one step takes, and a setting that fits."""
+        if len(sampler) > 0:
+            return
+        accumulate = sampler.items_per_step // (batch_size or 1)
+        available = sampler.n_items // sampler.num_replicas  # items of one epoch for each device
+        label = split_label(self.splits["train"], self.holdout_part("train"))
+        if batch_size is None:  # the dataset yields whole batches (chats, pairs), of --data.batch_size rows each
+            have = f"{available} batches of up to --data.batch_size {self.batch_size}"
+            fits = max(self.batch_size * available // accumulate, 1) if available else None
+        else:
+            have = f"{available} training windows"
+            fits = available // accumulate or None
+        need = f"{accumulate} batch(es) (--trainer.accumulate_grad_batches {accumulate})"
+        advice = f"--data.batch_size {fits} fits it" if fits and fits < self.batch_size else "add data"
+        if available and available < accumulate:
+            advice = f"--trainer.accumulate_grad_batches {available} fits it"
+        raise UserInputError(
+            f"--data.path {self.path} {label} gives {have} per device; one optimizer step takes {need}: {advice}."
+        )
 
     def _eval_loader(self, role: str) -> DataLoader:
         from data_modules.windows import ShardSampler

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_modules.holdout import held_out_rows, part_rows, row_keys
+from data_modules.holdout import held_out_rows, part_rows, row_keys, split_label
 from data_modules.token_cache import token_dtype
 from lightning_gpt.chat import fit_to_length, message_problem
 from lightning_gpt.errors import UserInputError
@@ -101,8 +101,9 @@ class ChatEncoding:
         with no usable conversation."""
         if stats["skipped"]:
             log.warning(
-                "%s split %r: skipped %d of %d malformed rows %s; e.g. %s",
-                *(path, split, stats["skipped"], stats["rows"], stats["skip_reasons"], stats["skip_example"]),
+                "%s %s: skipped %d of %d malformed rows %s; e.g. %s",
+                *(path, split_label(split, part), stats["skipped"], stats["rows"]),
+                *(stats["skip_reasons"], stats["skip_example"]),
             )
         used = stats["rows"] - stats.get("holdout", {}).get("excluded_rows", 0)
         if part == "val" and stats["samples"] == 0:
@@ -119,7 +120,8 @@ class ChatEncoding:
             )
         if stats["split_conversations"] or stats["dropped_exchanges"]:
             log.warning(
-                "%s split %r: %d conversations longer than %d tokens split at turn boundaries; %d exchanges "
+                "%s %s: %d conversations longer than %d tokens split at turn boundaries; %d exchanges "
                 "too long even alone were dropped",
-                *(path, split, stats["split_conversations"], self.max_tokens, stats["dropped_exchanges"]),
+                *(path, split_label(split, part), stats["split_conversations"]),
+                *(self.max_tokens, stats["dropped_exchanges"]),
             )

@@ -77,3 +77,10 @@ def part_rows(held: np.ndarray, part: str, val_fraction: float) -> tuple[np.ndar
     """The rows of `part` ("val" or "train") given the held-out mask, and the stats that say so in a cache."""
     keep = held if part == "val" else ~held
     return keep, {"val_fraction": val_fraction, "part": part, "excluded_rows": int((~keep).sum())}
+
+
+def split_label(split: str, part: str | None) -> str:
+    """How a log line names what it read: `split 'train'`, or with a held-out part `split 'train' (validation part)`,
+    so that the two caches of one split are told apart."""
+    names = {"train": "training part", "val": "validation part"}
+    return f"split {split!r} ({names[part]})" if part in names else f"split {split!r}"

@@ -4,14 +4,18 @@ data_modules/local_text.py), or any hub dataset (id, or a local folder in the hu
 A `.txt` or `.md` file is one document, line breaks kept; a `.jsonl` file holds one document per line, in
 `text_column`; a hub dataset holds one document per row. One end-of-text follows each document. Validation: the
 source's `validation` split where it has one, else `val_fraction` of the documents, held out of training by a
-stable hash of their text (the same documents in every run, whatever the file order).
+stable hash of their text (the same documents in every run, whatever the file order); a corpus too small for that
+(fewer than 1 / val_fraction documents: under 100 at 1%) holds out the last `val_fraction` of its token stream.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 from data_modules.base import TokenDataModule
 from data_modules.holdout import held_out_rows, part_rows
@@ -45,7 +49,8 @@ class TextFiles(TokenDataModule):
             else `val_fraction` of the training documents, held out from training. The train split itself: always
             hold out.
         val_fraction: the share of the training documents held out for validation, picked by a stable hash of their
-            text (at least one document where there are two or more).
+            text (at least one document where there are two or more); with fewer than 1 / val_fraction documents,
+            the share of the token stream held out from its end instead (at least 2 tokens: one target).
         test_split: the split tested on. None (the default): the hub dataset's `test` split if it has one, else the
             documents held out for validation.
         tokenizer: gpt2 (GPT-2's BPE, shipped), char (the characters of the training split, plus <|unk|>),
@@ -134,7 +139,8 @@ class TextFiles(TokenDataModule):
         if files is not None:  # a glob's files are not under one folder: fingerprint them here
             listing = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
             variant.append("files=" + hashlib.sha256(listing.encode()).hexdigest()[:20])
-        return (*variant, *self.holdout_variant(role))
+        # "tail": a corpus of few documents holds out the tail of its stream (caches made before did not).
+        return (*variant, *self.holdout_variant(role), *(("small=tail",) if self.holdout_part(role) else ()))
 
     def load_rows(self, split: str, scratch: str):
         files = self.local_files()
@@ -154,6 +160,8 @@ class TextFiles(TokenDataModule):
         stats = self.encode_stats
         part = self.holdout_part(self.encode_role)
         texts = self._texts(rows)
+        if part and self.holds_out_tokens(rows):
+            part = None  # every document: encode_rows cuts the stream (a trained tokenizer sees the tail too)
         if part:
             held = held_out_rows(self._texts(rows), self.val_fraction)  # keyed by the text itself
             if len(held) < 2:
@@ -180,7 +188,29 @@ class TextFiles(TokenDataModule):
         return stream_dtypes(self.vocab_size)
 
     def encode_rows(self, rows, split: str):
+        part = self.holdout_part(self.encode_role)
+        if part and self.holds_out_tokens(rows):
+            yield self._stream_part(rows, part)
+            return
         yield from encode_documents(self.documents(rows), self.tokenizer, self.encode_stats)
+
+    # --- a corpus of few documents: validation is the tail of the token stream ----------------------------------
+
+    def holds_out_tokens(self, rows) -> bool:
+        """Whether the corpus has too few documents for `val_fraction` (less than one document's worth), so that
+        validation is the stream's last tokens rather than whole documents (which would be a third of 3 files)."""
+        return sum(1 for _ in self._texts(rows)) * self.val_fraction < 1
+
+    def _stream_part(self, rows, part: str) -> dict[str, np.ndarray]:
+        """The training part (all but the last `val_fraction` of the tokens, at least 2) or the validation part."""
+        stats = self.encode_stats
+        stream = np.concatenate([c["tokens"] for c in encode_documents(self.documents(rows), self.tokenizer, stats)])
+        held = max(math.ceil(self.val_fraction * len(stream)), 2)
+        cut = len(stream) - held
+        for key in ("words", "chars", "bytes"):  # the cut falls inside a document: no per-part text counts
+            stats.pop(key, None)
+        stats["holdout"] = {"val_fraction": self.val_fraction, "part": part, "by": "tokens", "val_tokens": held}
+        return {"tokens": stream[cut:] if part == "val" else stream[:cut]}
 
     def train_dataset(self, base: Path, meta: dict):
         sampling = self.sampler_args(self.batch_size)

@@ -4,6 +4,7 @@ the way, for word perplexity and bits per byte."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -79,10 +80,12 @@ def text_stats(meta: dict) -> dict | None:
 def train_windows(base: Path, meta: dict, block_size: int, sampler_args: dict, split: str):
     """Every window of the stream, in the resumable order of a `ResumableWindowSampler`: (dataset, sampler)."""
     tokens = LazyArray(base, meta)
-    if len(tokens) <= 2 * block_size:
+    if len(tokens) <= block_size:  # one window takes block_size + 1 tokens (its inputs and the next token)
+        fits = 2 ** int(math.log2(len(tokens) - 1)) if len(tokens) > 2 else None
+        advice = f"--model.block_size {fits} (or less) fits it" if fits else "it cannot hold one window"
         raise UserInputError(
-            f"split {split!r} has {len(tokens)} tokens, too few for windows of --data.block_size "
-            f"{block_size}; use more data or a smaller block size."
+            f"split {split!r} has {len(tokens)} tokens to train on; one training window of --model.block_size "
+            f"{block_size} takes {block_size + 1}: {advice}, or add text."
         )
     dataset = TrainWindows(tokens, block_size)
     # Every target of a training window is scored: block_size targets per item.

@@ -41,6 +41,8 @@ class UltraChat200k(TokenDataModule):
         **kwargs: see `TokenDataModule` (block_size, batch_size, num_workers, cache_dir, seed).
     """
 
+    sample = "HuggingFaceH4/ultrachat_200k"  # what --data.path sample reads (lightning_gpt/sample_data/)
+
     def __init__(
         self,
         path: str = "HuggingFaceH4/ultrachat_200k",

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from data_modules.base import TokenDataModule
 from data_modules.chat_messages import eval_batches, length_grouped_batches, sample_batches
-from data_modules.holdout import held_out_rows, part_rows, row_keys
+from data_modules.holdout import held_out_rows, part_rows, row_keys, split_label
 from data_modules.token_cache import token_dtype
 from data_modules.tokenizer_setting import TokenizerSetting
 from data_modules.windows import LazyArray, ResumableShuffleSampler
@@ -172,6 +172,8 @@ class UltraFeedback(TokenDataModule):
             Unset: the one of --model.init_from (the CLI fills it in), else gpt2.
         **kwargs: see `TokenDataModule` (block_size, batch_size, eval_batch_size, num_workers, cache_dir, seed).
     """
+
+    sample = "HuggingFaceH4/ultrafeedback_binarized"  # what --data.path sample reads (lightning_gpt/sample_data/)
 
     score_columns = ("score_chosen", "score_rejected")
 
@@ -324,8 +326,8 @@ class UltraFeedback(TokenDataModule):
             stats["skipped"] or stats["prompts_cut"] or stats["answers_cut"] or (stats["ties"] and self.drop_ties)
         )
         (log.warning if noteworthy else log.info)(
-            "%s split %r: %d pairs of %d rows; %s; %s; %s%s",
-            *(self.path, split, stats["pairs"], used, ties, cuts, skipped, example),
+            "%s %s: %d pairs of %d rows; %s; %s; %s%s",
+            *(self.path, split_label(split, part), stats["pairs"], used, ties, cuts, skipped, example),
         )
         if stats["pairs"]:
             return

@@ -49,6 +49,8 @@ class WikiText103(TokenDataModule):
         **kwargs: see `TokenDataModule` (block_size, batch_size, num_workers, cache_dir, seed, splits).
     """
 
+    sample = "Salesforce/wikitext"  # what --data.path sample reads (lightning_gpt/sample_data/)
+
     def __init__(
         self,
         path: str = "Salesforce/wikitext",

@@ -150,17 +150,38 @@ class ResumableShuffleSampler(DistributedSampler):
 
 class ResumableWindowSampler(ResumableShuffleSampler):
     """Start offsets of one epoch's training windows: the corpus is cut into non-overlapping windows after a
-    random shift, both drawn from (seed, epoch), so successive epochs see different window boundaries."""
+    random shift, both drawn from (seed, epoch), so successive epochs see different window boundaries.
+
+    A corpus with fewer such windows than one optimizer step takes (over all ranks) is not refused: its epoch is one
+    step of windows at start offsets drawn from (seed, epoch) among all of them, overlapping (and repeated where
+    there are fewer offsets than the step takes)."""
 
     def __init__(self, dataset: TrainWindows, num_replicas: int = 1, rank: int = 0, seed: int = 0, **kwargs) -> None:
         self.block_size = dataset.block_size
+        self.step_items = kwargs.get("items_per_step", 1) * num_replicas  # windows of one step, all ranks
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, seed=seed, **kwargs)
 
+    @property
+    def small(self) -> bool:
+        """Fewer non-overlapping windows than one optimizer step takes."""
+        return len(self.dataset) // self.block_size < self.step_items
+
     def items_per_epoch(self) -> int:
+        if self.small:
+            return self.step_items
         return len(self.dataset) // self.block_size  # leaves room for a shift of up to T-1
 
     def __iter__(self) -> Iterator:
         generator = self._generator()
+        if self.small:
+            offsets = len(self.dataset)
+            starts = (
+                torch.randperm(offsets, generator=generator)[: self.n_items]
+                if offsets >= self.n_items
+                else torch.randint(offsets, (self.n_items,), generator=generator)
+            )
+            items, targets = self._my_items(generator)
+            return self._keys(starts[items], targets)
         shift = int(torch.randint(self.block_size, (1,), generator=generator))
         items, targets = self._my_items(generator)
         return self._keys(shift + items * self.block_size, targets)

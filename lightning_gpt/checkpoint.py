@@ -100,7 +100,7 @@ def check_resumed_tokenizer(checkpoint: dict, tokenizer: AnyTokenizer | None) ->
         )
 
 
-def load_pretrained(model: GPT, path: str, tokenizer: AnyTokenizer | None = None) -> None:
+def load_pretrained(model: GPT, path: str, tokenizer: AnyTokenizer | None = None, role: str = "model") -> None:
     """Copies a checkpoint's weights into `model`. Rows of the token embedding for ids the checkpoint's tokenizer
     lacks (special tokens added since) start at the mean of its real rows, the usual init for new tokens.
 
@@ -109,6 +109,7 @@ def load_pretrained(model: GPT, path: str, tokenizer: AnyTokenizer | None = None
         path: the checkpoint (--model.init_from).
         tokenizer: the run's data tokenizer; when given, it must be the checkpoint's, perhaps plus special tokens
             (`check_init_tokenizer`).
+        role: what `model` is to the run, for the log line (DPO loads its policy and its reference from one file).
     """
     checkpoint = load_checkpoint_file(path, flag="--model.init_from")
     found = {k.removeprefix("model."): v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("model.")}
@@ -134,4 +135,4 @@ def load_pretrained(model: GPT, path: str, tokenizer: AnyTokenizer | None = None
             + ". Set --model.preset / n_layer / n_head / n_embd to the shape it was trained with."
         )
     model.load_state_dict(found)
-    log.info("initialised from %s (vocabulary %d -> %d)", path, old_vocab, new_vocab)
+    log.info("%s initialised from %s (vocabulary %d -> %d)", role, path, old_vocab, new_vocab)

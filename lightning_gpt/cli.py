@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import torch
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from callbacks.progress import use_step_progress_bar
 from callbacks.sigterm import SIGTERM_EXIT_CODE, CheckpointOnSigterm
 from data_modules.base import TokenDataModule
 from lightning_gpt.checkpoint import check_init_tokenizer
@@ -17,6 +20,8 @@ from lightning_gpt.checkpoint_io import check_ckpt_path, load_checkpoint_file
 from lightning_gpt.errors import TrainingStopped, UserInputError
 from lightning_gpt.training import TrainingModule
 from lightning_gpt.training.checkpoint_plugin import use_safe_checkpoint_io
+
+log = logging.getLogger(__name__)
 
 # Where the training modules lived before lightning_gpt/training/: older checkpoints name them so.
 MOVED_CLASSES = {
@@ -39,6 +44,7 @@ class GPTCLI(LightningCLI):
         return {name: keys for name, keys in LightningCLI.subcommands().items() if name != "predict"}
 
     def parse_arguments(self, parser, args) -> None:
+        self.argv = list(sys.argv[1:] if args is None else args)  # for the resume command at the end of fit
         super().parse_arguments(parser, args)
         # Here, not later: LightningCLI reads a --ckpt_path file for its hyperparameters right after parsing.
         if self.config.get("subcommand"):
@@ -74,6 +80,7 @@ class GPTCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
         use_safe_checkpoint_io(trainer)  # also when --trainer.plugins replaced the default plugin list
+        use_step_progress_bar(trainer)
         return trainer
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -116,6 +123,30 @@ class GPTCLI(LightningCLI):
                     f"{folder} already holds checkpoints of an earlier run. Resume it with --ckpt_path last, start a "
                     "separate run with --trainer.logger.init_args.version NAME, or move that folder away."
                 )
+
+    def after_fit(self) -> None:
+        """Says where the checkpoints are and the command that resumes the run."""
+        folders = sorted({Path(cb.dirpath) for cb in self.trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)})
+        for folder in folders:
+            names = sorted(p.name for p in folder.glob("*.ckpt"))
+            if names:
+                log.info("checkpoints: %s (%s)", folder, ", ".join(names))
+        if any(folder.glob("last.ckpt") for folder in folders):
+            log.info("resume (after a stop, or with a larger --trainer.max_steps): %s", resume_command(self.argv))
+
+
+def resume_command(argv: list[str]) -> str:
+    """The fit command line `argv` with --ckpt_path last in place of any --ckpt_path it had."""
+    kept, skip = [], False
+    for word in argv:
+        if skip or word.startswith("--ckpt_path="):
+            skip = False
+            continue
+        if word == "--ckpt_path":
+            skip = True
+            continue
+        kept.append(word)
+    return shlex.join(["lightning-gpt", *kept, "--ckpt_path", "last"])
 
 
 def check_init_from_tokenizer(model, datamodule, ckpt_path) -> None:

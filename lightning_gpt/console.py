@@ -4,6 +4,7 @@ padding waste), and not Lightning's advertising tips or a deprecation warning th
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 
@@ -27,6 +28,13 @@ def _not_a_tip(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("💡 Tip")
 
 
+def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as one line in the project's voice: its message only, without the path and line of the
+    (often library) code it was raised from, nor that source line."""
+    text = str(message).strip().splitlines()
+    print(f"lightning-gpt: warning: {text[0] if text else category.__name__}", file=file or sys.stderr)
+
+
 def configure_console() -> None:
     """For the console script only (a library import changes no logging). Calling it twice changes nothing more."""
     for name in PACKAGES:
@@ -44,3 +52,11 @@ def configure_console() -> None:
             rank_zero.addFilter(_not_a_tip)
     # Raised inside Lightning's own pytree helper with torch 2.13, once per run; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Lightning's, for an epoch of fewer batches than log_every_n_steps (a small corpus): the training modules log
+    # each optimizer step themselves, by global step, so nothing is lost.
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
+    # Lightning's, on every resume into the run's own checkpoint folder (before_fit refuses a fresh run there).
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    warnings.showwarning = one_line_warning
+    # datasets' "Generating train split" bars: the caches' own lines say what is read and encoded.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")

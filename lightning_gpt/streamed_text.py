@@ -110,9 +110,12 @@ class StreamedText:
 
     def rest(self) -> str:
         """What is left to release once generation has ended: held-back text that no stop string completed, and the
-        text of tokens still waiting for a character's last byte."""
+        text of tokens still waiting for a character's last byte (without that unfinished character)."""
         if not self.stopped and self._decoded < len(self.tokens):
             piece = self.decode(self.tokens[self._decoded :])
+            # Held back by add(): a character whose last bytes never came (generation ended first). Its first
+            # bytes decode as U+FFFD, which is no text of the answer: leave them out.
+            piece = piece.rstrip("\ufffd")
             self._decoded = len(self.tokens)
             self._text += piece
             self._matcher.feed(piece)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -604,3 +605,13 @@ def pretrain_ckpt(tmp_path_factory) -> str:
     run.fit(tiny_module(dm), dm)
     run.save_checkpoint(root / "pretrain.ckpt")
     return str(root / "pretrain.ckpt")
+
+
+def repository_copy(dest: Path) -> Path:
+    """The tracked files of this checkout (as a fresh clone has them), with uncommitted edits."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in files.decode().split("\0"):
+        if name and (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            (dest / name).write_bytes((REPO / name).read_bytes())
+    return dest

@@ -1,6 +1,8 @@
 """benchmarks/gpu_suite.sh --dry-run: every stage of the GPU suite, a few steps each on the CPU, so the one command
 a GPU user runs keeps working. It must fill every row of the table and leave docs/benchmarks.md alone."""
 
+import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -8,22 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import synthetic_conversations, wikitext_folder, write_hub_folder
+from tests.conftest import repository_copy
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_the_dry_run_measures_every_stage_and_writes_no_docs(tmp_path):
-    hub = tmp_path / "hub"
-    wikitext_folder(hub / "Salesforce" / "wikitext")
-    chats = {"train_sft": synthetic_conversations(80, seed=1), "test_sft": synthetic_conversations(8, seed=2)}
-    write_hub_folder(hub / "HuggingFaceH4" / "ultrachat_200k", chats, config="default")
-    docs = (REPO / "docs" / "benchmarks.md").read_bytes()
+    # In a copy of the tracked files with no ../shared beside it: the dry run reads the built-in sample.
+    repo = repository_copy(tmp_path / "clone")
+    docs = (repo / "docs" / "benchmarks.md").read_bytes()
     table = tmp_path / "table.md"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHON": sys.executable, "HF_DATASETS_CACHE": str(tmp_path / "hf")}
+    env = {**os.environ, "PYTHONPATH": str(repo), "PYTHON": sys.executable, "HF_DATASETS_CACHE": str(tmp_path / "hf")}
     done = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), "--dry-run", "--data-root", str(hub), "--out", str(table)],
+        ["bash", str(repo / "benchmarks" / "gpu_suite.sh"), "--dry-run", "--out", str(table)],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
@@ -33,4 +33,29 @@ def test_the_dry_run_measures_every_stage_and_writes_no_docs(tmp_path):
     assert expected <= rows.keys(), rows.keys()
     assert sum("(best)" in row for row in rows.values()) == 1
     assert "Estimated wall-clock" in table.read_text()
-    assert (REPO / "docs" / "benchmarks.md").read_bytes() == docs
+    assert (repo / "docs" / "benchmarks.md").read_bytes() == docs
+    assert not (tmp_path / "shared").exists()
+
+
+def gpu_suite():
+    spec = importlib.util.spec_from_file_location("gpu_suite", REPO / "benchmarks" / "gpu_suite.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("dry_run", "data", "expected"),
+    [
+        (True, None, str(REPO / "lightning_gpt/sample_data/Salesforce/wikitext")),  # a dry run: the sample
+        (False, None, "Salesforce/wikitext"),  # a real run: the hub
+        (False, "/data/hub", "/data/hub/Salesforce/wikitext"),  # --data DIR, for a GPU machine without the hub
+        (True, "/data/hub", "/data/hub/Salesforce/wikitext"),
+    ],
+)
+def test_where_the_suite_reads_its_data(dry_run, data, expected):
+    suite = gpu_suite()
+    commands = suite.stage_commands(argparse.Namespace(dry_run=dry_run, data_root=data))
+    pretrain = next(command for name, command in commands.items() if name.startswith("pretrain"))
+    assert pretrain[pretrain.index("--data-path") + 1] == expected
+    assert Path(suite.data_paths(argparse.Namespace(dry_run=True, data_root=None))["sft"]).is_dir()

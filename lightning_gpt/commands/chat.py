@@ -15,7 +15,8 @@ HELP = (
 )
 DESCRIPTION = (
     f"Chat with a fine-tuned model. {HELP} When stdin is not a terminal, each line is one user message and each "
-    "answer is printed on its own line."
+    "answer is printed on its own line; when stdout is not a terminal, newlines inside an answer are written as \\n "
+    "(and backslashes as \\\\), so that each answer stays one line."
 )
 
 
@@ -43,5 +44,8 @@ def run(args: argparse.Namespace, lines: Iterable[str] | None = None) -> None:
             "fine-tune it first (configs/sft_ultrachat.yaml) or use lightning-gpt generate."
         )
     settings = replace(settings, stop_ids=chat_stop_ids(tokenizer))
-    session = ChatSession(model, tokenizer, settings, system=args.system, index=index, top_k=args.docs_top_k)
+    one_line = not sys.stdout.isatty()  # a program reading the answers line by line
+    session = ChatSession(
+        model, tokenizer, settings, system=args.system, index=index, top_k=args.docs_top_k, one_line=one_line
+    )
     run_chat(session, lines, interactive=lines is None and sys.stdin.isatty(), help_text=HELP)

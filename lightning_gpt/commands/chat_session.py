@@ -1,7 +1,9 @@
 """The conversation loop of `lightning-gpt chat`: history that fits the context, streamed answers, and the
 slash commands. Interactive (a terminal) it labels the turns and confirms commands on stderr; with stdin piped it
-prints only the answers, one per line. With documents (`--docs`), each answer is followed by a line naming the
-sources of the passages it was given: `sources: [1] notes.md, lines 3-9; [2] prices.csv, row 12`."""
+prints only the answers, one per line; with stdout not a terminal (piped, redirected), a newline inside an answer
+is written as the two characters `\\n` and a backslash as `\\\\`, so that each answer stays one line. With
+documents (`--docs`), each answer is followed by a line naming the sources of the passages it was given:
+`sources: [1] notes.md, lines 3-9; [2] prices.csv, row 12`."""
 
 from __future__ import annotations
 
@@ -21,6 +23,11 @@ from lightning_gpt.streamed_text import StreamedText
 from lightning_gpt.tokenizer import Tokenizer
 
 
+def escape_line(text: str) -> str:
+    """`text` on one line: backslashes doubled, then newlines written as backslash-n (reversible)."""
+    return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+
+
 class ChatSession:
     """A conversation with a chat model: `messages` (system turn first, if any) and what the commands do to it."""
 
@@ -33,14 +40,18 @@ class ChatSession:
         out=None,
         index: DocumentIndex | None = None,
         top_k: int = 3,
+        one_line: bool = False,
     ) -> None:
         """
         Args:
             index: documents to answer from: the best `top_k` passages for each user message go into the prompt,
                 and their sources are printed after the answer.
+            one_line: print each answer on one line, its newlines as `\\n` and backslashes as `\\\\` (for
+                output that a program reads line by line).
         """
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.out = out or sys.stdout
+        self.one_line = one_line
         self.index, self.top_k = index, top_k
         self.sources: list[Chunk] = []  # the passages the last answer was given
         self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
@@ -91,7 +102,7 @@ class ChatSession:
 
     def _print(self, piece: str, shown: list[str]) -> None:
         if piece:
-            self.out.write(piece)
+            self.out.write(escape_line(piece) if self.one_line else piece)
             self.out.flush()
             shown.append(piece)
 

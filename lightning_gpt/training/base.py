@@ -45,6 +45,8 @@ class TrainingModule(L.LightningModule):
             Token rows it lacks (e.g. chat tokens) start at the mean embedding.
     """
 
+    init_role = "model"  # what init_from fills, as the log line names it
+
     def __init__(
         self,
         preset: str = "gpt2-124m",
@@ -95,7 +97,7 @@ class TrainingModule(L.LightningModule):
         self._init_from_done = True
         if self.hparams.init_from and self.trainer.ckpt_path is None:
             tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)  # refused unless it is init_from's
-            load_pretrained(self.model, self.hparams.init_from, tokenizer=tokenizer)
+            load_pretrained(self.model, self.hparams.init_from, tokenizer=tokenizer, role=self.init_role)
 
     def configure_model(self) -> None:
         if self.hparams.compile and self.model._compiled_call_impl is None:

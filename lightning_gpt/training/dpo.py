@@ -59,6 +59,8 @@ class DPOModule(TrainingModule):
         **kwargs: the model and optimizer settings, see `TrainingModule` (init_from: the chat model to align).
     """
 
+    init_role = "policy"  # init_from also fills the frozen reference (_build_reference)
+
     def __init__(
         self,
         beta: float = 0.1,
@@ -112,7 +114,7 @@ class DPOModule(TrainingModule):
         reference = GPT(self.config)
         # From the file, also in a fresh run where the policy was just loaded from it: a resumed policy has moved
         # on, and a policy in bf16-true weights is not the file's float32.
-        load_pretrained(reference, path)
+        load_pretrained(reference, path, role="reference (frozen)")
         fingerprint = weights_fingerprint(reference)
         if self._reference_fingerprint is not None and fingerprint != self._reference_fingerprint:
             raise UserInputError(
@@ -239,12 +241,12 @@ class DPOModule(TrainingModule):
         pairs = max(sums["pairs"], 1.0)
         metrics = {
             "train_loss": sums["loss"] / pairs,
-            "rewards/chosen": sums["rewards/chosen"] / pairs,
-            "rewards/rejected": sums["rewards/rejected"] / pairs,
-            "rewards/margins": (sums["rewards/chosen"] - sums["rewards/rejected"]) / pairs,
-            "rewards/accuracies": sums["rewards/accuracies"] / pairs,
-            "logps/chosen": sums["logps/chosen"] / pairs,
-            "logps/rejected": sums["logps/rejected"] / pairs,
+            "train_rewards/chosen": sums["rewards/chosen"] / pairs,
+            "train_rewards/rejected": sums["rewards/rejected"] / pairs,
+            "train_rewards/margins": (sums["rewards/chosen"] - sums["rewards/rejected"]) / pairs,
+            "train_rewards/accuracies": sums["rewards/accuracies"] / pairs,
+            "train_logps/chosen": sums["logps/chosen"] / pairs,
+            "train_logps/rejected": sums["logps/rejected"] / pairs,
             "train_entropy": sums["entropy"] / max(sums["chosen_tokens"], 1.0),
         }
         if sums.get("kl_tokens", 0.0) > 0:

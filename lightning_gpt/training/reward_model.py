@@ -72,9 +72,9 @@ class RewardModule(TrainingModule):
         return {
             "train_loss": sums["loss"] / pairs,
             "train_accuracy": sums["correct"] / pairs,
-            "rewards/chosen": sums["rewards/chosen"] / pairs,
-            "rewards/rejected": sums["rewards/rejected"] / pairs,
-            "rewards/margins": (sums["rewards/chosen"] - sums["rewards/rejected"]) / pairs,
+            "train_rewards/chosen": sums["rewards/chosen"] / pairs,
+            "train_rewards/rejected": sums["rewards/rejected"] / pairs,
+            "train_rewards/margins": (sums["rewards/chosen"] - sums["rewards/rejected"]) / pairs,
         }
 
     def _eval_pairs(self, batch: Batch, loss_name: str, accuracy_name: str | None) -> None:

@@ -16,7 +16,8 @@ TAGS = {
 def tensorboard_tag(name: str) -> str:
     """The tag a logged metric gets: `<stage>_<metric>` becomes `<metric>/<stage>`, so that TensorBoard puts a
     metric's stages in one section (`val_loss` -> `loss/val`, `val_rewards/accuracies` ->
-    `rewards/accuracies/val`); names without a stage stay as they are (`tokens_seen`, `rewards/chosen`)."""
+    `rewards/accuracies/val`, `train_rewards/chosen` -> `rewards/chosen/train`); names without a stage stay as they are
+    (`tokens_seen`, `learning_rate/decayed`). The throughput monitor's `train/...` and `validate/...` are its own."""
     if name in TAGS:
         return TAGS[name]
     stage, _, metric = name.partition("_")

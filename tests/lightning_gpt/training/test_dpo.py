@@ -1,6 +1,7 @@
 """DPO (lightning_gpt/training/dpo.py): what is scored, the reference (live or computed ahead), accumulation, the
 real config with the smoke overlay, and exact resumes (of the reward model too)."""
 
+import logging
 import math
 
 import lightning as L
@@ -253,7 +254,8 @@ def test_the_dpo_config_with_the_smoke_overlay_trains_logs_and_writes_a_chat_che
     cli = run([*args, *short, "--trainer.val_check_interval", "8", "--trainer.log_every_n_steps", "2"])
     assert isinstance(cli.model, DPOModule) and cli.trainer.global_step == 8
     events = tmp_path / "runs" / "dpo_ultrafeedback" / "smoke"
-    for tag in ("train_loss", "rewards/chosen", "rewards/margins", "rewards/accuracies", "logps/rejected", "train_kl"):
+    tags = ("train_rewards/chosen", "train_rewards/margins", "train_rewards/accuracies", "train_logps/rejected")
+    for tag in ("train_loss", *tags, "train_kl"):
         assert sorted(scalars(events, tag)) == [1, 3, 5, 7], tag
     assert scalars(events, "train_loss")[1] == pytest.approx(math.log(2), abs=0.02)  # the first step's pairs
     validations = ("val_loss", "val_rewards/accuracies", "val_logps/chosen", "val_entropy", "val_kl", "train_eval_loss")
@@ -295,3 +297,15 @@ def test_accumulated_micro_batches_give_the_gradient_of_the_mean_over_all_pairs_
     module.training_step(Batch(x, y), 0).backward()  # no step count: the batch's own mean
     for got, expected in zip(accumulated, (p.grad for p in module.model.parameters()), strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_the_two_initialised_from_lines_name_the_policy_and_the_reference(pairs_dir, tmp_path, caplog):
+    init = sft_checkpoint(tmp_path / "sft.ckpt")
+    dm = pref_data(pairs_dir, batch_size=4)
+    with caplog.at_level(logging.INFO, logger="lightning_gpt"):
+        trainer(tmp_path, 1).fit(DPOModule(**SHAPE, vocab_size=dm.vocab_size, init_from=init), dm)
+    lines = sorted(r.getMessage() for r in caplog.records if "initialised from" in r.getMessage())
+    vocab = chat_tokenizer().vocab_size
+    assert lines == [
+        f"{role} initialised from {init} (vocabulary {vocab} -> {vocab})" for role in ("policy", "reference (frozen)")
+    ]

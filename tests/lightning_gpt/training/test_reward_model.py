@@ -80,7 +80,7 @@ def test_the_reward_config_learns_easy_preferences_and_tests_on_test_prefs(sft_c
     assert metrics["val_accuracy"] >= 0.9
     run_dir = tmp_path / "runs" / "reward_ultrafeedback" / "smoke"
     losses, accuracy = scalars(run_dir, "train_loss"), scalars(run_dir, "train_accuracy")
-    assert sorted(losses) == list(range(10)) and scalars(run_dir, "rewards/margins").keys() == losses.keys()
+    assert sorted(losses) == list(range(10)) and scalars(run_dir, "train_rewards/margins").keys() == losses.keys()
     early, late = (sum(losses[s] for s in steps) / 3 for steps in (range(3), range(7, 10)))
     assert late < early - 0.3
     assert sum(accuracy[s] for s in range(7, 10)) > sum(accuracy[s] for s in range(3))
