@@ -222,3 +222,36 @@ def test_export_maps_a_zero_initialised_model_exactly(tmp_path):
     idx = torch.randint(0, 50257, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(hf(idx).logits, module.model.logits(idx), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("whole", [True, False])
+def test_compiled_the_loss_takes_whole_logits_below_the_bound_and_chunks_above(whole, monkeypatch):
+    import lightning_gpt.model as model_module
+
+    torch._dynamo.reset()
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return model_module.chunked_cross_entropy_sum.__wrapped__(*args, **kwargs)
+
+    counted.__wrapped__ = model_module.chunked_cross_entropy_sum
+    monkeypatch.setattr(model_module, "chunked_cross_entropy_sum", counted)
+    if not whole:
+        monkeypatch.setattr(model_module, "WHOLE_LOGITS_MAX_BYTES", 0)
+    eager = perturbed(tiny(logit_softcap=3.0)).train()
+    compiled = tiny(logit_softcap=3.0)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile()
+    idx, targets = torch.randint(0, 97, (2, 16)), torch.randint(0, 97, (2, 16))
+    loss = compiled(idx, targets)
+    assert bool(calls) != whole  # 2 x 16 rows of 128 float32 logits: 16 KiB, under the default bound
+    calls.clear()
+    reference = eager(idx, targets)
+    assert calls  # eager always takes chunks
+    loss.backward()
+    reference.backward()
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-4)
+    for (name, a), b in zip(compiled.named_parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
