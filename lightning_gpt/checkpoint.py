@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 # The settings (hyperparameters) that shape the model, with their defaults: the training modules take them, and a
 # checkpoint's hyper_parameters hold them, so inference rebuilds the model from the file alone.
 MODEL_SETTINGS = {"preset": "gpt2-124m", "vocab_size": 50257, "block_size": 1024, "n_layer": None, "n_head": None,
-                  "n_embd": None, "dropout": 0.0}  # fmt: skip
+                  "n_embd": None, "dropout": 0.0, "qk_norm": False, "mlp": "swiglu", "zero_init_proj": False,
+                  "logit_softcap": None, "embed_shortcut": False}  # fmt: skip
 
 
 def model_config(settings: dict) -> GPTConfig:

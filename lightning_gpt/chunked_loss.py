@@ -18,10 +18,11 @@ DEFAULT_CHUNK_ROWS = 2048
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index: int, chunk_rows: int, vocab_size: int):
+    def forward(ctx, hidden, weight, targets, ignore_index: int, chunk_rows: int, vocab_size: int, softcap):
         """hidden (N, C), weight (V, C), targets (N,). Returns the summed cross-entropy over targets that are not
         ignore_index, in float32, with the softmax over the first `vocab_size` rows of `weight` (the rest are
-        padding: computed, for a matmul of a multiple of 64, then dropped)."""
+        padding: computed, for a matmul of a multiple of 64, then dropped), of logits capped to softcap *
+        tanh(logits / softcap) when softcap is not None."""
         device = hidden.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
         w = weight.to(dtype)
@@ -32,6 +33,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             h = hidden[start : start + chunk_rows].to(dtype)  # (n, C)
             t = targets[start : start + chunk_rows]  # (n,)
             logits = (h @ w.T).float()[:, :vocab_size]  # (n, vocab): the head's precision under autocast
+            if softcap is not None:
+                capped = torch.tanh(logits / softcap)  # (n, vocab)
+                logits = capped * softcap
             scored = t != ignore_index  # (n,)
             safe = torch.where(scored, t, 0)
             lse = torch.logsumexp(logits, dim=-1)  # (n,)
@@ -41,6 +45,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad_logits = torch.exp(logits - lse[:, None])  # (n, V)
             grad_logits.scatter_add_(1, safe[:, None], -torch.ones_like(lse)[:, None])
             grad_logits *= scored[:, None]
+            if softcap is not None:  # through the cap: d(c tanh(z / c))/dz = 1 - tanh(z / c)^2
+                grad_logits *= 1.0 - capped.square()
+                del capped
             grad_logits = grad_logits.to(dtype)
             grad_hidden[start : start + chunk_rows] = (grad_logits @ w[:vocab_size]).to(hidden.dtype)
             grad_weight[:vocab_size] += (grad_logits.T @ h).float()  # (vocab, C); padding rows get none
@@ -58,6 +65,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
@@ -69,12 +77,14 @@ def chunked_cross_entropy_sum(
     ignore_index: int,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     vocab_size: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Sum over rows of cross_entropy(hidden @ weight[:vocab_size].T, targets), skipping targets equal to
     ignore_index.
 
     hidden (N, C) and targets (N,); weight (V, C) is the output projection, whose rows past `vocab_size` (default:
-    all rows are real) are padding and take no part in the softmax. Equal to
+    all rows are real) are padding and take no part in the softmax; with `softcap`, the logits are softcap *
+    tanh(logits / softcap). Equal (without softcap) to
     `F.cross_entropy((hidden @ weight.T).float()[:, :vocab_size], targets, ignore_index=ignore_index,
     reduction="sum")`, with the same gradients, but at most chunk_rows x V logits exist at once. Only for training
     (it computes gradients in the forward pass): without grad it falls back to the plain computation, chunked the
@@ -82,10 +92,12 @@ def chunked_cross_entropy_sum(
     """
     vocab_size = weight.shape[0] if vocab_size is None else vocab_size
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, ignore_index, chunk_rows, vocab_size)
+        return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, ignore_index, chunk_rows, vocab_size, softcap)
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk_rows):
         logits = F.linear(hidden[start : start + chunk_rows], weight).float()[:, :vocab_size]
+        if softcap is not None:
+            logits = softcap * torch.tanh(logits / softcap)
         t = targets[start : start + chunk_rows]
         total += F.cross_entropy(logits, t, ignore_index=ignore_index, reduction="sum")
     return total

@@ -2,6 +2,9 @@
 
 The block is Llama-shaped (RMSNorm, rotary positions in the rotate-half layout, SwiGLU, no biases) so that a
 trained model maps one-to-one onto Hugging Face's `LlamaForCausalLM` (fused `qkv` splits into q/k/v) for export.
+Settings from the NanoGPT speedrun (modded-nanogpt) change the block: QK-norm, a ReLU-squared MLP, output
+projections that start at zero, soft-capped logits and a shortcut from the embedding into every block; each is off
+by default, and the ones Llama cannot represent are listed by `GPTConfig.non_llama_settings`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,14 @@ from lightning_gpt.errors import UserInputError
 
 # Targets equal to this carry no loss. Data modules write it; the loss reads it.
 IGNORE_INDEX = -100
+
+# The training loss takes whole logits (one fused cross-entropy) when the model is compiled and the micro-batch's
+# float32 logits take at most this many bytes; otherwise it runs over chunks of rows (lightning_gpt/chunked_loss.py).
+# 1 GiB: the CPU shape of docs/benchmarks.md (8 x 256 tokens: 0.4 GB) takes whole logits, gpt2-124m's micro-batch
+# (16 x 1,024 tokens: 3.3 GB, and as much again for their gradient) takes chunks.
+WHOLE_LOGITS_MAX_BYTES = 1 << 30
+
+MLP_KINDS = ("swiglu", "relu2")
 
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64},  # tests and CPU smoke runs
@@ -47,10 +58,24 @@ class GPTConfig:
     """Dropout on attention weights and on each residual branch; 0 for pretraining at this scale."""
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
+    qk_norm: bool = False
+    """RMS-normalise each head's queries and keys (no gain) before the rotary positions."""
+    mlp: str = "swiglu"
+    """The MLP: "swiglu" (gate, up, down) or "relu2" (up, ReLU squared, down: 1.5 times as wide, so that its two
+    matrices hold as many parameters as SwiGLU's three)."""
+    zero_init_proj: bool = False
+    """Start each residual branch's output projection (attn.proj, mlp.down) at zero, so every block starts as the
+    identity; otherwise GPT-2's init, scaled down with depth."""
+    logit_softcap: float | None = None
+    """Logits become softcap * tanh(logits / softcap): bounded in (-softcap, softcap). None: plain logits."""
+    embed_shortcut: bool = False
+    """Each block first mixes the embedding back into its input, x = a * x + b * x0, with learned a, b (from 1 and
+    0: at the start the plain model)."""
     padded_vocab_size: int = field(init=False)
     """`vocab_size` rounded up to a multiple of 64, for fast matmuls."""
     mlp_hidden: int = field(init=False)
-    """SwiGLU width: 8/3 of `n_embd` (the same parameters as a 4x GELU MLP), rounded up to a multiple of 64."""
+    """The MLP's hidden width. SwiGLU: 8/3 of `n_embd` (the same parameters as a 4x GELU MLP), rounded up to a
+    multiple of 64; ReLU squared: 1.5 times SwiGLU's (two matrices instead of three, the same parameters)."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -65,8 +90,25 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise UserInputError(f"model config: dropout must be in [0, 1), got {self.dropout}.")
+        if self.mlp not in MLP_KINDS:
+            raise UserInputError(f"model config: mlp must be one of {list(MLP_KINDS)}, got {self.mlp!r}.")
+        if self.logit_softcap is not None and not (math.isfinite(self.logit_softcap) and self.logit_softcap > 0):
+            raise UserInputError(
+                f"model config: logit_softcap must be a positive number or null (no cap), got {self.logit_softcap}."
+            )
         self.padded_vocab_size = _round_up(self.vocab_size, 64)
-        self.mlp_hidden = _round_up(int(8 * self.n_embd / 3), 64)
+        swiglu_hidden = _round_up(int(8 * self.n_embd / 3), 64)
+        self.mlp_hidden = swiglu_hidden if self.mlp == "swiglu" else 3 * swiglu_hidden // 2
+
+    def non_llama_settings(self) -> list[str]:
+        """The settings in use that Llama's block has no place for (export refuses them). zero_init_proj is not one:
+        it changes only where training starts."""
+        found = [name for name in ("qk_norm", "embed_shortcut") if getattr(self, name)]
+        if self.mlp != "swiglu":
+            found.append(f"mlp={self.mlp}")
+        if self.logit_softcap is not None:
+            found.append("logit_softcap")
+        return found
 
     @property
     def head_size(self) -> int:
@@ -118,6 +160,8 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.n_head = config.n_head
+        self.qk_norm = config.qk_norm
+        self.norm_eps = config.norm_eps
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
         self.dropout = config.dropout
@@ -138,6 +182,9 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if self.qk_norm:  # every query and key of unit RMS: attention logits stay bounded whatever the weights
+            q = F.rms_norm(q, (q.shape[-1],), eps=self.norm_eps)
+            k = F.rms_norm(k, (k.shape[-1],), eps=self.norm_eps)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nh, S, hs): every slot so far
@@ -163,15 +210,34 @@ class SwiGLU(nn.Module):
         return self.dropout(self.down(F.silu(self.gate(x)) * self.up(x)))
 
 
+class ReLU2(nn.Module):
+    """up, ReLU squared, down (Primer, So et al. 2021; the NanoGPT speedrun's MLP)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(config.n_embd, config.mlp_hidden, bias=False)
+        self.down = nn.Linear(config.mlp_hidden, config.n_embd, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(F.relu(self.up(x)).square()))
+
+
 class Block(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.attn_norm = nn.RMSNorm(config.n_embd, eps=config.norm_eps)
         self.attn = CausalSelfAttention(config)
         self.mlp_norm = nn.RMSNorm(config.n_embd, eps=config.norm_eps)
-        self.mlp = SwiGLU(config)
+        self.mlp = SwiGLU(config) if config.mlp == "swiglu" else ReLU2(config)
+        # (a, b) of x = a * x + b * x0; absent unless embed_shortcut, so other models keep their state-dict keys.
+        self.shortcut = nn.Parameter(torch.tensor([1.0, 0.0])) if config.embed_shortcut else None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache=None, attn_mask=None):
+    def forward(self, x: torch.Tensor, x0: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache=None,
+                attn_mask=None):  # fmt: skip
+        """x: (B, T, C), the residual stream; x0: (B, T, C), the embedding it started from."""
+        if self.shortcut is not None:
+            x = self.shortcut[0] * x + self.shortcut[1] * x0
         x = x + self.attn(self.attn_norm(x), cos, sin, cache, attn_mask)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -190,10 +256,13 @@ class GPT(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
-        # GPT-2's scaled init: each residual branch's output projection shrinks with depth.
+        # GPT-2's scaled init: each residual branch's output projection shrinks with depth (or starts at zero).
         for name, param in self.named_parameters():
             if name.endswith(("attn.proj.weight", "mlp.down.weight")):
-                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init_proj:
+                    nn.init.zeros_(param)
+                else:
+                    nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -203,12 +272,29 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The training loss: idx, targets (B, T), T <= block_size. Returns the summed cross-entropy (float32) over
         the targets that are not IGNORE_INDEX; the caller divides (training normalises by the targets of a whole
-        optimizer step). The head runs over chunks of rows, so the (B, T, vocab) logits and their gradient never
-        exist whole (lightning_gpt/chunked_loss.py). This is what torch.compile compiles."""
-        x = self.hidden_states(idx)  # (B, T, C)
+        optimizer step). This is what torch.compile compiles. Compiled, and when the float32 logits take at most
+        WHOLE_LOGITS_MAX_BYTES, the loss takes whole logits (the compiler fuses the head and the cross-entropy);
+        otherwise the head runs over chunks of rows, so the (B, T, vocab) logits and their gradient never exist
+        whole (lightning_gpt/chunked_loss.py)."""
+        x = self.hidden_states(idx).flatten(0, 1)  # (B * T, C)
+        targets = targets.flatten()  # (B * T,)
+        logit_bytes = x.shape[0] * self.config.padded_vocab_size * 4
+        if torch.compiler.is_compiling() and logit_bytes <= WHOLE_LOGITS_MAX_BYTES:
+            # Compiled, the head, the cap and the cross-entropy fuse: cheaper than the chunks' Python loop.
+            logits = self._head(x).float()  # (B * T, vocab)
+            return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
         return chunked_cross_entropy_sum(
-            x.flatten(0, 1), self.lm_head.weight, targets.flatten(), IGNORE_INDEX, vocab_size=self.config.vocab_size
-        )
+            x, self.lm_head.weight, targets, IGNORE_INDEX, vocab_size=self.config.vocab_size,
+            softcap=self.config.logit_softcap,
+        )  # fmt: skip
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., C) -> logits over the real vocabulary (..., vocab), soft-capped if the model says so."""
+        logits = self.lm_head(x)[..., : self.config.vocab_size]
+        cap = self.config.logit_softcap
+        if cap is None:
+            return logits
+        return (cap * torch.tanh(logits.float() / cap)).to(logits.dtype)
 
     def logits(self, idx: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
         """idx (B, T) -> logits over the real vocabulary, (B, T, vocab); with `select` (B, T) bool, only where it is
@@ -219,7 +305,7 @@ class GPT(nn.Module):
         x = self.hidden_states(idx)  # (B, T, C)
         if select is not None:
             x = x[select]  # (n, C)
-        return self.lm_head(x)[..., : self.config.vocab_size]
+        return self._head(x)
 
     def decode(
         self, idx: torch.Tensor, positions: torch.Tensor, caches: list[LayerCache] | None, attn_mask: torch.Tensor
@@ -229,7 +315,7 @@ class GPT(nn.Module):
         and attn_mask (B, 1, T, S) the slots each may attend to. Returns the logits at the last position, (B, vocab):
         a long prompt's other logits are unused."""
         x = self.hidden_states(idx, positions, caches, attn_mask)[:, -1]  # (B, C)
-        return self.lm_head(x)[..., : self.config.vocab_size]
+        return self._head(x)
 
     def hidden_states(
         self,
@@ -248,8 +334,9 @@ class GPT(nn.Module):
             cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, hs)
         else:
             cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # (B, 1, T, hs)
+        x0 = x
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, caches[i] if caches is not None else None, attn_mask)
+            x = block(x, x0, cos, sin, caches[i] if caches is not None else None, attn_mask)
         return self.norm(x)
 
     def new_caches(self, batch: int, max_len: int) -> list[LayerCache]:

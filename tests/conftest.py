@@ -615,3 +615,32 @@ def repository_copy(dest: Path) -> Path:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             (dest / name).write_bytes((REPO / name).read_bytes())
     return dest
+
+
+# --- builders of the optimizer and model-variant tests (tests/test_muon.py) ------------------------------------------
+
+
+def tiny_wikitext_data(path, **overrides):
+    """The WikiText DataModule over a folder made by `wikitext_folder`: 16-token windows, 4 a batch, no workers."""
+    from data_modules import WikiText103
+
+    return WikiText103(path=str(path), **{"block_size": 16, "batch_size": 4, "num_workers": 0, "seed": 7, **overrides})
+
+
+def tiny_language_model(dm, **overrides):
+    """A one-layer, 32-wide GPTModule for `dm`'s vocabulary and windows."""
+    from lightning_gpt.training.language_model import GPTModule
+
+    args = {"preset": "tiny", "vocab_size": dm.vocab_size, "block_size": dm.block_size, "n_layer": 1, "n_embd": 32,
+            "learning_rate": 1e-2, "warmup_steps": 2}  # fmt: skip
+    return GPTModule(**{**args, **overrides})
+
+
+def quiet_cpu_trainer(root, max_steps: int, callbacks=(), **overrides):
+    """A CPU Trainer without logger, progress bar, summary, checkpoints or validation, unless overridden."""
+    import lightning as L
+
+    args = {"accelerator": "cpu", "devices": 1, "max_steps": max_steps, "logger": False, "enable_progress_bar": False,
+            "enable_model_summary": False, "enable_checkpointing": False, "num_sanity_val_steps": 0,
+            "limit_val_batches": 0, "default_root_dir": root}  # fmt: skip
+    return L.Trainer(**{**args, **overrides}, callbacks=list(callbacks))

@@ -23,8 +23,9 @@ def smoke_args(command, data_dir, *extra):
     return [command, "-c", PRETRAIN, "-c", SMOKE, "--data.path", str(data_dir), *extra]
 
 
-# Overrides, not runs: smoke.yaml is composed below; the multi-GPU ones are tested in tests/test_multi_gpu_configs.py.
-OVERRIDES = {"smoke.yaml", "multi_gpu.yaml", "fsdp.yaml"}
+# Overrides, not runs: smoke.yaml is composed below; the multi-GPU ones are tested in tests/test_multi_gpu_configs.py,
+# the fast pretraining recipe below.
+OVERRIDES = {"smoke.yaml", "multi_gpu.yaml", "fsdp.yaml", "pretrain_wikitext103_fast.yaml"}
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in OVERRIDES))
@@ -42,6 +43,18 @@ def test_every_config_parses_alone_and_with_smoke(config, wikitext_dir, ultracha
         assert cli.datamodule.block_size == cli.model.config.block_size
         assert cli.model.config.vocab_size == cli.datamodule.vocab_size
     assert cli.trainer.accelerator.__class__.__name__ == "CPUAccelerator"
+
+
+def test_the_fast_recipe_changes_the_model_settings_and_the_folder_only(wikitext_dir):
+    base = ["-c", PRETRAIN, "--trainer.accelerator", "cpu", "--data.path", str(wikitext_dir)]
+    plain = parse_only(base)
+    fast = parse_only([*base[:2], "-c", str(CONFIGS / "pretrain_wikitext103_fast.yaml"), *base[2:]])
+    changed = {k: v for k, v in fast.model.hparams.items() if plain.model.hparams[k] != v}
+    assert changed == {"optimizer": "muon", "muon_learning_rate": 0.04, "learning_rate": 2e-3, "qk_norm": True,
+                       "mlp": "relu2"}  # fmt: skip
+    assert fast.trainer.logger.version == "fast" and plain.trainer.logger.version == "main"  # its own folder
+    assert fast.trainer.logger.name == plain.trainer.logger.name
+    assert fast.trainer.accumulate_grad_batches == plain.trainer.accumulate_grad_batches == 4
 
 
 @pytest.mark.slow

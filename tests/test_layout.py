@@ -180,7 +180,8 @@ def test_the_commands_that_use_checkpoints_never_import_lightning(tmp_path):
 
 # --- the tests' own layout -----------------------------------------------------------------------------------------
 
-# Tests of no one module (the command line, the real configs, the layout, the GPU suite) stay at tests/ top.
+# Tests of no one module (the command line, the real configs, the layout, the GPU suite, the README's quickstart, the
+# console and TensorBoard tags of every stage) stay at tests/ top.
 CROSS_CUTTING = {
     "test_cli.py",
     "test_layout.py",
@@ -188,6 +189,9 @@ CROSS_CUTTING = {
     "test_multi_gpu_configs.py",
     "test_gpu_suite.py",
     "test_tokenizers_across_stages.py",
+    "test_quickstart.py",
+    "test_console.py",
+    "test_tensorboard_tags.py",
 }
 
 

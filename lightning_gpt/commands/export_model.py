@@ -105,6 +105,17 @@ def generation_config(config: GPTConfig, stop_ids: list[int], bos_id: int):
     )  # no max_length: with it, every generate(max_new_tokens=...) warns that both are set
 
 
+def check_llama_shaped(config: GPTConfig, ckpt_path: str) -> None:
+    """A model with settings Llama's block has no place for (QK-norm, ReLU squared, ...) is refused: exported, it
+    would load and compute other logits."""
+    unsupported = config.non_llama_settings()
+    if unsupported:
+        raise UserInputError(
+            f"--ckpt_path {ckpt_path}: its model uses {', '.join(unsupported)}, which LlamaForCausalLM cannot "
+            "represent; export takes models trained without these settings."
+        )
+
+
 def check_out_dir(out: str) -> Path:
     """--out must not exist, or be an empty folder: export never writes over anything."""
     path = Path(out)
@@ -132,6 +143,7 @@ def export(ckpt_path: str, out: str, dtype: str = "float32") -> Path:
 
     path = check_out_dir(out)
     model, tokenizer = load_checkpoint(ckpt_path, device="cpu")  # float32 on the CPU
+    check_llama_shaped(model.config, ckpt_path)
     chat = is_chat(tokenizer)
     stop_ids = stop_token_ids(tokenizer, chat)
     torch_dtype = DTYPES[dtype]

@@ -19,6 +19,7 @@ from lightning_gpt.training.optim import (
     check_optimizer_settings,
     check_validation_between_steps,
     closed_form_schedule_state,
+    muon_adamw_warmup_cosine,
 )
 from lightning_gpt.training.rng import collect_rng_states, restore_rng_states
 
@@ -34,11 +35,22 @@ class TrainingModule(L.LightningModule):
         n_head: overrides the preset's number of attention heads.
         n_embd: overrides the preset's width.
         dropout: dropout on attention and residual branches.
-        learning_rate: peak learning rate, reached after warmup.
+        qk_norm: RMS-normalise each head's queries and keys (modded-nanogpt's QK-norm).
+        mlp: the MLP, "swiglu" or "relu2" (ReLU squared, as many parameters).
+        zero_init_proj: start each block's output projections at zero.
+        logit_softcap: cap the logits to softcap * tanh(logits / softcap); null: no cap.
+        embed_shortcut: mix the embedding back into each block's input with two learned scalars.
+        optimizer: "adamw", or "muon": Muon on the blocks' weight matrices, AdamW (learning_rate, weight_decay,
+            betas) on the embedding, the norms and any head.
+        learning_rate: peak learning rate (AdamW's), reached after warmup.
         min_lr_ratio: the cosine schedule ends at learning_rate * min_lr_ratio.
         warmup_steps: optimizer steps of linear warmup.
         weight_decay: AdamW decay on matrices and embeddings (never on norms).
         betas: AdamW betas.
+        muon_learning_rate: Muon's peak learning rate (the same schedule); its scale is not AdamW's: an update is an
+            orthogonalised matrix of RMS about 1 / sqrt(width), times this.
+        muon_momentum: Muon's Nesterov momentum.
+        muon_weight_decay: Muon's decoupled weight decay (times its learning rate).
         compile: compile the model with torch.compile (worth it on a GPU for long runs).
         init_from: a checkpoint whose weights start this run (fine-tuning), with a fresh optimizer and schedule;
             ignored when resuming with --ckpt_path, loaded in validate and test too when no --ckpt_path is given.
@@ -56,16 +68,28 @@ class TrainingModule(L.LightningModule):
         n_head: int | None = None,
         n_embd: int | None = None,
         dropout: float = 0.0,
+        qk_norm: bool = False,
+        mlp: str = "swiglu",
+        zero_init_proj: bool = False,
+        logit_softcap: float | None = None,
+        embed_shortcut: bool = False,
+        optimizer: str = "adamw",
         learning_rate: float = 6e-4,
         min_lr_ratio: float = 0.1,
         warmup_steps: int = 700,
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.95),
+        muon_learning_rate: float = 0.02,
+        muon_momentum: float = 0.95,
+        muon_weight_decay: float = 0.0,
         compile: bool = False,
         init_from: str | None = None,
     ) -> None:
         super().__init__()
-        check_optimizer_settings(learning_rate, min_lr_ratio, warmup_steps, weight_decay, betas)
+        check_optimizer_settings(
+            learning_rate, min_lr_ratio, warmup_steps, weight_decay, betas, optimizer, muon_learning_rate,
+            muon_momentum, muon_weight_decay,
+        )  # fmt: skip
         self.save_hyperparameters()
         self.config = model_config(self.hparams)
         self.model = GPT(self.config)
@@ -217,18 +241,32 @@ class TrainingModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": schedule_config}
 
     def build_optimizer(self, total_steps: int):
-        """AdamW and its warmup-cosine schedule from this module's hyperparameters (fused on CUDA)."""
+        """The optimizer (AdamW, or Muon with AdamW) and its warmup-cosine schedule from this module's
+        hyperparameters (AdamW fused on CUDA)."""
         hp = self.hparams
-        return adamw_warmup_cosine(
-            self.parameters(),
-            lr=hp.learning_rate,
-            weight_decay=hp.weight_decay,
-            betas=hp.betas,
-            warmup_steps=hp.warmup_steps,
-            total_steps=total_steps,
-            min_lr_ratio=hp.min_lr_ratio,
-            fused=self.device.type == "cuda",
+        adamw = {"lr": hp.learning_rate, "weight_decay": hp.weight_decay, "betas": hp.betas}
+        schedule = {"warmup_steps": hp.warmup_steps, "total_steps": total_steps, "min_lr_ratio": hp.min_lr_ratio}
+        fused = self.device.type == "cuda"
+        if hp.optimizer == "adamw":
+            return adamw_warmup_cosine(self.parameters(), **adamw, **schedule, fused=fused)
+        self._check_muon_strategy()
+        # The hidden matrices: every 2-D weight inside the blocks. The embedding (tied to the output head), the
+        # norms, the blocks' scalars and a reward model's score head stay with AdamW.
+        matrices = [p for p in self.model.blocks.parameters() if p.dim() == 2]
+        chosen = {id(p) for p in matrices}
+        others = [p for p in self.parameters() if id(p) not in chosen]
+        muon = {"muon_lr": hp.muon_learning_rate, "muon_momentum": hp.muon_momentum}
+        return muon_adamw_warmup_cosine(
+            matrices, others, **muon, muon_weight_decay=hp.muon_weight_decay, **adamw, **schedule, fused=fused
         )
+
+    def _check_muon_strategy(self) -> None:
+        strategy = getattr(self._trainer, "strategy", None)
+        if type(strategy).__name__.startswith(("FSDP", "ModelParallel")):
+            raise UserInputError(
+                "--model.optimizer muon needs each weight matrix whole on every device, and this strategy shards "
+                "them (FSDP, configs/fsdp.yaml); use DDP (configs/multi_gpu.yaml) or --model.optimizer adamw."
+            )
 
     def on_train_start(self) -> None:
         check_validation_between_steps(self.trainer)

@@ -1,0 +1,209 @@
+"""--model.optimizer muon: Muon on the blocks' weight matrices and AdamW on the rest, as one optimizer inside
+Lightning's automatic optimization, so accumulation, clipping, checkpoints and the exact resume work as with AdamW."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_gpt.cli import run
+from lightning_gpt.training.optim import Muon, MuonWithAdamW
+from lightning_gpt.training.reward_model import RewardModule
+from tests.conftest import quiet_cpu_trainer, tiny_language_model, tiny_wikitext_data
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+MUON = {"optimizer": "muon", "muon_learning_rate": 0.05}
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_everything_else(wikitext_dir):
+    module = tiny_language_model(tiny_wikitext_data(wikitext_dir), embed_shortcut=True, **MUON)
+    optimizer, _ = module.build_optimizer(total_steps=10)
+    assert isinstance(optimizer, MuonWithAdamW)
+    groups = {g["name"]: {id(p) for p in g["params"]} for g in optimizer.param_groups}
+    names = {id(p): n for n, p in module.named_parameters()}
+    assert {names[i] for i in groups["muon"]} == {
+        f"model.blocks.0.{w}.weight" for w in ("attn.qkv", "attn.proj", "mlp.gate", "mlp.up", "mlp.down")
+    }
+    assert {names[i] for i in groups["decayed"]} == {"model.tok_emb.weight"}  # = lm_head.weight, tied
+    assert {names[i] for i in groups["not_decayed"]} == {
+        "model.blocks.0.attn_norm.weight", "model.blocks.0.mlp_norm.weight", "model.norm.weight",
+        "model.blocks.0.shortcut",
+    }  # fmt: skip
+    assert sum(len(g) for g in groups.values()) == len(names)  # every parameter once
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs["muon"] == pytest.approx(0.05 / 3) and lrs["decayed"] == pytest.approx(1e-2 / 3)  # warmup step 0 of 2
+
+
+def test_muon_takes_the_hidden_matrices_of_a_relu2_mlp_and_never_a_reward_models_score_head():
+    module = RewardModule(preset="tiny", vocab_size=97, block_size=16, n_layer=2, n_embd=32, mlp="relu2", **MUON)
+    optimizer, _ = module.build_optimizer(total_steps=10)
+    names = {id(p): n for n, p in module.named_parameters()}
+    groups = {g["name"]: {names[id(p)] for p in g["params"]} for g in optimizer.param_groups}
+    assert groups["muon"] == {
+        f"model.blocks.{i}.{w}.weight" for i in (0, 1) for w in ("attn.qkv", "attn.proj", "mlp.up", "mlp.down")
+    }
+    # The score head's (1, 32) weight is 2-D but no hidden matrix: one output, Muon would make it a unit vector.
+    assert groups["decayed"] == {"model.tok_emb.weight", "score_head.weight"}
+    assert "score_head.bias" in groups["not_decayed"]
+    assert sum(len(g) for g in groups.values()) == len(names)
+
+
+def test_on_the_cpu_the_step_is_torch_muons_in_float32():
+    torch.manual_seed(0)
+    shapes = [(48, 16), (16, 16), (16, 40)]
+    ours = [torch.nn.Parameter(torch.randn(s) * 0.1) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    a = Muon(ours, lr=0.02, momentum=0.95, weight_decay=0.1)
+    b = torch.optim.Muon(theirs, lr=0.02, momentum=0.95, weight_decay=0.1)  # bfloat16 Newton-Schulz
+    for _ in range(3):
+        grads = [torch.randn(s) for s in shapes]
+        before = [p.detach().clone() for p in ours]
+        for p, q, g in zip(ours, theirs, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        a.step()
+        b.step()
+        for p, q, old in zip(ours, theirs, before, strict=True):
+            torch.testing.assert_close(a.state[p]["momentum_buffer"], b.state[q]["momentum_buffer"])
+            # The same update up to bfloat16's rounding in torch's iteration (a few percent, as a whole).
+            mine, torchs = p.detach() - old, q.detach() - old
+            assert (mine - torchs).norm() < 0.03 * torchs.norm()
+            p.data.copy_(q.data)  # go on from the same weights
+    # Muon's point: without decay the update is lr times a matrix whose singular values are all near 1.
+    p = torch.nn.Parameter(torch.randn(32, 64))
+    p.grad = torch.randn(32, 64) @ torch.diag(torch.logspace(-3, 0, 64))  # badly conditioned
+    before = p.detach().clone()
+    Muon([p], lr=0.1, weight_decay=0.0).step()
+    singular = torch.linalg.svdvals((before - p.detach()) / 0.1)
+    assert singular.min() > 0.5 and singular.max() < 1.5
+
+
+class Losses(L.Callback):
+    """Every micro-batch's loss by (epoch, batch index); with `stop_at`, a stop after that many optimizer steps."""
+
+    def __init__(self, stop_at: int | None = None):
+        self.losses, self.stop_at = {}, stop_at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses[(trainer.current_epoch, batch_idx)] = float(outputs["loss"])
+        if self.stop_at is not None:
+            trainer.should_stop = trainer.global_step >= self.stop_at
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_a_resume_restores_muons_state_and_continues_exactly(precision, wikitext_dir, tmp_path):
+    def fit(root, stop_at=None, ckpt_path=None):
+        L.seed_everything(5)
+        dm = tiny_wikitext_data(wikitext_dir)
+        losses = Losses(stop_at)
+        saves = ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=4)
+        trainer = quiet_cpu_trainer(root, 8, [losses, saves], accumulate_grad_batches=2, gradient_clip_val=1.0,
+                                    enable_checkpointing=True, precision=precision)  # fmt: skip
+        module = tiny_language_model(dm, dropout=0.1, **MUON)
+        trainer.fit(module, dm, ckpt_path=ckpt_path)
+        return losses.losses, module, saves
+
+    straight, finished, _ = fit(tmp_path / "a")
+    first, _, saves = fit(tmp_path / "b", stop_at=4)
+    assert len(first) == 8  # 4 optimizer steps of 2 micro-batches
+    checkpoint = torch.load(saves.last_model_path, weights_only=True)
+    state = checkpoint["optimizer_states"][0]
+    assert [g["name"] for g in state["param_groups"]] == ["muon", "decayed", "not_decayed"]
+    for index in state["param_groups"][0]["params"]:  # Muon's momentum for each matrix, AdamW's moments for the rest
+        assert set(state["state"][index]) == {"momentum_buffer"} and state["state"][index]["momentum_buffer"].any()
+    for group in state["param_groups"][1:]:
+        for index in group["params"]:
+            assert {"exp_avg", "exp_avg_sq", "step"} <= set(state["state"][index])
+    resumed, after, _ = fit(tmp_path / "b", ckpt_path=saves.last_model_path)
+    assert sorted(resumed) == sorted(straight)[8:] and len(resumed) == 8
+    assert all(resumed[key] == straight[key] for key in resumed)
+    for (name, a), b in zip(finished.named_parameters(), after.parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_accumulated_micro_batches_take_one_muon_step_like_one_big_batch(wikitext_dir, tmp_path):
+    def weights_after(batch_size, accumulate):
+        L.seed_everything(0)
+        dm = tiny_wikitext_data(wikitext_dir, batch_size=batch_size)
+        module = tiny_language_model(dm, **MUON)
+        quiet_cpu_trainer(tmp_path, 3, accumulate_grad_batches=accumulate).fit(module, dm)
+        return {n: p.detach().clone() for n, p in module.named_parameters()}, module
+
+    whole, module = weights_after(4, 1)
+    accumulated, _ = weights_after(2, 2)
+    start = tiny_language_model(tiny_wikitext_data(wikitext_dir), **MUON)  # moved, so the comparison means something
+    qkv = "model.blocks.0.attn.qkv.weight"
+    assert not torch.allclose(whole[qkv], dict(start.named_parameters())[qkv], atol=1e-3)
+    for name, weight in whole.items():
+        torch.testing.assert_close(accumulated[name], weight, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def first_step_gradients(module, optimizer) -> list[torch.Tensor]:
+    """The gradient of each of the module's parameters in a first optimizer step, read back from the state it left:
+    Muon's momentum buffer is (1 - momentum) g, AdamW's first moment (1 - beta1) g (the defaults: 0.95, 0.9)."""
+    grads = []
+    for p in module.parameters():
+        state = optimizer.state[p]
+        grads.append(state["momentum_buffer"] / 0.05 if "momentum_buffer" in state else state["exp_avg"] / 0.1)
+    return grads
+
+
+def global_norm(tensors: list[torch.Tensor]) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors])))
+
+
+def test_clipping_scales_muons_and_adamws_gradients_as_one(wikitext_dir, tmp_path):
+    def gradients(clip):
+        L.seed_everything(0)
+        dm = tiny_wikitext_data(wikitext_dir)
+        trainer = quiet_cpu_trainer(tmp_path, 1, gradient_clip_val=clip)
+        module = tiny_language_model(dm, **MUON)
+        trainer.fit(module, dm)
+        return first_step_gradients(module, trainer.optimizers[0])
+
+    clip = 1e-3
+    free, clipped = gradients(None), gradients(clip)
+    assert global_norm(free) > 10 * clip  # so the clip acts
+    # One norm over every parameter, Muon's matrices and AdamW's rest together: each gradient shrinks by one factor.
+    scale = clip / global_norm(free)
+    assert global_norm(clipped) == pytest.approx(clip, rel=1e-4)
+    for c, f in zip(clipped, free, strict=True):
+        torch.testing.assert_close(c, f * scale, rtol=1e-4, atol=1e-9)
+
+
+def test_under_bf16_mixed_muon_trains_the_float32_weights_as_32_true_does(wikitext_dir, tmp_path):
+    def trained(precision):
+        L.seed_everything(0)
+        dm = tiny_wikitext_data(wikitext_dir)
+        module = tiny_language_model(dm, **MUON)
+        start = {n: p.detach().clone() for n, p in module.named_parameters()}
+        trainer = quiet_cpu_trainer(tmp_path, 3, precision=precision, gradient_clip_val=1.0)
+        trainer.fit(module, dm)
+        return start, dict(module.named_parameters()), trainer.optimizers[0]
+
+    start, full, _ = trained("32-true")
+    _, mixed, optimizer = trained("bf16-mixed")
+    muon = optimizer.param_groups[0]
+    assert muon["name"] == "muon"
+    assert all(optimizer.state[p]["momentum_buffer"].dtype == torch.float32 for p in muon["params"])
+    matrices = {id(p) for p in muon["params"]}
+    for name, weight in mixed.items():
+        assert weight.dtype == torch.float32, name  # autocast computes in bfloat16; the weights stay float32
+        if id(weight) in matrices:  # Muon moved them, by nearly what it moves them in float32
+            moved = (full[name] - start[name]).norm()
+            assert moved > 0.01 and (weight - full[name]).norm() < 0.1 * moved, name
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--model.optimizer", "sgd"), ("--model.muon_learning_rate", "0"), ("--model.muon_momentum", "1.5"),
+     ("--model.muon_weight_decay", "-1")],
+)  # fmt: skip
+def test_bad_muon_settings_name_the_flag(flag, value, wikitext_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run(["fit", "-c", str(CONFIGS / "pretrain_wikitext103.yaml"), "-c", str(CONFIGS / "smoke.yaml"),
+             "--data.path", str(wikitext_dir), flag, value])  # fmt: skip
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and flag in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
