@@ -48,8 +48,8 @@ class StepTQDMProgressBar(TQDMProgressBar):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if self.train_progress_bar is not None:
-            self.train_progress_bar.set_description(step_description(trainer))
+        if self._train_progress_bar is not None:  # the property raises while there is none
+            self._train_progress_bar.set_description(step_description(trainer))
 
     def get_metrics(self, trainer, pl_module) -> dict:
         return without_version(super().get_metrics(trainer, pl_module))

@@ -207,10 +207,24 @@ class TextFiles(TokenDataModule):
         stream = np.concatenate([c["tokens"] for c in encode_documents(self.documents(rows), self.tokenizer, stats)])
         held = max(math.ceil(self.val_fraction * len(stream)), 2)
         cut = len(stream) - held
-        for key in ("words", "chars", "bytes"):  # the cut falls inside a document: no per-part text counts
-            stats.pop(key, None)
+        tokens = stream[cut:] if part == "val" else stream[:cut]
+        stats.update(self._decoded_counts(tokens))  # the part's own words and bytes, for word perplexity and bpb
         stats["holdout"] = {"val_fraction": self.val_fraction, "part": part, "by": "tokens", "val_tokens": held}
-        return {"tokens": stream[cut:] if part == "val" else stream[:cut]}
+        return {"tokens": tokens}
+
+    def _decoded_counts(self, tokens: np.ndarray) -> dict[str, int]:
+        """Words (plus one per end-of-text, as count_text counts them), characters and UTF-8 bytes of a part of the
+        stream, from its decoded text. A character cut by the part's edge decodes as U+FFFD: a few bytes off."""
+        ids, eot = tokens.tolist(), self.tokenizer.eot_id
+        counts = {"words": ids.count(eot), "chars": 0, "bytes": 0}
+        start = 0
+        for end in [*(i for i, t in enumerate(ids) if t == eot), len(ids)]:
+            text = self.tokenizer.decode(ids[start:end]) if end > start else ""
+            counts["words"] += len(text.split())
+            counts["chars"] += len(text)
+            counts["bytes"] += len(text.encode("utf-8"))
+            start = end + 1
+        return counts
 
     def train_dataset(self, base: Path, meta: dict):
         sampling = self.sampler_args(self.batch_size)

@@ -106,3 +106,13 @@ def test_the_stop_reason_of_the_gap_rule_is_the_only_one_before_max_steps(tmp_pa
     assert cli.trainer.global_step == 4  # two validations over the gap: stopped at the second
     stops = [record.getMessage() for record in caplog.records if "stopped" in record.getMessage()]
     assert len(stops) == 1 and stops[0].startswith("TrainValGapEarlyStopping: stopped at step 4")
+
+
+def test_without_rich_the_tqdm_bar_also_counts_steps(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "-c", str(CONFIGS / "pretrain_wikitext103.yaml"), "-c", str(CONFIGS / "smoke.yaml")]
+    args += ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "0"]
+    cli = run([*args, "--trainer.callbacks+=callbacks.progress.StepTQDMProgressBar"])
+    bar = cli.trainer.progress_bar_callback
+    assert isinstance(bar, StepTQDMProgressBar) and bar._train_progress_bar.desc.startswith("step 2/2")
+    assert "v_num" not in bar.get_metrics(cli.trainer, cli.model)

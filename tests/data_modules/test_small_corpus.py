@@ -45,6 +45,9 @@ def test_few_documents_hold_out_the_tail_of_the_token_stream(tmp_path):
     held = max(math.ceil(0.01 * len(stream)), 2)  # 1% of the tokens, at least one target
     train, val = np.asarray(dm.tokens("train")).tolist(), np.asarray(dm.tokens("val")).tolist()
     assert val == stream[-held:] and train == stream[:-held]  # every document trains; the last tokens validate
+    tail = Tokenizer().decode([t for t in val if t != Tokenizer().eot_id])  # the tail's text, as written
+    stats = dm.text_stats("val")  # word perplexity and bits per byte of the validation part: its own counts
+    assert stats["bytes"] == len(tail.encode()) and stats["words"] == len(tail.split()) + val.count(50256)
     batch = next(iter(dm.train_dataloader()))  # one optimizer step of 8 windows from fewer than 8 whole windows
     assert batch.inputs.shape == (8, 128)
     for x, y in zip(batch.inputs.tolist(), batch.targets.tolist(), strict=True):
