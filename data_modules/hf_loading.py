@@ -71,7 +71,7 @@ def load_hf_split(path: str, name: str | None, split: str, scratch_dir: str | No
     except ConnectionError as err:
         raise UserInputError(
             f"could not reach the Hugging Face hub for dataset {path!r} ({err}). Offline, pass a local copy in the "
-            f"hub's layout with {flag} DIR (for example ../shared/data/hub/Salesforce/wikitext)."
+            f"hub's layout with {flag} DIR (for example a mirror's folder DIR/{path})."
         ) from None
     except datasets.exceptions.DatasetGenerationError as err:
         # Loading one split prepares them all, so the file at fault may belong to another split: find it.

@@ -97,6 +97,8 @@ def run(args: argparse.Namespace) -> dict:
     for start in range(0, len(prompts), args.batch_size):
         outputs = generate(model, prompts[start : start + args.batch_size], settings)
         rouge.update([tokenizer.decode(o) for o in outputs], references[start : start + args.batch_size])
+        done = min(start + args.batch_size, len(prompts))
+        print(f"evaluate-chat: {done}/{len(prompts)} conversations answered", file=sys.stderr, flush=True)
     result = {
         "rougeL_fmeasure": float(rouge.compute()["rougeL_fmeasure"]),
         "samples": len(prompts),

@@ -25,7 +25,11 @@ def test_evaluate_chat_score_is_torchmetrics_rouge_l_of_the_greedy_answers(check
     result = command(
         "evaluate-chat", evaluate_chat(checkpoints, "--data_path", checkpoints["chat_data"], "--num_samples", "12")
     )
-    assert json.loads(capsys.readouterr().out) == result
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == result
+    # Progress on stderr, one line a batch (the default batch of 16 holds all 12).
+    progress = [line for line in printed.err.splitlines() if "answered" in line]
+    assert progress == [f"evaluate-chat: {n}/12 conversations answered" for n in (12,)]
     model, tokenizer = load_checkpoint(checkpoints["chat"], "cpu")
     conversations = [row["messages"] for row in synthetic_conversations(12, seed=2)]  # the fixture's test_sft
     prompts = [render_prompt(tokenizer, messages[:1]) for messages in conversations]
@@ -69,9 +73,12 @@ def test_evaluate_chat_scores_do_not_depend_on_the_batch_size(checkpoints, capsy
     """Answers up to 60 new tokens in a 64-token context: batched prompts must not share one length budget."""
     scores = set()
     for batch_size in ("1", "5", "12"):
+        capsys.readouterr()
         argv = ["--data_path", checkpoints["chat_data"], "--num_samples", "12", "--max_new_tokens", "60"]
         result = command("evaluate-chat", evaluate_chat(checkpoints, *argv, "--batch_size", batch_size))
         scores.add(round(result["rougeL_fmeasure"], 9))
+        if batch_size == "5":  # progress after each batch: 5, 10, then the last 2
+            assert capsys.readouterr().err.count("conversations answered") == 3
     assert len(scores) == 1
 
 
@@ -87,3 +94,4 @@ def test_an_unreachable_hub_is_one_line_naming_the_flag(checkpoints, monkeypatch
     assert done.returncode == 2 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("lightning-gpt: error: could not reach the Hugging Face hub") and "--data_path DIR" in last
+    assert "DIR/Some/dataset" in last and "wikitext" not in last  # the hint names the data asked for
