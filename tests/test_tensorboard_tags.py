@@ -1,5 +1,5 @@
-"""The README's TensorBoard row keeps its promise: each stage's smoke config, run briefly on the built-in sample,
-writes every tag the row names for it, and no tag the row does not name."""
+"""The TensorBoard tags docs/training.md promises (the README links there) are written: each stage's smoke config,
+run briefly on the built-in sample, writes every tag the row names for it, and no tag the row does not name."""
 
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ SECTIONS = {  # how the row's sentences begin: which stages they speak of
 
 
 def readme_promises() -> dict[str, list[str]]:
-    """The tags (or `*` patterns) each sentence of the README's `tensorboard --logdir runs` row names."""
-    readme = (REPO / "README.md").read_text()
-    row = next(line for line in readme.splitlines() if line.startswith("| `tensorboard --logdir runs`"))
+    """The tags (or `*` patterns) each sentence of the TensorBoard section of docs/training.md (where the README's
+    `tensorboard --logdir runs` row points) names."""
+    page = (REPO / "docs" / "training.md").read_text()
+    row = next(line for line in page.splitlines() if line.startswith("`tensorboard --logdir runs` shows"))
     starts = sorted((row.index(text), key) for key, text in SECTIONS.items())
     promises = {}
     for (start, key), (end, _) in zip(starts, [*starts[1:], (row.index("Text samples"), None)], strict=True):
