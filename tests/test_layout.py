@@ -124,6 +124,13 @@ def test_no_import_circle_even_through_imports_inside_functions():
     assert cycles(import_graph()) == []
 
 
+def write_tree(root: Path, files: dict[str, str]) -> None:
+    """Files of a made-up repository under `root`: {relative path: text}."""
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
 def test_the_checker_sees_a_circle_and_an_upward_import_hidden_in_a_function(tmp_path):
     files = {
         "lightning_gpt/__init__.py": "",
@@ -131,9 +138,7 @@ def test_the_checker_sees_a_circle_and_an_upward_import_hidden_in_a_function(tmp
         "lightning_gpt/training/__init__.py": "",
         "lightning_gpt/training/language_model.py": "from lightning_gpt.model import build\n",
     }
-    for name, text in files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
+    write_tree(tmp_path, files)
     graph = import_graph(tmp_path)
     assert cycles(graph) == [["lightning_gpt.model", "lightning_gpt.training.language_model"]]
     assert upward_imports(graph) == [
@@ -228,9 +233,7 @@ def test_the_tests_layout_checker_sees_a_flat_file_a_stray_folder_and_a_test_imp
         "tests/test_app_edges.py": "",
         "tests/lightning_gpt/servers/test_web.py": "def f():\n    from tests.lightning_gpt.serving import test_app\n",
     }
-    for name, text in files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
+    write_tree(tmp_path, files)
     assert misplaced_tests(tmp_path) == [
         "tests/lightning_gpt/servers mirrors no package folder",
         "tests/lightning_gpt/servers/test_web.py imports a test module",
