@@ -71,12 +71,23 @@ def gap_always(folder: Path) -> str:
     return str(folder / "pretrain.yaml")
 
 
+def gap_fit_args(tmp_path: Path, max_steps: int) -> list[str]:
+    """A smoke fit whose gap rule fires at every validation (every 2 steps, one batch each)."""
+    args = ["fit", "-c", gap_always(tmp_path), "-c", str(CONFIGS / "smoke.yaml")]
+    return args + [
+        f"--trainer.max_steps={max_steps}",
+        "--trainer.val_check_interval",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+    ]
+
+
 def test_a_fit_console_shows_steps_one_stop_reason_and_how_to_resume(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     caplog.set_level(logging.INFO)
     # The gap rule fires at every validation (max_gap below any gap); its second, at step 4, is max_steps too.
-    args = ["fit", "-c", gap_always(tmp_path), "-c", str(CONFIGS / "smoke.yaml")]
-    args += ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1"]
+    args = gap_fit_args(tmp_path, max_steps=4)
     cli = run(args)
     assert cli.trainer.global_step == 4
     messages = [record.getMessage() for record in caplog.records]
@@ -100,8 +111,7 @@ def test_a_fit_console_shows_steps_one_stop_reason_and_how_to_resume(tmp_path, m
 def test_the_stop_reason_of_the_gap_rule_is_the_only_one_before_max_steps(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     caplog.set_level(logging.INFO)
-    args = ["fit", "-c", gap_always(tmp_path), "-c", str(CONFIGS / "smoke.yaml")]
-    args += ["--trainer.max_steps", "8", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1"]
+    args = gap_fit_args(tmp_path, max_steps=8)
     cli = run(args)
     assert cli.trainer.global_step == 4  # two validations over the gap: stopped at the second
     stops = [record.getMessage() for record in caplog.records if "stopped" in record.getMessage()]
