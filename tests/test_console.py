@@ -2,6 +2,7 @@
 character cut by the end of generation, a progress bar by optimizer step, one stop reason, and where the
 checkpoints are with the command that resumes."""
 
+import codecs
 import io
 import logging
 import shlex
@@ -48,6 +49,17 @@ def test_piped_chat_writes_each_answer_on_one_line(checkpoints):
     escaped = escape_line(text)
     assert "\n" not in escaped and "\r" not in escaped
     assert escaped.encode().decode("unicode_escape") == text
+
+
+def test_every_line_break_splitlines_knows_is_escaped_and_reads_back():
+    # Every code point str.splitlines breaks at, found by asking it, not from our list.
+    breaks = [chr(c) for c in range(0x3000) if len(f"a{chr(c)}b".splitlines()) == 2]
+    assert len(breaks) == 10
+    text = "é " + " ".join(f"{i}{c}\\{c}" for i, c in enumerate(breaks)) + " 🦜"
+    escaped = escape_line(text)
+    assert escaped.splitlines() == [escaped]
+    # Python's own reader of string escapes gives the answer back (non-Latin-1 characters as \\u escapes first).
+    assert codecs.decode(escaped.encode("latin-1", "backslashreplace"), "unicode_escape") == text
 
 
 def test_a_character_cut_by_the_end_of_generation_is_left_out():

@@ -22,10 +22,19 @@ from lightning_gpt.retrieval.index import DocumentIndex, context_prompt
 from lightning_gpt.streamed_text import StreamedText
 from lightning_gpt.tokenizer import Tokenizer
 
+# Every character `str.splitlines` breaks at, as Python writes it in a string literal: a reader splitting the
+# output on any of them still sees one answer per line.
+_LINE_BREAKS = {"\\": "\\\\", "\n": "\\n", "\r": "\\r"} | {
+    c: f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}" for c in "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+}
+_ESCAPES = str.maketrans(_LINE_BREAKS)
+
 
 def escape_line(text: str) -> str:
-    """`text` on one line: backslashes doubled, then newlines written as backslash-n (reversible)."""
-    return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+    """`text` on one line: backslashes doubled, every line break written as its escape (`\\n`, `\\x0b`, `\\u2028`).
+
+    Reversible: Python's `unicode_escape` reads it back."""
+    return text.translate(_ESCAPES)
 
 
 class ChatSession:
