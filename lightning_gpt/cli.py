@@ -163,16 +163,34 @@ def tokenizer_from_init_from(config) -> None:
     """--data.tokenizer left unset: the tokenizer of --model.init_from, so that fine-tuning reads its data with the
     ids the model was trained on (the chat DataModules add the chat tokens to it); without init_from (or where its
     file is gone on a resume), that of a --ckpt_path file, so that `validate --ckpt_path FILE` needs no flag for it.
-    Otherwise (--ckpt_path last) the resumed checkpoint checks the tokenizer (TrainingModule.on_load_checkpoint)."""
+    `--ckpt_path last` counts as its file: the run's last.ckpt (TrainingModule.on_load_checkpoint checks it again)."""
     data = getattr(config.data, "init_args", None)
     if data is None or "tokenizer" not in data or data.tokenizer is not None:
         return
     init_from = getattr(getattr(config.model, "init_args", None), "init_from", None)
     ckpt_path = config.get("ckpt_path")
+    ckpt_file = last_checkpoint_file(config.trainer) if ckpt_path == "last" else ckpt_path
     if init_from and (ckpt_path is None or Path(init_from).is_file()):
         data.tokenizer = init_from
-    elif ckpt_path is not None and Path(ckpt_path).is_file():
-        data.tokenizer = str(ckpt_path)
+    elif ckpt_file is not None and Path(ckpt_file).is_file():
+        data.tokenizer = str(ckpt_file)
+
+
+def last_checkpoint_file(trainer_config) -> Path | None:
+    """The file `--ckpt_path last` resumes, known before the Trainer exists (the DataModule, built first, needs its
+    tokenizer): last.ckpt in a checkpoint callback's `dirpath`, else in the TensorBoard run folder's checkpoints/,
+    where ModelCheckpoint writes by default. None when neither is set or holds one."""
+    folders = [
+        Path(callback.init_args.dirpath)
+        for callback in trainer_config.get("callbacks") or []
+        if getattr(getattr(callback, "init_args", None), "dirpath", None)
+    ]
+    logger = getattr(trainer_config.get("logger"), "init_args", None)
+    if logger is not None and getattr(logger, "version", None) is not None and getattr(logger, "save_dir", None):
+        folders.append(
+            Path(logger.save_dir) / (getattr(logger, "name", None) or "") / str(logger.version) / "checkpoints"
+        )
+    return next((folder / "last.ckpt" for folder in folders if (folder / "last.ckpt").is_file()), None)
 
 
 def separate_evaluation_run(logger_config, subcommand: str) -> None:

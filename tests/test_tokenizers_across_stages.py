@@ -225,3 +225,20 @@ def test_the_checkpoint_alone_rebuilds_the_tokenizer(tmp_path, monkeypatch, caps
     capsys.readouterr()
     command("generate", ["--ckpt_path", str(ckpt), "--prompt", "Привет", "--max_new_tokens", "5", "--device", "cpu"])
     assert capsys.readouterr().out.startswith("Привет")
+
+
+def test_a_resume_with_ckpt_path_last_takes_the_runs_tokenizer(tmp_path, monkeypatch):
+    # A run on a char tokenizer, resumed by `--ckpt_path last` without --data.tokenizer (the flag left out, or an SFT
+    # whose --model.init_from file is gone): the DataModule is built before the Trainer resolves "last", so it must
+    # read the checkpoint's tokenizer itself, or the model gets GPT-2's vocabulary and the resume fails.
+    corpus = unicode_corpus(tmp_path / "corpus")
+    monkeypatch.chdir(tmp_path)
+    fit = ["fit", "-c", str(CONFIGS / "pretrain_text.yaml"), *SMALL, "--data.path", str(corpus), "--data.num_workers",
+           "0", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]  # fmt: skip
+    first = run([*fit, "--data.tokenizer", "char"])
+    (last,) = tmp_path.glob("runs/**/checkpoints/last.ckpt")
+    resumed = run([*fit, "--ckpt_path", "last"])  # at max_steps already: it loads, and has nothing left to do
+    assert resumed.datamodule.tokenizer_spec == str(last)  # not the default, gpt2
+    assert resumed.datamodule.vocab_size == first.datamodule.vocab_size < 1000
+    assert resumed.model.config.vocab_size == first.model.config.vocab_size
+    assert resumed.trainer.global_step == 1
