@@ -13,12 +13,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
-import numpy as np
-import pytest
-import torch
+# Offline before any test module is collected: huggingface_hub and datasets read these when first imported, and a
+# module importing them at the top (test_hf_loading.py) would otherwise leave them trying the hub, 24 s of retries.
+os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-from lightning_gpt.chat import chat_tokenizer
+import lightning as L  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from lightning_gpt.chat import chat_tokenizer  # noqa: E402
+
+# Under pytest-xdist (`-n auto`), the workers share the cores: each takes its share of threads, and so do the
+# processes its tests start (OMP_NUM_THREADS), instead of every one of them claiming every core.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+    torch.set_num_threads(_THREADS)
 
 # --- paths --------------------------------------------------------------------------------------------------------
 
