@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import repository_copy
+from tests.conftest import parse_only, repository_copy
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- quickstart:begin -->", "<!-- quickstart:end -->"
@@ -167,12 +167,11 @@ def test_the_built_in_samples_load_as_hub_datasets_and_stay_small(tmp_path):
     ],
 )
 def test_smoke_runs_read_the_sample_and_real_runs_the_hub(config, folder):
-    from lightning_gpt.cli import build_cli
     from lightning_gpt.sample import SAMPLE_ROOT
 
-    smoke = build_cli(["-c", str(REPO / "configs" / config), "-c", str(REPO / "configs/smoke.yaml")], run=False)
+    smoke = parse_only(["-c", str(REPO / "configs" / config), "-c", str(REPO / "configs/smoke.yaml")])
     assert Path(smoke.datamodule.path) == SAMPLE_ROOT / folder
-    real = build_cli(["-c", str(REPO / "configs" / config), "--trainer.accelerator", "cpu"], run=False)
+    real = parse_only(["-c", str(REPO / "configs" / config), "--trainer.accelerator", "cpu"])
     assert real.datamodule.path == folder  # the hub id
 
 
