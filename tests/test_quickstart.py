@@ -1,6 +1,7 @@
 """The README's quickstart, run as a new user runs it: its commands read from the README itself (between the
 `quickstart:begin` and `quickstart:end` markers), in a copy of the repository's tracked files with no `../shared`
-beside it and the hub offline. Only extra overrides are added (fewer steps, a free port), never other commands."""
+beside it and the hub offline. Only extra overrides are added (fewer steps, smaller batches, a free port), never other
+commands."""
 
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ from tests.conftest import parse_only, repository_copy
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- quickstart:begin -->", "<!-- quickstart:end -->"
-# Time only: each fit a few optimizer steps and one short validation (the sample and the configs are the README's).
+# Time only: each fit a few optimizer steps of 2 windows and one short validation (the sample and the configs are
+# the README's).
 SHORT_FIT = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "2"]
+SHORT_FIT += ["--data.batch_size", "2", "--data.eval_batch_size", "2"]
 
 
 def quickstart_commands(readme: str) -> list[str]:
