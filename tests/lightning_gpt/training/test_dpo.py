@@ -248,8 +248,9 @@ def test_the_dpo_config_with_the_smoke_overlay_trains_logs_and_writes_a_chat_che
     args = ["fit", "-c", DPO, "-c", SMOKE, "--data.path", str(pairs_dir), "--model.init_from", init]
     args += ["--trainer.callbacks.reward_ckpt", str(tmp_path / "rm.ckpt"), "--trainer.callbacks.max_new_tokens", "8"]
     # The config's bf16 mixed precision (smoke.yaml sets fp32), accumulation (4) and workers, shrunk: 8 steps of
-    # 2 batches, a validation every 4 steps.
+    # 2 batches of 2 pairs, a validation every 4 steps.
     short = ["--trainer.max_steps", "8", "--trainer.accumulate_grad_batches", "2", "--data.num_workers", "2"]
+    short += ["--data.batch_size", "2", "--data.eval_batch_size", "2"]
     short += ["--trainer.precision", "bf16-mixed"]
     cli = run([*args, *short, "--trainer.val_check_interval", "8", "--trainer.log_every_n_steps", "2"])
     assert isinstance(cli.model, DPOModule) and cli.trainer.global_step == 8
