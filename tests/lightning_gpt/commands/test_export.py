@@ -314,7 +314,8 @@ def test_the_logged_test_loss_equals_the_exported_models_loss(wikitext_dir, tmp_
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     base = ["-c", str(REPO / "configs" / "pretrain_wikitext103.yaml"), "-c", str(REPO / "configs" / "smoke.yaml")]
     base += ["--data.path", str(wikitext_dir), "--trainer.limit_test_batches", "null"]
-    run(["fit", *base, "--trainer.max_steps", "2", "--trainer.val_check_interval", "2"])
+    run(["fit", *base, "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--data.batch_size", "2",
+         "--trainer.limit_val_batches", "1"])  # fmt: skip
     ckpt = tmp_path / "runs" / "pretrain_wikitext103" / "smoke" / "checkpoints" / "last.ckpt"
     ours = float(run(["test", *base, "--ckpt_path", str(ckpt)]).trainer.callback_metrics["test_loss"])
 
