@@ -43,7 +43,8 @@ DEFAULT_DATA = {
 
 def cli_args(args, workdir: str, max_steps: int) -> list[str]:
     """The user's command line for this benchmark: the config, then size flags only."""
-    flags = ["-c", args.config, "--data.path", args.data_path, "--trainer.max_steps", str(max_steps)]
+    flags = ["-c", args.config, *(word for overlay in args.overlay for word in ("-c", overlay))]
+    flags += ["--data.path", args.data_path, "--trainer.max_steps", str(max_steps)]
     flags += ["--trainer.logger.init_args.save_dir", workdir, "--trainer.default_root_dir", workdir]
     flags += ["--model.preset", args.preset, "--model.block_size", str(args.block_size)]
     flags += ["--data.batch_size", str(args.batch_size), "--trainer.accumulate_grad_batches", str(args.accumulate)]
@@ -174,6 +175,8 @@ def host_syncs_per_step(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO / "configs/pretrain_wikitext103.yaml"))
+    parser.add_argument("--overlay", action="append", default=[],
+                        help="a config read after --config: configs/pretrain_wikitext103_fast.yaml")  # fmt: skip
     parser.add_argument("--data-path", help="default: the config's dataset in ../shared/data/hub")
     parser.add_argument("--gpu", action="store_true", help="run as configured (CUDA, bf16, compile)")
     parser.add_argument("--preset", default="tiny")
@@ -206,7 +209,7 @@ def main() -> None:
     peak_flops = get_available_flops(device, torch.bfloat16 if args.gpu else torch.float32)
     result = {
         "device": name,
-        "config": Path(args.config).name,
+        "config": " + ".join(Path(path).name for path in [args.config, *args.overlay]),
         "preset": args.preset,
         "micro_batch": args.batch_size,
         "accumulate": args.accumulate,

@@ -28,11 +28,13 @@ def test_the_dry_run_measures_every_stage_and_writes_no_docs(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
     rows = {line.split("|")[1].strip(): line for line in table.read_text().splitlines() if line.startswith("| ")}
-    expected = {"pretrain mb4", "sft", "dpo (reference live)", "dpo (reference precomputed)", "decode, KV cache",
-                "decode, no cache", "LM-head loss, whole logits", "LM-head loss, chunked"}  # fmt: skip
+    expected = {"pretrain mb4", "pretrain fast mb4", "sft", "dpo (reference live)", "dpo (reference precomputed)",
+                "decode, KV cache", "decode, no cache", "LM-head loss, whole logits",
+                "LM-head loss, chunked"}  # fmt: skip
     assert expected <= rows.keys(), rows.keys()
-    assert sum("(best)" in row for row in rows.values()) == 1
-    assert "Estimated wall-clock" in table.read_text()
+    assert sum("(best)" in row for row in rows.values()) == 1 and "(best)" not in rows["pretrain fast mb4"]
+    assert "Estimated wall-clock to validation loss 3.39" in table.read_text()
+    assert "The fast recipe (Muon, QK-norm, ReLU squared)" in table.read_text()
     assert (repo / "docs" / "benchmarks.md").read_bytes() == docs
     assert not (tmp_path / "shared").exists()
 
@@ -59,3 +61,18 @@ def test_where_the_suite_reads_its_data(dry_run, data, expected):
     pretrain = next(command for name, command in commands.items() if name.startswith("pretrain"))
     assert pretrain[pretrain.index("--data-path") + 1] == expected
     assert Path(suite.data_paths(argparse.Namespace(dry_run=True, data_root=None))["sft"]).is_dir()
+
+
+def test_the_time_to_3_39_of_each_recipe_is_its_tokens_over_its_tokens_per_second():
+    suite = gpu_suite()
+    row = {"ratio": 1.0, "micro_batch": 16, "accumulate": 4, "precision": "bf16-mixed"}
+    results = {
+        "pretrain mb16": {**row, "lightning_tokens_per_s": 400_000.0},
+        "pretrain mb32": {**row, "lightning_tokens_per_s": 500_000.0},  # the best of the current recipe's
+        "pretrain fast mb32": {**row, "lightning_tokens_per_s": 600_000.0},  # faster, and still never "best"
+    }
+    text = suite.table(results, "GPU", dry_run=False)
+    current_hours = 12_000 * 64 * 1024 / 500_000 / 3600  # by hand: the config's steps x windows x block size
+    fast_hours = 12_000 * 64 * 1024 * 0.31 / 600_000 / 3600
+    assert f"{current_hours:.2f} h." in text and f"{fast_hours:.2f} h ({fast_hours / current_hours:.2f}x" in text
+    assert [line for line in text.splitlines() if "(best)" in line][0].startswith("| pretrain mb32 ")
