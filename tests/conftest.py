@@ -32,6 +32,13 @@ if _WORKERS > 1:
     os.environ["OMP_NUM_THREADS"] = str(_THREADS)
     torch.set_num_threads(_THREADS)
 
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first, in their order, then the rest: under `-n auto` the longest ones start at once and the
+    short ones fill the workers' gaps, instead of the longest (the top-level files, collected last) making a tail."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 # --- paths --------------------------------------------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[1]
