@@ -179,7 +179,7 @@ def tokenizer_from_init_from(config) -> None:
 def last_checkpoint_file(trainer_config) -> Path | None:
     """The file `--ckpt_path last` resumes, known before the Trainer exists (the DataModule, built first, needs its
     tokenizer): last.ckpt in a checkpoint callback's `dirpath`, else in the TensorBoard run folder's checkpoints/,
-    where ModelCheckpoint writes by default. None when neither is set or holds one."""
+    where ModelCheckpoint writes by default; the newest where several are, as Lightning picks. None when none is."""
     folders = [
         Path(callback.init_args.dirpath)
         for callback in trainer_config.get("callbacks") or []
@@ -190,7 +190,8 @@ def last_checkpoint_file(trainer_config) -> Path | None:
         folders.append(
             Path(logger.save_dir) / (getattr(logger, "name", None) or "") / str(logger.version) / "checkpoints"
         )
-    return next((folder / "last.ckpt" for folder in folders if (folder / "last.ckpt").is_file()), None)
+    found = [folder / "last.ckpt" for folder in folders if (folder / "last.ckpt").is_file()]
+    return max(found, key=lambda path: path.stat().st_mtime, default=None)
 
 
 def separate_evaluation_run(logger_config, subcommand: str) -> None:

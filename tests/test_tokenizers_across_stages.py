@@ -233,12 +233,13 @@ def test_a_resume_with_ckpt_path_last_takes_the_runs_tokenizer(tmp_path, monkeyp
     # read the checkpoint's tokenizer itself, or the model gets GPT-2's vocabulary and the resume fails.
     corpus = unicode_corpus(tmp_path / "corpus")
     monkeypatch.chdir(tmp_path)
+    # SMALL's accumulation and dropout; no worker processes (the tokenizer is decided before any loader exists).
     fit = ["fit", "-c", str(CONFIGS / "pretrain_text.yaml"), *SMALL, "--data.path", str(corpus), "--data.num_workers",
            "0", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]  # fmt: skip
     first = run([*fit, "--data.tokenizer", "char"])
     (last,) = tmp_path.glob("runs/**/checkpoints/last.ckpt")
-    resumed = run([*fit, "--ckpt_path", "last"])  # at max_steps already: it loads, and has nothing left to do
+    resumed = run([*fit, "--ckpt_path", "last", "--trainer.max_steps", "2"])  # one step further
     assert resumed.datamodule.tokenizer_spec == str(last)  # not the default, gpt2
     assert resumed.datamodule.vocab_size == first.datamodule.vocab_size < 1000
     assert resumed.model.config.vocab_size == first.model.config.vocab_size
-    assert resumed.trainer.global_step == 1
+    assert resumed.trainer.global_step == 2
