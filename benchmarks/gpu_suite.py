@@ -92,16 +92,8 @@ def stage_commands(args) -> dict[str, list[str]]:
         f"pretrain mb{mb}": [*pretrain, *gpu, "--batch-size", str(mb), "--accumulate", str(64 // mb)]
         for mb in (16, 32, 64)
     }
-    commands["pretrain fast mb32"] = [
-        *pretrain,
-        "--overlay",
-        str(FAST),
-        *gpu,
-        "--batch-size",
-        "32",
-        "--accumulate",
-        "2",
-    ]
+    fast = [*pretrain, "--overlay", str(FAST), *gpu]
+    commands["pretrain fast mb32"] = [*fast, "--batch-size", "32", "--accumulate", "2"]
     commands["sft"] = [*sft, *gpu, "--batch-size", "16", "--accumulate", "2"]
     dpo = ["--preset", "gpt2-124m", "--block-size", "1024", "--batch-size", "8", "--precision", "bf16-mixed"]
     commands["dpo"] = ["dpo_step.py", *dpo, "--steps", "30", "--warmup", "8", "--repeats", "2"]
