@@ -2,12 +2,14 @@
 run that never stopped."""
 
 import itertools
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_gpt.tokenizer import train_tokenizer
 from lightning_gpt.training.optim import warmup_cosine
 from tests.conftest import (
     LossRecorder,
@@ -30,15 +32,15 @@ class LearningRates(L.Callback):
 @pytest.mark.slow
 def test_a_resume_with_more_steps_follows_the_longer_plan(wikitext_dir, tmp_path):
     planned = LearningRates()
-    dm = wikitext_data(wikitext_dir)
+    dm = wikitext_data(wikitext_dir, tokenizer="bpe-300")  # the schedule is tested: a small head will do
     trainer(tmp_path / "a", 24, [planned]).fit(tiny_module(dm, warmup_steps=3), dm)
 
     first, extended = LearningRates(), LearningRates()
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=8)
-    dm = wikitext_data(wikitext_dir)
+    dm = wikitext_data(wikitext_dir, tokenizer="bpe-300")
     short = trainer(tmp_path / "b", 12, [first, StopAt(8), ckpt], enable_checkpointing=True)
     short.fit(tiny_module(dm, warmup_steps=3), dm)
-    dm = wikitext_data(wikitext_dir)
+    dm = wikitext_data(wikitext_dir, tokenizer="bpe-300")
     trainer(tmp_path / "b", 24, [extended]).fit(tiny_module(dm, warmup_steps=3), dm, ckpt_path=ckpt.last_model_path)
 
     assert sorted(extended.lrs) == list(range(8, 24))
@@ -61,7 +63,8 @@ def test_a_resume_from_an_end_of_epoch_validation_checkpoint_continues_exactly(w
     # Lightning's default: validation (and ModelCheckpoint) at each epoch's end; dropout and accumulation on.
     def fit(root, ckpt_path=None):
         L.seed_everything(3)
-        dm = wikitext_data(wikitext_dir, batch_size=32)  # 5 optimizer steps an epoch
+        # A 300-token BPE: the seam is tested, not GPT-2's 50k-row head (which took 20 s here).
+        dm = wikitext_data(wikitext_dir, batch_size=48, tokenizer="bpe-300")  # 6 optimizer steps an epoch
         recorder = Recorder()
         saves = ModelCheckpoint(dirpath=root, save_top_k=-1, filename="{epoch}-{step}", monitor="val_loss")
         run = trainer(root, 12, [recorder, saves], accumulate_grad_batches=2, limit_val_batches=2,
@@ -100,10 +103,22 @@ def test_a_checkpoint_with_the_old_sequential_schedule_resumes_on_the_closed_for
 
 
 @pytest.mark.slow
+def bpe_tokenizer_checkpoint(conversations: Path, path: Path) -> str:
+    """What SFT reads of a pretraining checkpoint that trained a 300-token BPE: its tokenizer and vocabulary."""
+    import datasets
+
+    rows = datasets.load_dataset(str(conversations), split="train_sft")
+    bpe = train_tokenizer("bpe-300", [m["content"] for row in rows for m in row["messages"]])
+    torch.save({"hyper_parameters": {"vocab_size": bpe.vocab_size}, "tokenizer": bpe.to_data()}, path)
+    return str(path)
+
+
 def test_sft_resume_continues_exactly(ultrachat_dir, tmp_path):
+    tokenizer = bpe_tokenizer_checkpoint(ultrachat_dir, tmp_path / "bpe.ckpt")  # a small head: the seam is tested
+
     def fresh():
         L.seed_everything(0)
-        return chat_data(ultrachat_dir)
+        return chat_data(ultrachat_dir, tokenizer=tokenizer)
 
     straight = LossRecorder()
     dm = fresh()
