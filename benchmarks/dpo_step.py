@@ -183,6 +183,8 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures to this file")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # internal: one side, in this process
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    in_process = "every side in this process (a check that it runs: the memory figures then overlap)"
+    parser.add_argument("--in-process", action="store_true", help=in_process)
     args = parser.parse_args()
     if args.warmup >= args.steps:
         parser.error("--warmup must be smaller than --steps")
@@ -202,7 +204,10 @@ def main() -> None:
         torch.save(batches, Path(work) / "batches.pt")
         for _ in range(args.repeats):  # alternating, so that a slow spell of the machine hits every side
             for side in SIDES:
-                results[side].append(spawn(side, work))
+                if args.in_process:
+                    results[side].append(run_side(argparse.Namespace(**{**vars(args), "side": side, "workdir": work})))
+                else:
+                    results[side].append(spawn(side, work))
 
     rows = sum(x.shape[0] for x, _, _ in batches) / len(batches)
     positions = sum(x.numel() for x, _, _ in batches) / len(batches)

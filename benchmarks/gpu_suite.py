@@ -4,7 +4,8 @@ GPU and writes the table to docs/benchmarks.md with the device's name.
     bash benchmarks/gpu_suite.sh                      # a CUDA GPU: gpt2-124m, bf16, compiled; about 10 minutes
     bash benchmarks/gpu_suite.sh --dry-run            # any machine: every stage for a few steps on the CPU, tiny
 
-Stages (each one of the benchmarks in this folder, in its own process, its figures read from its --json file):
+Stages (each one of the benchmarks in this folder, in its own process, its figures read from its --json file; a dry
+run runs them all in its own process, sides included, as its figures mean nothing):
   pretrain  benchmarks/throughput.py on configs/pretrain_wikitext103.yaml at micro-batches 16, 32 and 64, the
             accumulation set so that every optimizer step keeps the recipe's 64 windows: tokens/s, MFU, peak memory,
             host syncs per step, ratio to a plain PyTorch loop; the best micro-batch is marked; and the fast recipe
@@ -27,10 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+import traceback
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent
@@ -43,6 +45,8 @@ RECIPE_TOKENS = 12_000 * 64 * 1024  # configs/pretrain_wikitext103.yaml: max_ste
 # there, assumed here at gpt2-124m.
 FAST_STEP_SHARE = 0.31
 FAST = REPO / "configs" / "pretrain_wikitext103_fast.yaml"
+# The stages whose script runs each of its sides in a process of its own, unless told --in-process.
+IN_PROCESS_SIDES = ("dpo", "logits")
 
 
 DATASETS = {"pretrain": "Salesforce/wikitext", "sft": "HuggingFaceH4/ultrachat_200k"}  # hub ids
@@ -103,13 +107,38 @@ def stage_commands(args) -> dict[str, list[str]]:
 
 
 def run_stage(name: str, command: list[str], workdir: Path) -> dict | None:
+    """One stage in a process of its own (a GPU run: each stage's memory and compiled graphs are its own)."""
     out = workdir / f"{name.replace(' ', '_')}.json"
     print(f"== {name}: python benchmarks/{' '.join(command)}", flush=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, *command, "--json", str(out)], cwd=BENCHMARKS, env=env)
+    return stage_result(name, done.returncode, out)
+
+
+def run_stage_here(name: str, command: list[str], workdir: Path) -> dict | None:
+    """One stage in this process, as `python benchmarks/SCRIPT ARGS` would run it (a dry run: its figures mean
+    nothing, so the ten processes' start-up, about 8 s each on 2 cores, is not worth paying)."""
+    out = workdir / f"{name.replace(' ', '_')}.json"
+    print(f"== {name}: python benchmarks/{' '.join(command)} (in the suite's process)", flush=True)
+    script, argv = str(BENCHMARKS / command[0]), sys.argv
+    sys.argv = [script, *command[1:], "--json", str(out)]
+    try:
+        runpy.run_path(script, run_name="__main__")
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    except Exception:  # noqa: BLE001 - a broken stage is reported and the others still run, as in their own process
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.argv = argv
+    return stage_result(name, code, out)
+
+
+def stage_result(name: str, code: int, out: Path) -> dict | None:
     print(f"== {name}: done", flush=True)
-    if done.returncode or not out.is_file():
-        print(f"== {name}: failed (exit {done.returncode})", flush=True)
+    if code or not out.is_file():
+        print(f"== {name}: failed (exit {code})", flush=True)
         return None
     return json.loads(out.read_text())
 
@@ -210,11 +239,15 @@ def main() -> None:
         parser.error("no CUDA GPU here: run it on a GPU machine, or check it with --dry-run")
     device = torch.cuda.get_device_name() if not args.dry_run else "CPU"
     commands = stage_commands(args)
-    # On a GPU the stages run one at a time (each times the device); a dry run only checks that each still works,
-    # so two at a time, which halves the wait on a 2-core CI machine (most of it is Python starting up).
-    with tempfile.TemporaryDirectory(prefix="gpu-suite-") as work, ThreadPoolExecutor(2 if args.dry_run else 1) as pool:
-        futures = {name: pool.submit(run_stage, name, command, Path(work)) for name, command in commands.items()}
-        results = {name: future.result() for name, future in futures.items()}
+    with tempfile.TemporaryDirectory(prefix="gpu-suite-") as work:
+        if args.dry_run:  # every stage in this process, with its sides in-process too (see run_stage_here)
+            sys.path.insert(0, str(BENCHMARKS))  # the scripts import benchmarks/timing.py as run from this folder
+            run = run_stage_here
+            commands = {name: [*command, "--in-process"] if name in IN_PROCESS_SIDES else command
+                        for name, command in commands.items()}  # fmt: skip
+        else:
+            run = run_stage
+        results = {name: run(name, command, Path(work)) for name, command in commands.items()}
     text = table(results, device, args.dry_run)
     print(text)
     if args.out:

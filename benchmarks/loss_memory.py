@@ -93,6 +93,8 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--json", help="write the figures to this file")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # the child processes
+    in_process = "every side in this process (a check that it runs: the peaks then overlap)"
+    parser.add_argument("--in-process", action="store_true", help=in_process)
     args = parser.parse_args()
     if args.side:
         print(json.dumps(one_side(args)))
@@ -102,6 +104,10 @@ def main() -> None:
     for _ in range(args.rounds):  # alternating, so that a change of load on the machine reaches every side
         for side in sides:
             extra = ["--warmup", str(max(args.warmup, 2))] if side.endswith("compiled") else []
+            if args.in_process:
+                warmup = max(args.warmup, 2) if extra else args.warmup
+                runs[side].append(one_side(argparse.Namespace(**{**vars(args), "side": side, "warmup": warmup})))
+                continue
             child = subprocess.run(
                 [sys.executable, __file__, *sys.argv[1:], *extra, "--side", side, "--json", ""],
                 capture_output=True,
@@ -132,7 +138,9 @@ def main() -> None:
               f"{results['whole-compiled']['step_s'] / chunked['step_s']:.2f}")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
-    print(f"peak memory whole / chunked: {whole['peak'] / chunked['peak']:.2f}")
+    # In one process (--in-process) the later sides' peaks hide under the first's: no ratio then.
+    ratio = f"{whole['peak'] / chunked['peak']:.2f}" if chunked["peak"] else "n/a (the peaks overlap in one process)"
+    print(f"peak memory whole / chunked: {ratio}")
 
 
 if __name__ == "__main__":

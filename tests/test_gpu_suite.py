@@ -76,3 +76,21 @@ def test_the_time_to_3_39_of_each_recipe_is_its_tokens_over_its_tokens_per_secon
     fast_hours = 12_000 * 64 * 1024 * 0.31 / 600_000 / 3600
     assert f"{current_hours:.2f} h." in text and f"{fast_hours:.2f} h ({fast_hours / current_hours:.2f}x" in text
     assert [line for line in text.splitlines() if "(best)" in line][0].startswith("| pretrain mb32 ")
+
+
+@pytest.mark.parametrize("here", [False, True])
+def test_a_stage_gives_its_json_or_none_when_it_fails(here, tmp_path):
+    # A real GPU run starts each stage as a process (run_stage), a dry run runs it in the suite's (run_stage_here).
+    suite = gpu_suite()
+    run = suite.run_stage_here if here else suite.run_stage
+    good = tmp_path / "good.py"
+    good.write_text(
+        "import json, sys\nout = sys.argv[sys.argv.index('--json') + 1]\njson.dump({'tokens_per_s': 7}, open(out, 'w'))"
+    )
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise SystemExit('broken')")
+    raising = tmp_path / "raising.py"
+    raising.write_text("raise RuntimeError('broken')")
+    assert run("good one", [str(good)], tmp_path) == {"tokens_per_s": 7}
+    assert run("bad one", [str(bad)], tmp_path) is None
+    assert run("raising one", [str(raising)], tmp_path) is None
