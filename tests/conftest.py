@@ -444,6 +444,24 @@ class StopAt(L.Callback):
 TINY_CHAT = {"preset": "tiny", "vocab_size": chat_tokenizer().vocab_size, "block_size": 64, "n_layer": 1, "n_embd": 32}
 
 
+def conversation_texts(folder: Path, split: str = "train_sft") -> list[str]:
+    """Every message's text of a hub-layout chat folder's split."""
+    import datasets
+
+    rows = datasets.load_dataset(str(folder), split=split)
+    return [message["content"] for row in rows for message in row["messages"]]
+
+
+def bpe_tokenizer_checkpoint(texts: list[str], path: Path) -> str:
+    """What a chat stage reads of a pretraining checkpoint that trained a 300-token BPE on `texts`: its tokenizer and
+    vocabulary (for --data.tokenizer: a small head, where GPT-2's 50k rows would be most of a tiny model's time)."""
+    from lightning_gpt.tokenizer import train_tokenizer
+
+    bpe = train_tokenizer("bpe-300", texts)
+    torch.save({"hyper_parameters": {"vocab_size": bpe.vocab_size}, "tokenizer": bpe.to_data()}, path)
+    return str(path)
+
+
 def save_module(module, path) -> str:
     """What a checkpoint of `lightning-gpt fit` holds and what loading it reads: the weights and the settings."""
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)

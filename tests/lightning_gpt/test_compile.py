@@ -10,7 +10,7 @@ from torch._dynamo.utils import counters
 from data_modules import UltraChat200k
 from data_modules.chat_messages import WIDTH_MULTIPLE
 from lightning_gpt.model import GPT, GPTConfig
-from tests.conftest import synthetic_conversations, write_hub_folder
+from tests.conftest import bpe_tokenizer_checkpoint, conversation_texts, synthetic_conversations, write_hub_folder
 
 
 @pytest.mark.slow
@@ -20,7 +20,9 @@ def test_chat_batches_of_many_widths_compile_two_graphs(tmp_path):
     for i, row in enumerate(rows):
         row["prompt_id"] = f"p{i}"
     folder = write_hub_folder(tmp_path / "chats", {"train_sft": rows, "test_sft": rows[:8]}, config="default")
-    dm = UltraChat200k(path=str(folder), block_size=512, batch_size=4, eval_batch_size=4, num_workers=0, seed=0)
+    tokenizer = bpe_tokenizer_checkpoint(conversation_texts(folder), tmp_path / "bpe.ckpt")  # graphs, not the head
+    dm = UltraChat200k(path=str(folder), block_size=512, batch_size=4, eval_batch_size=4, num_workers=0, seed=0,
+                       tokenizer=tokenizer)  # fmt: skip
     dm.prepare_data()
     dm.setup("fit")
     batches = list(dm.train_dataloader())

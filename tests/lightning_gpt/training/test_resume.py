@@ -2,19 +2,19 @@
 run that never stopped."""
 
 import itertools
-from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_gpt.tokenizer import train_tokenizer
 from lightning_gpt.training.optim import warmup_cosine
 from tests.conftest import (
     LossRecorder,
     StopAt,
+    bpe_tokenizer_checkpoint,
     chat_data,
+    conversation_texts,
     tiny_module,
     trainer,
     wikitext_data,
@@ -103,18 +103,8 @@ def test_a_checkpoint_with_the_old_sequential_schedule_resumes_on_the_closed_for
 
 
 @pytest.mark.slow
-def bpe_tokenizer_checkpoint(conversations: Path, path: Path) -> str:
-    """What SFT reads of a pretraining checkpoint that trained a 300-token BPE: its tokenizer and vocabulary."""
-    import datasets
-
-    rows = datasets.load_dataset(str(conversations), split="train_sft")
-    bpe = train_tokenizer("bpe-300", [m["content"] for row in rows for m in row["messages"]])
-    torch.save({"hyper_parameters": {"vocab_size": bpe.vocab_size}, "tokenizer": bpe.to_data()}, path)
-    return str(path)
-
-
 def test_sft_resume_continues_exactly(ultrachat_dir, tmp_path):
-    tokenizer = bpe_tokenizer_checkpoint(ultrachat_dir, tmp_path / "bpe.ckpt")  # a small head: the seam is tested
+    tokenizer = bpe_tokenizer_checkpoint(conversation_texts(ultrachat_dir), tmp_path / "bpe.ckpt")  # a small head
 
     def fresh():
         L.seed_everything(0)
