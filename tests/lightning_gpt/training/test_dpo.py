@@ -16,6 +16,7 @@ from lightning_gpt.cli import run
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.loading import load_checkpoint
 from lightning_gpt.model import IGNORE_INDEX
+from lightning_gpt.tokenizer import train_tokenizer
 from lightning_gpt.training.dpo import DPOModule
 from lightning_gpt.training.language_model import GPTModule
 from lightning_gpt.training.preference_losses import answer_logps, answer_positions, initial_loss
@@ -36,11 +37,18 @@ from tests.conftest import (
 SHAPE = {"preset": "tiny", "n_layer": 1, "n_embd": 32, "block_size": 64}
 
 
-def sft_checkpoint(path, seed: int = 0, **shape) -> str:
-    """A chat model's checkpoint as `fit` writes it (weights and hyperparameters), with random weights."""
+def sft_checkpoint(path, seed: int = 0, tokenizer=None, **shape) -> str:
+    """A chat model's checkpoint as `fit` writes it (weights and hyperparameters), with random weights; GPT-2's
+    chat vocabulary, or `tokenizer`'s (then stored in it, as fit stores a trained one)."""
     torch.manual_seed(seed)
-    module = GPTModule(**{**SHAPE, **shape, "vocab_size": chat_tokenizer().vocab_size})
-    return save_module(module, path)
+    module = GPTModule(**{**SHAPE, **shape, "vocab_size": (tokenizer or chat_tokenizer()).vocab_size})
+    return with_tokenizer(save_module(module, path), tokenizer)
+
+
+def with_tokenizer(path: str, tokenizer) -> str:
+    if tokenizer is not None:
+        torch.save({**torch.load(path, weights_only=True), "tokenizer": tokenizer.to_data()}, path)
+    return path
 
 
 def dpo_module(init_from: str, **overrides) -> DPOModule:
@@ -242,9 +250,14 @@ def test_the_dpo_config_with_the_smoke_overlay_trains_logs_and_writes_a_chat_che
     pairs_dir, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
-    init = sft_checkpoint(tmp_path / "sft.ckpt", n_layer=2, n_embd=64, block_size=128)  # smoke.yaml's model
-    reward = RewardModule(**{**SHAPE, "vocab_size": chat_tokenizer().vocab_size})
-    save_module(reward, tmp_path / "rm.ckpt")
+    import datasets
+
+    # A 300-token BPE with the chat tokens: bf16 on a CPU without bf16 units made GPT-2's head 23 s here.
+    rows = datasets.load_dataset(str(pairs_dir), split="train_prefs")
+    bpe = chat_tokenizer(train_tokenizer("bpe-300", [m["content"] for row in rows for m in row["chosen"]]))
+    init = sft_checkpoint(tmp_path / "sft.ckpt", tokenizer=bpe, n_layer=2, n_embd=64, block_size=128)  # smoke's model
+    reward = RewardModule(**{**SHAPE, "vocab_size": bpe.vocab_size})
+    with_tokenizer(save_module(reward, tmp_path / "rm.ckpt"), bpe)
     args = ["fit", "-c", DPO, "-c", SMOKE, "--data.path", str(pairs_dir), "--model.init_from", init]
     args += ["--trainer.callbacks.reward_ckpt", str(tmp_path / "rm.ckpt"), "--trainer.callbacks.max_new_tokens", "8"]
     # The config's bf16 mixed precision (smoke.yaml sets fp32), accumulation (4) and workers, shrunk: 8 steps of
@@ -264,7 +277,7 @@ def test_the_dpo_config_with_the_smoke_overlay_trains_logs_and_writes_a_chat_che
         assert len(scalars(events, tag)) == 2, tag
     # The checkpoint is a chat model's: generate, chat and evaluate-chat load it unchanged.
     model, tokenizer = load_checkpoint(str(events / "checkpoints" / "last.ckpt"), device="cpu")
-    assert tokenizer.vocab_size == chat_tokenizer().vocab_size and model.config.n_embd == 64
+    assert tokenizer.to_data() == bpe.to_data() and model.config.n_embd == 64
     policy = {k.removeprefix("model."): v for k, v in cli.model.state_dict().items() if k.startswith("model.")}
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, policy[key])
