@@ -22,10 +22,11 @@ from lightning_gpt.errors import UserInputError
 # Targets equal to this carry no loss. Data modules write it; the loss reads it.
 IGNORE_INDEX = -100
 
-# The training loss takes whole logits (one fused cross-entropy) when the model is compiled and the micro-batch's
-# float32 logits take at most this many bytes; otherwise it runs over chunks of rows (lightning_gpt/chunked_loss.py).
-# 1 GiB: the CPU shape of docs/benchmarks.md (8 x 256 tokens: 0.4 GB) takes whole logits, gpt2-124m's micro-batch
-# (16 x 1,024 tokens: 3.3 GB, and as much again for their gradient) takes chunks.
+# The training loss takes whole logits (one cross-entropy, fused when compiled) when the micro-batch's float32 logits
+# take at most this many bytes; otherwise it runs over chunks of rows (lightning_gpt/chunked_loss.py), which saves
+# memory only where there are several chunks and costs a second pass over them. 1 GiB: the CPU shape of
+# docs/benchmarks.md (8 x 256 tokens: 0.4 GB, one chunk) takes whole logits, gpt2-124m's micro-batch (16 x 1,024
+# tokens: 3.3 GB, and as much again for their gradient) takes chunks.
 WHOLE_LOGITS_MAX_BYTES = 1 << 30
 
 MLP_KINDS = ("swiglu", "relu2")
@@ -272,15 +273,15 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The training loss: idx, targets (B, T), T <= block_size. Returns the summed cross-entropy (float32) over
         the targets that are not IGNORE_INDEX; the caller divides (training normalises by the targets of a whole
-        optimizer step). This is what torch.compile compiles. Compiled, and when the float32 logits take at most
-        WHOLE_LOGITS_MAX_BYTES, the loss takes whole logits (the compiler fuses the head and the cross-entropy);
+        optimizer step). This is what torch.compile compiles. When the float32 logits take at most
+        WHOLE_LOGITS_MAX_BYTES, the loss takes whole logits (compiled, the head and the cross-entropy fuse);
         otherwise the head runs over chunks of rows, so the (B, T, vocab) logits and their gradient never exist
         whole (lightning_gpt/chunked_loss.py)."""
         x = self.hidden_states(idx).flatten(0, 1)  # (B * T, C)
         targets = targets.flatten()  # (B * T,)
         logit_bytes = x.shape[0] * self.config.padded_vocab_size * 4
-        if torch.compiler.is_compiling() and logit_bytes <= WHOLE_LOGITS_MAX_BYTES:
-            # Compiled, the head, the cap and the cross-entropy fuse: cheaper than the chunks' Python loop.
+        if logit_bytes <= WHOLE_LOGITS_MAX_BYTES:
+            # One matmul and one cross-entropy: the one chunk here would cost 1.03x a step at the CPU shape.
             logits = self._head(x).float()  # (B * T, vocab)
             return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
         return chunked_cross_entropy_sum(

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.generate import SamplingSettings, generate
 from lightning_gpt.loading import load_checkpoint
-from lightning_gpt.model import GPT, GPTConfig
+from lightning_gpt.model import GPT, IGNORE_INDEX, GPTConfig
 from lightning_gpt.tokenizer import Tokenizer
 from lightning_gpt.training.language_model import GPTModule
 from tests.conftest import save_module
@@ -226,7 +226,7 @@ def test_export_maps_a_zero_initialised_model_exactly(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("whole", [True, False])
-def test_compiled_the_loss_takes_whole_logits_below_the_bound_and_chunks_above(whole, monkeypatch):
+def test_the_loss_takes_whole_logits_below_the_bound_and_chunks_above_eager_and_compiled(whole, monkeypatch):
     import lightning_gpt.model as model_module
 
     torch._dynamo.reset()
@@ -244,14 +244,21 @@ def test_compiled_the_loss_takes_whole_logits_below_the_bound_and_chunks_above(w
     compiled = tiny(logit_softcap=3.0)
     compiled.load_state_dict(eager.state_dict())
     compiled.compile()
+    plain = tiny(logit_softcap=3.0)
+    plain.load_state_dict(eager.state_dict())
     idx, targets = torch.randint(0, 97, (2, 16)), torch.randint(0, 97, (2, 16))
+    targets[0, :3] = IGNORE_INDEX
     loss = compiled(idx, targets)
     assert bool(calls) != whole  # 2 x 16 rows of 128 float32 logits: 16 KiB, under the default bound
     calls.clear()
-    reference = eager(idx, targets)
-    assert calls  # eager always takes chunks
-    loss.backward()
+    eager_loss = eager(idx, targets)
+    assert bool(calls) != whole  # eager decides by the same bound
+    # The reference: torch's cross-entropy over the model's logits (soft-capped), summed over the scored targets.
+    reference = F.cross_entropy(plain.logits(idx).flatten(0, 1), targets.flatten(), reduction="sum")
+    for got in (loss, eager_loss):
+        got.backward()
+        torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-4)
     reference.backward()
-    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-4)
-    for (name, a), b in zip(compiled.named_parameters(), eager.parameters(), strict=True):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
+    for model in (compiled, eager):
+        for (name, a), b in zip(model.named_parameters(), plain.parameters(), strict=True):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
