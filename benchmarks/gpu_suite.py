@@ -5,7 +5,7 @@ GPU and writes the table to docs/benchmarks.md with the device's name.
     bash benchmarks/gpu_suite.sh --dry-run            # any machine: every stage for a few steps on the CPU, tiny
 
 Stages (each one of the benchmarks in this folder, in its own process, its figures read from its --json file; a dry
-run runs them all in its own process, sides included, as its figures mean nothing):
+run runs them all, sides included, in the suite's process, as its figures mean nothing):
   pretrain  benchmarks/throughput.py on configs/pretrain_wikitext103.yaml at micro-batches 16, 32 and 64, the
             accumulation set so that every optimizer step keeps the recipe's 64 windows: tokens/s, MFU, peak memory,
             host syncs per step, ratio to a plain PyTorch loop; the best micro-batch is marked; and the fast recipe
