@@ -103,13 +103,12 @@ def main() -> None:
     runs: dict[str, list[dict]] = {side: [] for side in sides}
     for _ in range(args.rounds):  # alternating, so that a change of load on the machine reaches every side
         for side in sides:
-            extra = ["--warmup", str(max(args.warmup, 2))] if side.endswith("compiled") else []
+            warmup = max(args.warmup, 2) if side.endswith("compiled") else args.warmup  # compilation is not timed
             if args.in_process:
-                warmup = max(args.warmup, 2) if extra else args.warmup
                 runs[side].append(one_side(argparse.Namespace(**{**vars(args), "side": side, "warmup": warmup})))
                 continue
             child = subprocess.run(
-                [sys.executable, __file__, *sys.argv[1:], *extra, "--side", side, "--json", ""],
+                [sys.executable, __file__, *sys.argv[1:], "--warmup", str(warmup), "--side", side, "--json", ""],
                 capture_output=True,
                 text=True,
                 check=True,

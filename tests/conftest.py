@@ -462,9 +462,13 @@ def bpe_tokenizer_checkpoint(texts: list[str], path: Path) -> str:
     return str(path)
 
 
-def save_module(module, path) -> str:
-    """What a checkpoint of `lightning-gpt fit` holds and what loading it reads: the weights and the settings."""
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+def save_module(module, path, tokenizer=None) -> str:
+    """What a checkpoint of `lightning-gpt fit` holds and what loading it reads: the weights and the settings, and
+    the tokenizer when it is not GPT-2's (fit stores every tokenizer; a checkpoint without one reads as GPT-2's)."""
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    if tokenizer is not None:
+        checkpoint["tokenizer"] = tokenizer.to_data()
+    torch.save(checkpoint, path)
     return str(path)
 
 

@@ -42,13 +42,7 @@ def sft_checkpoint(path, seed: int = 0, tokenizer=None, **shape) -> str:
     chat vocabulary, or `tokenizer`'s (then stored in it, as fit stores a trained one)."""
     torch.manual_seed(seed)
     module = GPTModule(**{**SHAPE, **shape, "vocab_size": (tokenizer or chat_tokenizer()).vocab_size})
-    return with_tokenizer(save_module(module, path), tokenizer)
-
-
-def with_tokenizer(path: str, tokenizer) -> str:
-    if tokenizer is not None:
-        torch.save({**torch.load(path, weights_only=True), "tokenizer": tokenizer.to_data()}, path)
-    return path
+    return save_module(module, path, tokenizer)
 
 
 def dpo_module(init_from: str, **overrides) -> DPOModule:
@@ -257,7 +251,7 @@ def test_the_dpo_config_with_the_smoke_overlay_trains_logs_and_writes_a_chat_che
     bpe = chat_tokenizer(train_tokenizer("bpe-300", [m["content"] for row in rows for m in row["chosen"]]))
     init = sft_checkpoint(tmp_path / "sft.ckpt", tokenizer=bpe, n_layer=2, n_embd=64, block_size=128)  # smoke's model
     reward = RewardModule(**{**SHAPE, "vocab_size": bpe.vocab_size})
-    with_tokenizer(save_module(reward, tmp_path / "rm.ckpt"), bpe)
+    save_module(reward, tmp_path / "rm.ckpt", bpe)
     args = ["fit", "-c", DPO, "-c", SMOKE, "--data.path", str(pairs_dir), "--model.init_from", init]
     args += ["--trainer.callbacks.reward_ckpt", str(tmp_path / "rm.ckpt"), "--trainer.callbacks.max_new_tokens", "8"]
     # The config's bf16 mixed precision (smoke.yaml sets fp32), accumulation (4) and workers, shrunk: 8 steps of

@@ -35,8 +35,7 @@ def test_dpo_validate_before_training_scores_a_policy_equal_to_its_reference(tmp
     # An SFT checkpoint with a 300-token BPE and the chat tokens (GPT-2's 50k-row head made this test 17 s).
     texts = [message["content"] for row in rows for message in row["chosen"] + row["rejected"]]
     bpe = chat_tokenizer(train_tokenizer("bpe-300", texts))
-    sft = save_module(GPTModule(preset="tiny", block_size=128, vocab_size=bpe.vocab_size), "sft.ckpt")
-    torch.save({**torch.load(sft, weights_only=True), "tokenizer": bpe.to_data()}, sft)
+    sft = save_module(GPTModule(preset="tiny", block_size=128, vocab_size=bpe.vocab_size), "sft.ckpt", bpe)
     args = ["-c", DPO, "-c", SMOKE, "--data.path", str(prefs), "--data.val_fraction", "0.25", "--model.init_from", sft]
     for command in ("validate", "test"):
         got = metrics(run([command, *args]))
