@@ -78,7 +78,7 @@ def test_the_time_to_3_39_of_each_recipe_is_its_tokens_over_its_tokens_per_secon
     assert [line for line in text.splitlines() if "(best)" in line][0].startswith("| pretrain mb32 ")
 
 
-@pytest.mark.parametrize("here", [False, True])
+@pytest.mark.parametrize("here", [pytest.param(False, marks=pytest.mark.slow), True])  # False starts processes
 def test_a_stage_gives_its_json_or_none_when_it_fails(here, tmp_path):
     # A real GPU run starts each stage as a process (run_stage), a dry run runs it in the suite's (run_stage_here).
     suite = gpu_suite()
