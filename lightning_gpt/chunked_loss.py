@@ -25,14 +25,14 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         tanh(logits / softcap) when softcap is not None."""
         device = hidden.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-        w = weight.to(dtype)
+        w = weight.to(dtype)[:vocab_size]  # (vocab, C): the real rows, so the logits come out contiguous
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_rows):
             h = hidden[start : start + chunk_rows].to(dtype)  # (n, C)
             t = targets[start : start + chunk_rows]  # (n,)
-            logits = (h @ w.T).float()[:, :vocab_size]  # (n, vocab): the head's precision under autocast
+            logits = (h @ w.T).float()  # (n, vocab): the head's precision under autocast
             if softcap is not None:
                 capped = torch.tanh(logits / softcap)  # (n, vocab)
                 logits = capped * softcap
@@ -41,16 +41,18 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             lse = torch.logsumexp(logits, dim=-1)  # (n,)
             picked = logits.gather(1, safe[:, None]).squeeze(1)  # (n,)
             total += ((lse - picked) * scored).sum()
-            # d(sum of losses)/d(logits) = softmax - one_hot(target), on scored rows only.
-            grad_logits = torch.exp(logits - lse[:, None])  # (n, V)
-            grad_logits.scatter_add_(1, safe[:, None], -torch.ones_like(lse)[:, None])
-            grad_logits *= scored[:, None]
+            # d(sum of losses)/d(logits) = softmax - one_hot(target), written over the logits (in place: the two
+            # passes over the (n, vocab) block are this loss's whole cost beyond the matmuls).
+            grad_logits = logits.sub_(lse[:, None]).exp_()  # (n, vocab)
+            grad_logits.scatter_add_(1, safe[:, None], torch.full_like(lse, -1.0)[:, None])
             if softcap is not None:  # through the cap: d(c tanh(z / c))/dz = 1 - tanh(z / c)^2
                 grad_logits *= 1.0 - capped.square()
                 del capped
             grad_logits = grad_logits.to(dtype)
-            grad_hidden[start : start + chunk_rows] = (grad_logits @ w[:vocab_size]).to(hidden.dtype)
-            grad_weight[:vocab_size] += (grad_logits.T @ h).float()  # (vocab, C); padding rows get none
+            # Rows whose target is ignored carry no gradient: masked on the (n, C) sides, not on the logits.
+            keep = scored[:, None].to(dtype)  # (n, 1)
+            grad_hidden[start : start + chunk_rows] = ((grad_logits @ w) * keep).to(hidden.dtype)
+            grad_weight[:vocab_size] += (grad_logits.T @ (h * keep)).float()  # (vocab, C); padding rows get none
             del logits, grad_logits
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
         return total

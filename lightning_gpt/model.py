@@ -22,11 +22,12 @@ from lightning_gpt.errors import UserInputError
 # Targets equal to this carry no loss. Data modules write it; the loss reads it.
 IGNORE_INDEX = -100
 
-# The training loss takes whole logits (one cross-entropy, fused when compiled) when the micro-batch's float32 logits
-# take at most this many bytes; otherwise it runs over chunks of rows (lightning_gpt/chunked_loss.py), which saves
-# memory only where there are several chunks and costs a second pass over them. 1 GiB: the CPU shape of
-# docs/benchmarks.md (8 x 256 tokens: 0.4 GB, one chunk) takes whole logits, gpt2-124m's micro-batch (16 x 1,024
-# tokens: 3.3 GB, and as much again for their gradient) takes chunks.
+# Compiled, the training loss takes whole logits (the compiler fuses the cross-entropy) when the micro-batch's float32
+# logits take at most this many bytes; otherwise, and always in eager mode, it runs over chunks of rows
+# (lightning_gpt/chunked_loss.py), whose gradient is written over the logits in the forward pass: 0.92x the head's
+# time of torch's cross-entropy at the CPU shape of docs/benchmarks.md even as one chunk. 1 GiB: that shape (8 x 256
+# tokens: 0.4 GB) compiles whole logits, gpt2-124m's micro-batch (16 x 1,024 tokens: 3.3 GB, and as much again for
+# their gradient) takes chunks.
 WHOLE_LOGITS_MAX_BYTES = 1 << 30
 
 MLP_KINDS = ("swiglu", "relu2")
@@ -273,15 +274,14 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The training loss: idx, targets (B, T), T <= block_size. Returns the summed cross-entropy (float32) over
         the targets that are not IGNORE_INDEX; the caller divides (training normalises by the targets of a whole
-        optimizer step). This is what torch.compile compiles. When the float32 logits take at most
-        WHOLE_LOGITS_MAX_BYTES, the loss takes whole logits (compiled, the head and the cross-entropy fuse);
-        otherwise the head runs over chunks of rows, so the (B, T, vocab) logits and their gradient never exist
+        optimizer step). This is what torch.compile compiles. Compiled, and when the float32 logits take at most
+        WHOLE_LOGITS_MAX_BYTES, the loss takes whole logits (the compiler fuses the cross-entropy); otherwise the
+        head runs over chunks of rows, so the (B, T, vocab) logits and their gradient never exist
         whole (lightning_gpt/chunked_loss.py)."""
         x = self.hidden_states(idx).flatten(0, 1)  # (B * T, C)
         targets = targets.flatten()  # (B * T,)
         logit_bytes = x.shape[0] * self.config.padded_vocab_size * 4
-        if logit_bytes <= WHOLE_LOGITS_MAX_BYTES:
-            # One matmul and one cross-entropy: the one chunk here would cost 1.03x a step at the CPU shape.
+        if torch.compiler.is_compiling() and logit_bytes <= WHOLE_LOGITS_MAX_BYTES:
             logits = self._head(x).float()  # (B * T, vocab)
             return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
         return chunked_cross_entropy_sum(
@@ -291,7 +291,9 @@ class GPT(nn.Module):
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., C) -> logits over the real vocabulary (..., vocab), soft-capped if the model says so."""
-        logits = self.lm_head(x)[..., : self.config.vocab_size]
+        # The real rows of the weight, not the padded logits sliced afterwards: contiguous logits, and no
+        # (B * T, padded vocab) zeros and copy in the backward (0.35 s of a 4.4 s step at the CPU shape).
+        logits = F.linear(x, self.lm_head.weight[: self.config.vocab_size])
         cap = self.config.logit_softcap
         if cap is None:
             return logits
