@@ -179,13 +179,20 @@ def global_norm(tensors: list[torch.Tensor]) -> float:
     return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors])))
 
 
-def test_clipping_scales_muons_and_adamws_gradients_as_one(wikitext_dir, tmp_path):
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+def test_clipping_scales_muons_and_adamws_gradients_as_one(optimizer, precision, wikitext_dir, tmp_path):
+    # AdamW is torch's fused one (on the CPU as on CUDA), which Lightning's bf16-mixed refused to clip.
+    settings = MUON if optimizer == "muon" else {}
+
     def gradients(clip):
         L.seed_everything(0)
         dm = tiny_wikitext_data(wikitext_dir)
-        trainer = quiet_cpu_trainer(tmp_path, 1, gradient_clip_val=clip)
-        module = tiny_language_model(dm, **MUON)
+        trainer = quiet_cpu_trainer(tmp_path, 1, gradient_clip_val=clip, precision=precision)
+        module = tiny_language_model(dm, **settings)
         trainer.fit(module, dm)
+        adamw = trainer.optimizers[0] if optimizer == "adamw" else trainer.optimizers[0].adamw
+        assert all(group["fused"] for group in adamw.param_groups)
         return first_step_gradients(module, trainer.optimizers[0])
 
     clip = 1e-3
