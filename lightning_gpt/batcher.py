@@ -130,9 +130,13 @@ class ContinuousBatcher:
         logits = self.model.decode(last, positions[:, None], self.caches, mask)  # (n, vocab)
         for row in range(n):
             self.lengths[row] += 1
+        # Greedy rows without a repetition penalty take their argmax together: one reduction and one read back
+        # instead of one of each per row (half the step of the tiny preset at 16 rows).
+        plain = [row for row, s in enumerate(self.active) if _plain_greedy(s.settings)]
+        picked = dict(zip(plain, logits[plain].argmax(dim=-1).tolist(), strict=True)) if plain else {}
         produced = []
         for row, sequence in enumerate(list(self.active)):
-            token = self._take(sequence, logits[row : row + 1])
+            token = self._take(sequence, logits[row : row + 1], picked.get(row))
             if token is not None:
                 produced.append((sequence, token))
         self._compact()
@@ -143,15 +147,17 @@ class ContinuousBatcher:
         if sequence.finish_reason is None:
             sequence.finish_reason = "cancelled"
 
-    def _take(self, sequence: Sequence, logits: torch.Tensor) -> int | None:
-        """Samples `sequence`'s next token from its logits (1, vocab); decides whether it ended."""
+    def _take(self, sequence: Sequence, logits: torch.Tensor, token: int | None = None) -> int | None:
+        """Samples `sequence`'s next token from its logits (1, vocab), unless `token` is given (its greedy pick);
+        decides whether it ended."""
         if sequence.finish_reason is not None:  # cancelled meanwhile
             return None
         settings = sequence.settings
-        seen = None
-        if settings.repetition_penalty != 1.0:  # the ids already there, as stream() gives them
-            seen = torch.tensor([sequence.prompt + sequence.tokens], device=logits.device)
-        token = int(next_token(logits, seen, settings, sequence.generator)[0])
+        if token is None:
+            seen = None
+            if settings.repetition_penalty != 1.0:  # the ids already there, as stream() gives them
+                seen = torch.tensor([sequence.prompt + sequence.tokens], device=logits.device)
+            token = int(next_token(logits, seen, settings, sequence.generator)[0])
         if token in settings.stop_ids:
             sequence.finish_reason = "stop"
             return None
@@ -179,3 +185,8 @@ class ContinuousBatcher:
                 self.active[row], self.lengths[row] = self.active[last], self.lengths[last]
             self.active.pop()
             self.lengths.pop()
+
+
+def _plain_greedy(settings: SamplingSettings) -> bool:
+    """next_token's choice is the argmax of the logits alone."""
+    return settings.temperature == 0 and settings.repetition_penalty == 1.0
