@@ -1,0 +1,88 @@
+"""The optimizer step of the fast recipe off CUDA, piece by piece: Muon's Newton-Schulz iteration on the blocks'
+matrices, plain (torch.optim.Muon's, in float32) against the Gram form lightning_gpt uses for wide matrices; and
+AdamW on the tied embedding, foreach (torch's default on the CPU) against fused.
+
+    python benchmarks/optimizer_step.py                                  # the CPU shape: 4 x 256, GPT-2's vocabulary
+    python benchmarks/optimizer_step.py --n-layer 12 --n-embd 768        # gpt2-124m's matrices
+
+Each side is timed `--repeats` times, alternating, and the median printed; the last line is the Muon step's
+Newton-Schulz time, Gram form over plain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from lightning_gpt.model import GPT, GPTConfig
+from lightning_gpt.training.optim import _orthogonalized
+
+COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's
+
+
+def plain_newton_schulz(update: torch.Tensor) -> torch.Tensor:
+    """torch.optim.Muon's iteration as written there, in float32 instead of bfloat16."""
+    a, b, c = COEFFICIENTS
+    x = update.float()
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    x = x / x.norm().clamp(min=1e-7)
+    for _ in range(5):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-layer", type=int, default=4)
+    parser.add_argument("--n-embd", type=int, default=256)
+    parser.add_argument("--mlp", default="relu2", choices=["relu2", "swiglu"])
+    parser.add_argument("--repeats", type=int, default=9)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    config = GPTConfig(n_layer=args.n_layer, n_head=4, n_embd=args.n_embd, mlp=args.mlp, block_size=64)
+    model = GPT(config)
+    matrices = [torch.randn_like(p) for p in model.blocks.parameters() if p.dim() == 2]
+    embedding = model.tok_emb.weight
+    sides = {
+        "Newton-Schulz, plain": lambda: [plain_newton_schulz(m) for m in matrices],
+        "Newton-Schulz, Gram form (ours)": lambda: [_orthogonalized(m, COEFFICIENTS, 5, 1e-7) for m in matrices],
+    }
+    for fused in (False, True):
+        optimizer = torch.optim.AdamW([embedding], lr=1e-4, fused=fused)
+        embedding.grad = torch.randn_like(embedding)
+        optimizer.step()  # the moments exist: the timed steps are steady ones
+        sides[f"AdamW on the embedding, {'fused' if fused else 'foreach'}"] = optimizer.step
+    for fn in sides.values():
+        fn()  # warm-up
+    times = {name: [] for name in sides}
+    for _ in range(args.repeats):  # alternating, so a slow spell of the machine hits every side
+        for name, fn in sides.items():
+            times[name].append(median_time(fn, 1))
+    shapes = sorted({tuple(m.shape) for m in matrices})
+    print(f"CPU, {torch.get_num_threads()} threads; {len(matrices)} matrices of shapes {shapes}; "
+          f"embedding {tuple(embedding.shape)}; median of {args.repeats}")  # fmt: skip
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    for name, seconds in medians.items():
+        print(f"{name:45s} {1000 * seconds:8.1f} ms")
+    adamw = medians["AdamW on the embedding, fused"] / medians["AdamW on the embedding, foreach"]
+    print(f"AdamW, fused / foreach: {adamw:.2f}")
+    ratio = medians["Newton-Schulz, Gram form (ours)"] / medians["Newton-Schulz, plain"]
+    print(f"Newton-Schulz, Gram form / plain: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
