@@ -199,23 +199,6 @@ def test_pretrain_then_sft_in_bf16_with_every_setting_of_the_real_configs(
     assert resumed.model.tokens_seen > cli.model.tokens_seen  # counted across the resume, not from zero
 
 
-def _have_inductor() -> bool:
-    import shutil
-
-    return shutil.which(os.environ.get("CXX", "g++")) is not None or shutil.which("c++") is not None
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not _have_inductor(), reason="torch.compile on CPU needs a C++ compiler")
-def test_the_pretrain_config_compiles_on_cpu(wikitext_dir, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    cli = run(pretrain(wikitext_dir, "compiled", "--model.compile", "true", "--trainer.max_steps", "2",
-                       "--trainer.val_check_interval", "8"))  # fmt: skip
-    assert cli.model.model._compiled_call_impl is not None  # compiled in place: same state-dict keys
-    losses = scalars(tmp_path / "runs" / "pretrain_wikitext103" / "compiled", "train_loss")
-    assert sorted(losses) == [0, 1] and all(map(torch.isfinite, map(torch.tensor, losses.values())))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_two_cpu_processes_give_the_losses_of_one_with_the_doubled_batch(recipe, wikitext_dir, tmp_path, monkeypatch):
