@@ -293,7 +293,10 @@ class GPT(nn.Module):
         """x (..., C) -> logits over the real vocabulary (..., vocab), soft-capped if the model says so."""
         # The real rows of the weight, not the padded logits sliced afterwards: contiguous logits, and no
         # (B * T, padded vocab) zeros and copy in the backward (0.35 s of a 4.4 s step at the CPU shape).
-        logits = F.linear(x, self.lm_head.weight[: self.config.vocab_size])
+        return self._capped(F.linear(x, self.lm_head.weight[: self.config.vocab_size]))
+
+    def _capped(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits soft-capped if the model says so."""
         cap = self.config.logit_softcap
         if cap is None:
             return logits
@@ -318,12 +321,13 @@ class GPT(nn.Module):
         and attn_mask (B, 1, T, S) the slots each may attend to. Returns the logits at the last position, (B, vocab):
         a long prompt's other logits are unused."""
         x = self.hidden_states(idx, positions, caches, attn_mask)[:, -1]  # (B, C)
-        if x.device.type != "cpu" or self.config.logit_softcap is not None:
+        if x.device.type != "cpu":
             return self._head(x)
         # A few rows against the 50k-row head: the CPU's BLAS is 2-3x faster as weight @ x^T than as x @ weight^T
         # (16 rows x 384: 18 ms against 39 ms on the 2-core VM of docs/benchmarks.md), the decoding step's largest
-        # product. Returned as the transposed view: a copy to rows would cost as much again at width 64.
-        return (self.lm_head.weight[: self.config.vocab_size] @ x.T).T  # (B, vocab), strides (1, B)
+        # product. Left as the transposed view (B, vocab), strides (1, B): a copy to rows would cost as much again
+        # at width 64.
+        return self._capped((self.lm_head.weight[: self.config.vocab_size] @ x.T).T)
 
     def hidden_states(
         self,

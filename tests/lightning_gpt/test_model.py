@@ -86,8 +86,10 @@ def test_unknown_preset_lists_the_known_ones():
         GPTConfig.from_preset("huge")
 
 
-def test_a_decoding_step_gives_the_last_positions_logits():
-    model = tiny().eval()
+@pytest.mark.parametrize("softcap", [None, 0.5])
+def test_a_decoding_step_gives_the_last_positions_logits(softcap):
+    # Decoding takes its own product on the CPU (weight @ x^T); the cap must hold there too (0.5: binding here).
+    model = tiny(logit_softcap=softcap).eval()
     idx = torch.randint(0, 97, (2, 16))
     positions = torch.arange(16).expand(2, 16)
     mask = torch.ones(16, 16, dtype=torch.bool).tril()[None, None].expand(2, 1, 16, 16)
@@ -96,3 +98,5 @@ def test_a_decoding_step_gives_the_last_positions_logits():
         last = model.decode(idx, positions, None, mask)
     assert last.shape == (2, 97)  # the real vocabulary: the padding rows are dropped
     torch.testing.assert_close(last, full[:, -1])
+    if softcap is not None:
+        assert last.abs().max() < softcap
