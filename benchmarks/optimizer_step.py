@@ -17,32 +17,28 @@ import time
 
 import torch
 
+import lightning_gpt.training.optim as optim
 from lightning_gpt.model import GPT, GPTConfig
-from lightning_gpt.training.optim import _orthogonalized
 
 COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's
 
 
-def plain_newton_schulz(update: torch.Tensor) -> torch.Tensor:
-    """torch.optim.Muon's iteration as written there, in float32 instead of bfloat16."""
-    a, b, c = COEFFICIENTS
-    x = update.float()
-    tall = x.shape[0] > x.shape[1]
-    x = x.T if tall else x
-    x = x / x.norm().clamp(min=1e-7)
-    for _ in range(5):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if tall else x
+def orthogonalized_all(matrices: list[torch.Tensor], gram_form: bool) -> None:
+    """Muon's iteration over every matrix, in the Gram form where lightning_gpt takes it, or plain (torch.optim.Muon's
+    iteration, in float32) everywhere."""
+    saved = optim.GRAM_FORM_MIN_RATIO
+    optim.GRAM_FORM_MIN_RATIO = saved if gram_form else float("inf")
+    try:
+        for m in matrices:
+            optim._orthogonalized(m, COEFFICIENTS, 5, 1e-7)
+    finally:
+        optim.GRAM_FORM_MIN_RATIO = saved
 
 
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -58,8 +54,8 @@ def main() -> None:
     matrices = [torch.randn_like(p) for p in model.blocks.parameters() if p.dim() == 2]
     embedding = model.tok_emb.weight
     sides = {
-        "Newton-Schulz, plain": lambda: [plain_newton_schulz(m) for m in matrices],
-        "Newton-Schulz, Gram form (ours)": lambda: [_orthogonalized(m, COEFFICIENTS, 5, 1e-7) for m in matrices],
+        "Newton-Schulz, plain": lambda: orthogonalized_all(matrices, gram_form=False),
+        "Newton-Schulz, Gram form (ours)": lambda: orthogonalized_all(matrices, gram_form=True),
     }
     for fused in (False, True):
         optimizer = torch.optim.AdamW([embedding], lr=1e-4, fused=fused)
@@ -71,7 +67,7 @@ def main() -> None:
     times = {name: [] for name in sides}
     for _ in range(args.repeats):  # alternating, so a slow spell of the machine hits every side
         for name, fn in sides.items():
-            times[name].append(median_time(fn, 1))
+            times[name].append(timed(fn))
     shapes = sorted({tuple(m.shape) for m in matrices})
     print(f"CPU, {torch.get_num_threads()} threads; {len(matrices)} matrices of shapes {shapes}; "
           f"embedding {tuple(embedding.shape)}; median of {args.repeats}")  # fmt: skip

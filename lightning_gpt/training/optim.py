@@ -94,6 +94,13 @@ def muon_adamw_warmup_cosine(
     return optimizer, _warmup_cosine_schedule(optimizer, warmup_steps, total_steps, min_lr_ratio)
 
 
+# A matrix at least this many times as wide as it is tall (or tall as wide) takes the Newton-Schulz iteration in its
+# Gram form (`_gram_newton_schulz`); from 1.625 its product count is below the plain iteration's, and 2 leaves the
+# fast recipe's square attention projection on the plain one. benchmarks/optimizer_step.py sets it to inf for the plain
+# side of its comparison.
+GRAM_FORM_MIN_RATIO = 2.0
+
+
 def _orthogonalized(update: torch.Tensor, ns_coefficients, ns_steps: int, eps: float) -> torch.Tensor:
     """torch.optim.Muon's Newton-Schulz iteration (its coefficients and steps), in float32: the nearest
     semi-orthogonal matrix to `update` (m, n), roughly."""
@@ -103,7 +110,7 @@ def _orthogonalized(update: torch.Tensor, ns_coefficients, ns_steps: int, eps: f
     if tall:
         x = x.T  # (m, n), m <= n: the Gram matrix below is the smaller one
     x = x / x.norm().clamp(min=eps)  # spectral norm <= 1
-    if x.shape[1] >= 2 * x.shape[0]:
+    if x.shape[1] >= GRAM_FORM_MIN_RATIO * x.shape[0]:
         x = _gram_newton_schulz(x, a, b, c, ns_steps)
     else:
         for _ in range(ns_steps):
