@@ -1,38 +1,39 @@
 """The optimizer step of the fast recipe off CUDA, piece by piece: Muon's Newton-Schulz iteration on the blocks'
-matrices, plain (torch.optim.Muon's, in float32) against the Gram form lightning_gpt uses for wide matrices; and
+matrices, plain (torch.optim.Muon's, in float32) against the spectral form lightning_gpt uses for the larger ones; and
 AdamW on the tied embedding, foreach (torch's default on the CPU) against fused.
 
     python benchmarks/optimizer_step.py                                  # the CPU shape: 4 x 256, GPT-2's vocabulary
     python benchmarks/optimizer_step.py --n-layer 12 --n-embd 768        # gpt2-124m's matrices
 
 Each side is timed `--repeats` times, alternating, and the median printed; the last line is the Muon step's
-Newton-Schulz time, Gram form over plain.
+Newton-Schulz time, spectral form over plain.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
 import torch
 
-import lightning_gpt.training.optim as optim
+import lightning_gpt.training.muon as muon
 from lightning_gpt.model import GPT, GPTConfig
 
 COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's
 
 
-def orthogonalized_all(matrices: list[torch.Tensor], gram_form: bool) -> None:
-    """Muon's iteration over every matrix, in the Gram form where lightning_gpt takes it, or plain (torch.optim.Muon's
-    iteration, in float32) everywhere."""
-    saved = optim.GRAM_FORM_MIN_RATIO
-    optim.GRAM_FORM_MIN_RATIO = saved if gram_form else float("inf")
+def orthogonalized_all(matrices: list[torch.Tensor], spectral: bool) -> None:
+    """Muon's iteration over every matrix, in the spectral form where lightning_gpt takes it, or plain
+    (torch.optim.Muon's iteration, in float32) everywhere."""
+    saved = muon.SPECTRAL_FORM_MIN_WORK
+    muon.SPECTRAL_FORM_MIN_WORK = saved if spectral else math.inf
     try:
         for m in matrices:
-            optim._orthogonalized(m, COEFFICIENTS, 5, 1e-7)
+            muon.orthogonalized(m, COEFFICIENTS, 5, 1e-7)
     finally:
-        optim.GRAM_FORM_MIN_RATIO = saved
+        muon.SPECTRAL_FORM_MIN_WORK = saved
 
 
 def timed(fn) -> float:
@@ -54,8 +55,8 @@ def main() -> None:
     matrices = [torch.randn_like(p) for p in model.blocks.parameters() if p.dim() == 2]
     embedding = model.tok_emb.weight
     sides = {
-        "Newton-Schulz, plain": lambda: orthogonalized_all(matrices, gram_form=False),
-        "Newton-Schulz, Gram form (ours)": lambda: orthogonalized_all(matrices, gram_form=True),
+        "Newton-Schulz, plain": lambda: orthogonalized_all(matrices, spectral=False),
+        "Newton-Schulz, spectral form (ours)": lambda: orthogonalized_all(matrices, spectral=True),
     }
     for fused in (False, True):
         optimizer = torch.optim.AdamW([embedding], lr=1e-4, fused=fused)
@@ -76,8 +77,8 @@ def main() -> None:
         print(f"{name:45s} {1000 * seconds:8.1f} ms")
     adamw = medians["AdamW on the embedding, fused"] / medians["AdamW on the embedding, foreach"]
     print(f"AdamW, fused / foreach: {adamw:.2f}")
-    ratio = medians["Newton-Schulz, Gram form (ours)"] / medians["Newton-Schulz, plain"]
-    print(f"Newton-Schulz, Gram form / plain: {ratio:.2f}")
+    ratio = medians["Newton-Schulz, spectral form (ours)"] / medians["Newton-Schulz, plain"]
+    print(f"Newton-Schulz, spectral form / plain: {ratio:.2f}")
 
 
 if __name__ == "__main__":

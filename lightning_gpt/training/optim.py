@@ -13,6 +13,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from lightning_gpt.errors import UserInputError
+from lightning_gpt.training.muon import Muon
 
 
 def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
@@ -92,93 +93,6 @@ def muon_adamw_warmup_cosine(
     adamw = torch.optim.AdamW(_adamw_groups(others, weight_decay), lr=lr, betas=tuple(betas), fused=fused)
     optimizer = MuonWithAdamW(muon, adamw)
     return optimizer, _warmup_cosine_schedule(optimizer, warmup_steps, total_steps, min_lr_ratio)
-
-
-# A matrix at least this many times as wide as it is tall (or tall as wide) takes the Newton-Schulz iteration in its
-# Gram form (`_gram_newton_schulz`); from 1.625 its product count is below the plain iteration's, and 2 leaves the
-# fast recipe's square attention projection on the plain one. benchmarks/optimizer_step.py sets it to inf for the plain
-# side of its comparison.
-GRAM_FORM_MIN_RATIO = 2.0
-
-
-def _orthogonalized(update: torch.Tensor, ns_coefficients, ns_steps: int, eps: float) -> torch.Tensor:
-    """torch.optim.Muon's Newton-Schulz iteration (its coefficients and steps), in float32: the nearest
-    semi-orthogonal matrix to `update` (m, n), roughly."""
-    a, b, c = ns_coefficients
-    x = update.float()
-    tall = x.shape[0] > x.shape[1]
-    if tall:
-        x = x.T  # (m, n), m <= n: the Gram matrix below is the smaller one
-    x = x / x.norm().clamp(min=eps)  # spectral norm <= 1
-    if x.shape[1] >= GRAM_FORM_MIN_RATIO * x.shape[0]:
-        x = _gram_newton_schulz(x, a, b, c, ns_steps)
-    else:
-        for _ in range(ns_steps):
-            gram = x @ x.T  # (m, m)
-            x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if tall else x
-
-
-def _gram_newton_schulz(x: torch.Tensor, a: float, b: float, c: float, ns_steps: int) -> torch.Tensor:
-    """The same iteration for a wide x (m, n), n >= 2m, carried out on (m, m) matrices. Each step is
-    x <- q(G) x with G = x x^T and q(G) = aI + bG + cG^2, so G <- q(G) G q(G) and x is the product of the q's times
-    the x it started from: (m, m) products instead of two (m, m) x (m, n) ones each step. The product's rounding
-    grows with its norm (up to a^steps) on low-rank updates, so x and G are rebuilt once, after the third step:
-    then within 2x of the plain iteration's float32 error against float64, at 0.65-0.7x its time for the fast
-    recipe's matrices at 4 x 256 on the CPU."""
-    eye = torch.eye(x.shape[0], dtype=x.dtype, device=x.device)
-    gram, total = x @ x.T, None  # (m, m)
-    for step in range(ns_steps):
-        q = torch.addmm(torch.add(eye, gram, alpha=b / a), gram, gram, beta=a, alpha=c)  # aI + bG + cG^2
-        total = q if total is None else q @ total
-        if step + 1 == ns_steps:
-            break
-        if step == 2:  # rebuild
-            x, total = total @ x, None
-            gram = x @ x.T
-        else:
-            gram = q @ gram @ q
-    return total @ x
-
-
-class Muon(torch.optim.Muon):
-    """torch.optim.Muon (its settings, checks and state), with the Newton-Schulz iteration in float32 off CUDA.
-
-    torch runs the iteration in bfloat16, which is right on a GPU; a CPU without bfloat16 matmuls emulates them,
-    5 times slower than float32 on the 2-core VM of docs/benchmarks.md, which made the optimizer step a third of a
-    training step. On CUDA this is torch's own step."""
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        if all(p.device.type == "cuda" for group in self.param_groups for p in group["params"]):
-            return super().step(closure)
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, momentum = group["lr"], group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad)
-                buf = state["momentum_buffer"]
-                buf.lerp_(p.grad, 1 - momentum)
-                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
-                update = _orthogonalized(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
-                p.mul_(1 - lr * group["weight_decay"])
-                p.add_(update.to(p.dtype), alpha=-lr * _muon_lr_scale(group["adjust_lr_fn"], p.shape))
-        return loss
-
-
-def _muon_lr_scale(adjust_lr_fn: str | None, shape: torch.Size) -> float:
-    """torch.optim.Muon's scale of the learning rate for an (A, B) matrix."""
-    A, B = shape[:2]
-    if adjust_lr_fn == "match_rms_adamw":
-        return 0.2 * math.sqrt(max(A, B))
-    return math.sqrt(max(1, A / B))  # "original" (Keller Jordan's), torch's default
 
 
 class MuonWithAdamW(torch.optim.Optimizer):

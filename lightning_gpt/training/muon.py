@@ -1,0 +1,99 @@
+"""Muon off CUDA: torch.optim.Muon's update with its Newton-Schulz iteration in float32, and through an
+eigendecomposition for the larger matrices. On CUDA it is torch's own step."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# From this size of an (m, n) matrix's largest product in the iteration, m * m * n with m <= n, the iteration goes
+# through the Gram matrix's eigendecomposition (`_spectral_form`); below it the eigh costs more than the products it
+# saves (square 160s and wide 96s break even on the 2-core VM). benchmarks/optimizer_step.py sets it to inf for the
+# plain side of its comparison.
+SPECTRAL_FORM_MIN_WORK = 6_000_000
+
+
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon (its settings, checks and state), with the Newton-Schulz iteration in float32 off CUDA.
+
+    torch runs the iteration in bfloat16, which is right on a GPU; a CPU without bfloat16 matmuls emulates them,
+    5 times slower than float32 on the 2-core VM of docs/benchmarks.md, which made the optimizer step a third of a
+    training step. On CUDA this is torch's own step."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if all(p.device.type == "cuda" for group in self.param_groups for p in group["params"]):
+            return super().step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum = group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                update = orthogonalized(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update.to(p.dtype), alpha=-lr * _lr_scale(group["adjust_lr_fn"], p.shape))
+        return loss
+
+
+def orthogonalized(update: torch.Tensor, coefficients, steps: int, eps: float) -> torch.Tensor:
+    """torch.optim.Muon's Newton-Schulz iteration on `update` (m, n), with its coefficients and steps, in float32:
+    the nearest semi-orthogonal matrix, roughly. From SPECTRAL_FORM_MIN_WORK up, in the spectral form."""
+    x = update.float()
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T  # (m, n), m <= n: the Gram matrix below is the smaller one
+    norm = x.norm()
+    x = x / norm.clamp(min=eps)  # spectral norm <= 1
+    # A non-finite update (its norm says) takes torch's iteration, which leaves it non-finite; LAPACK may raise.
+    if x.shape[0] ** 2 * x.shape[1] >= SPECTRAL_FORM_MIN_WORK and bool(torch.isfinite(norm)):
+        x = _spectral_form(x, coefficients, steps)
+    else:
+        x = _iterated(x, coefficients, steps)
+    return x.T if tall else x
+
+
+def _iterated(x: torch.Tensor, coefficients, steps: int) -> torch.Tensor:
+    """torch's iteration on x (m, n), m <= n, in x's dtype."""
+    a, b, c = coefficients
+    for _ in range(steps):
+        gram = x @ x.T  # (m, m)
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x
+
+
+def _spectral_form(x: torch.Tensor, coefficients, steps: int) -> torch.Tensor:
+    """The same iteration for x (m, n), m <= n, through the eigendecomposition G = V diag(lam) V^T of G = x x^T.
+    Each step is x <- q(G) x with q(G) = aI + bG + cG^2, and then G <- q(G)^2 G: every q is a polynomial in the first
+    G, so the result is V diag(f) V^T x, where f is the product of the q's run on the eigenvalues (lam <- q^2 lam).
+    One (m, m) eigh and three products in place of 15: about half the plain iteration's time, and 0.65x the Gram
+    form it replaced, on the fast recipe's matrices at 4 x 256 (benchmarks/optimizer_step.py). G's float32 rounding
+    blurs the eigenvectors of its smallest eigenvalues: within 2e-3 of the float64 iteration (relative) on spectra
+    spanning up to 8 decades, a hundredth of the error of torch's own bfloat16 iteration; the plain float32 one is
+    within 1e-4."""
+    a, b, c = coefficients
+    lam, vectors = torch.linalg.eigh(x @ x.T)  # (m,), (m, m)
+    lam = lam.double()  # the scalar iteration in float64: m numbers
+    f = torch.ones_like(lam)
+    for _ in range(steps):
+        q = a + lam * (b + c * lam)
+        f, lam = f * q, lam * q * q
+    return (vectors * f.to(x.dtype)) @ vectors.T @ x  # (V diag(f) V^T) x: (m, m, m) then (m, m, n), as m <= n
+
+
+def _lr_scale(adjust_lr_fn: str | None, shape: torch.Size) -> float:
+    """torch.optim.Muon's scale of the learning rate for an (A, B) matrix."""
+    A, B = shape[:2]
+    if adjust_lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(A, B))
+    return math.sqrt(max(1, A / B))  # "original" (Keller Jordan's), torch's default
