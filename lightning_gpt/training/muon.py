@@ -1,4 +1,4 @@
-"""Muon off CUDA: torch.optim.Muon's update with its Newton-Schulz iteration in float32, and through an
+"""Muon off CUDA: torch.optim.Muon's update with its Newton-Schulz iteration in float32, and on the CPU through an
 eigendecomposition for the larger matrices. On CUDA it is torch's own step."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class Muon(torch.optim.Muon):
 
 def orthogonalized(update: torch.Tensor, coefficients, steps: int, eps: float) -> torch.Tensor:
     """torch.optim.Muon's Newton-Schulz iteration on `update` (m, n), with its coefficients and steps, in float32:
-    the nearest semi-orthogonal matrix, roughly. From SPECTRAL_FORM_MIN_WORK up, in the spectral form."""
+    the nearest semi-orthogonal matrix, roughly. On the CPU from SPECTRAL_FORM_MIN_WORK up, in the spectral form."""
     x = update.float()
     tall = x.shape[0] > x.shape[1]
     if tall:
@@ -56,7 +56,9 @@ def orthogonalized(update: torch.Tensor, coefficients, steps: int, eps: float) -
     norm = x.norm()
     x = x / norm.clamp(min=eps)  # spectral norm <= 1
     # A non-finite update (its norm says) takes torch's iteration, which leaves it non-finite; LAPACK may raise.
-    if x.shape[0] ** 2 * x.shape[1] >= SPECTRAL_FORM_MIN_WORK and bool(torch.isfinite(norm)):
+    # The spectral form is for LAPACK's eigh: other devices (MPS) keep the iteration.
+    large = x.shape[0] ** 2 * x.shape[1] >= SPECTRAL_FORM_MIN_WORK
+    if large and x.device.type == "cpu" and bool(torch.isfinite(norm)):
         x = _spectral_form(x, coefficients, steps)
     else:
         x = _iterated(x, coefficients, steps)
