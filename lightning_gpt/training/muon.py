@@ -8,14 +8,15 @@ import math
 import torch
 
 # From this size of an (m, n) matrix's largest product in the iteration, m * m * n with m <= n, the iteration goes
-# through the Gram matrix's eigendecomposition (`_spectral_form`); below it the eigh costs more than the products it
-# saves (square 160s and wide 96s break even on the 2-core VM). benchmarks/optimizer_step.py sets it to inf for the
-# plain side of its comparison.
+# through the Gram matrix's eigendecomposition (`_spectral_form`). Around it the two take about the same time on the
+# 2-core VM (square 192s, 7.1M: 0.98x; 96 x 288, 2.7M: 1.04x), below it mostly longer (square 160s, 4.1M: 1.14x),
+# above it less (128 x 384, 6.3M: 0.81x). benchmarks/optimizer_step.py sets it to inf for its plain side.
 SPECTRAL_FORM_MIN_WORK = 6_000_000
 
 
 class Muon(torch.optim.Muon):
-    """torch.optim.Muon (its settings, checks and state), with the Newton-Schulz iteration in float32 off CUDA.
+    """torch.optim.Muon (its settings, checks and state), with the Newton-Schulz iteration in float32 off CUDA, and
+    in its spectral form for the CPU's larger matrices (`orthogonalized`).
 
     torch runs the iteration in bfloat16, which is right on a GPU; a CPU without bfloat16 matmuls emulates them,
     5 times slower than float32 on the 2-core VM of docs/benchmarks.md, which made the optimizer step a third of a
@@ -81,7 +82,7 @@ def _spectral_form(x: torch.Tensor, coefficients, steps: int) -> torch.Tensor:
     One (m, m) eigh and three products in place of 15: about half the plain iteration's time, and 0.65x the Gram
     form it replaced, on the fast recipe's matrices at 4 x 256 (benchmarks/optimizer_step.py). G's float32 rounding
     blurs the eigenvectors of its smallest eigenvalues: within 2e-3 of the float64 iteration (relative) on spectra
-    spanning up to 8 decades, a hundredth of the error of torch's own bfloat16 iteration; the plain float32 one is
+    spanning 4 to 8 decades, a hundredth of the error of torch's own bfloat16 iteration; the plain float32 one is
     within 1e-4."""
     a, b, c = coefficients
     lam, vectors = torch.linalg.eigh(x @ x.T)  # (m,), (m, m)
