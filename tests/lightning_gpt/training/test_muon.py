@@ -18,6 +18,7 @@ from tests.conftest import quiet_cpu_trainer, tiny_language_model, tiny_wikitext
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 MUON = {"optimizer": "muon", "muon_learning_rate": 0.05}
+SPECTRAL_FORM = muon._spectral_form
 
 
 def test_muon_takes_the_blocks_matrices_and_adamw_everything_else(wikitext_dir):
@@ -53,9 +54,11 @@ def test_muon_takes_the_hidden_matrices_of_a_relu2_mlp_and_never_a_reward_models
     assert sum(len(g) for g in groups.values()) == len(names)
 
 
-def test_on_the_cpu_the_step_is_torch_muons_in_float32():
+def test_on_the_cpu_the_step_is_torch_muons_in_float32(monkeypatch):
+    spectral = []  # the matrices that took the spectral form, step by step
+    monkeypatch.setattr(muon, "_spectral_form", lambda x, *a: spectral.append(x.shape) or SPECTRAL_FORM(x, *a))
     torch.manual_seed(0)
-    shapes = [(48, 16), (16, 16), (16, 40)]
+    shapes = [(48, 16), (16, 16), (16, 40), (384, 192), (192, 384)]  # the last two over SPECTRAL_FORM_MIN_WORK
     ours = [torch.nn.Parameter(torch.randn(s) * 0.1) for s in shapes]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     a = Muon(ours, lr=0.02, momentum=0.95, weight_decay=0.1)
@@ -73,6 +76,7 @@ def test_on_the_cpu_the_step_is_torch_muons_in_float32():
             mine, torchs = p.detach() - old, q.detach() - old
             assert (mine - torchs).norm() < 0.03 * torchs.norm()
             p.data.copy_(q.data)  # go on from the same weights
+    assert spectral == [(192, 384), (192, 384)] * 3  # the tall one transposed
     # Muon's point: without decay the update is lr times a matrix whose singular values are all near 1.
     p = torch.nn.Parameter(torch.randn(32, 64))
     p.grad = torch.randn(32, 64) @ torch.diag(torch.logspace(-3, 0, 64))  # badly conditioned
