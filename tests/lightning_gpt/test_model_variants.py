@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from lightning_gpt.errors import UserInputError
 from lightning_gpt.generate import SamplingSettings, generate
 from lightning_gpt.loading import load_checkpoint
-from lightning_gpt.model import GPT, IGNORE_INDEX, GPTConfig
+from lightning_gpt.model import GPT, IGNORE_INDEX, GPTConfig, _ReLUSquared
 from lightning_gpt.tokenizer import Tokenizer
 from lightning_gpt.training.language_model import GPTModule
 from tests.conftest import save_module
@@ -93,6 +93,25 @@ def test_relu2_is_down_of_relu_of_up_squared():
     x = torch.randn(3, 64)
     expected = torch.clamp(x @ mlp.up.weight.T, min=0) ** 2 @ mlp.down.weight.T
     torch.testing.assert_close(mlp(x), expected)
+
+
+def test_relu2s_gradients_are_autograds_own():
+    """ReLU squared has its own backward (lightning_gpt.model._ReLUSquared); the reference is autograd's through
+    torch's own ops, on inputs with negatives and exact zeros, and torch's numerical gradient check."""
+    mlp = perturbed(tiny(mlp="relu2")).blocks[0].mlp
+    x = torch.randn(3, 5, 64, requires_grad=True)
+    grad = torch.randn(3, 5, 64)
+    mlp(x).backward(grad)
+    got = [t.grad.clone() for t in (x, mlp.up.weight, mlp.down.weight)]
+    for t in (x, mlp.up.weight, mlp.down.weight):
+        t.grad = None
+    (torch.clamp(x @ mlp.up.weight.T, min=0) ** 2 @ mlp.down.weight.T).backward(grad)
+    for a, t in zip(got, (x, mlp.up.weight, mlp.down.weight), strict=True):
+        torch.testing.assert_close(a, t.grad)
+    u = torch.tensor([-2.0, -0.5, 0.0, 0.0, 0.3, 1.5], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_ReLUSquared.apply, (u,))
+    _ReLUSquared.apply(u).backward(torch.ones(6, dtype=torch.float64))
+    assert u.grad.tolist() == [0.0, 0.0, 0.0, 0.0, 0.6, 3.0]
 
 
 def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
@@ -240,11 +259,12 @@ def test_compiled_loss_takes_whole_logits_below_the_bound_and_chunks_above_eager
     monkeypatch.setattr(model_module, "chunked_cross_entropy_sum", counted)
     if not whole:
         monkeypatch.setattr(model_module, "WHOLE_LOGITS_MAX_BYTES", 0)
-    eager = perturbed(tiny(logit_softcap=3.0)).train()
-    compiled = tiny(logit_softcap=3.0)
+    settings = {"logit_softcap": 3.0, "mlp": "relu2", "qk_norm": True}  # relu2: its own autograd function, compiled
+    eager = perturbed(tiny(**settings)).train()
+    compiled = tiny(**settings)
     compiled.load_state_dict(eager.state_dict())
     compiled.compile()
-    plain = tiny(logit_softcap=3.0)
+    plain = tiny(**settings)
     plain.load_state_dict(eager.state_dict())
     idx, targets = torch.randint(0, 97, (2, 16)), torch.randint(0, 97, (2, 16))
     targets[0, :3] = IGNORE_INDEX
