@@ -1,12 +1,13 @@
 """The optimizer step of the fast recipe off CUDA, piece by piece: Muon's Newton-Schulz iteration on the blocks'
-matrices, plain (torch.optim.Muon's, in float32) against the spectral form lightning_gpt uses for the larger ones; and
-AdamW on the tied embedding, foreach (torch's default on the CPU) against fused.
+matrices, plain (torch.optim.Muon's, in float32) against the spectral form lightning_gpt uses for the larger ones;
+Muon's whole update of those matrices, in turn against side by side in threads (lightning_gpt's step); and AdamW on
+the tied embedding, foreach (torch's default on the CPU) against fused.
 
     python benchmarks/optimizer_step.py                                  # the CPU shape: 4 x 256, GPT-2's vocabulary
     python benchmarks/optimizer_step.py --n-layer 12 --n-embd 768        # gpt2-124m's matrices
 
-Each side is timed `--repeats` times, alternating, and the median printed; the last line is the Muon step's
-Newton-Schulz time, spectral form over plain.
+Each side is timed `--repeats` times, alternating, and the median printed; the last two lines are the ratios: the
+Newton-Schulz time, spectral form over plain, and Muon's update, side by side over in turn.
 """
 
 from __future__ import annotations
@@ -58,11 +59,21 @@ def main() -> None:
         "Newton-Schulz, plain": lambda: orthogonalized_all(matrices, spectral=False),
         "Newton-Schulz, spectral form (ours)": lambda: orthogonalized_all(matrices, spectral=True),
     }
+    params = [torch.nn.Parameter(torch.randn_like(m)) for m in matrices]
+    for p, m in zip(params, matrices, strict=True):
+        p.grad = m
+    group = muon.Muon(params, lr=1e-4).param_groups[0]
+    updates = [(group, p, {}) for p in params]  # lightning_gpt's step: each matrix's update, in threads on the CPU
+    sides["Muon's update, in turn"] = lambda: [muon._muon_update(*u) for u in updates]
+    sides["Muon's update, side by side (ours)"] = lambda: muon._each_in_threads(
+        muon._muon_update, updates, size=lambda u: u[1].numel()
+    )
     for fused in (False, True):
         optimizer = torch.optim.AdamW([embedding], lr=1e-4, fused=fused)
         embedding.grad = torch.randn_like(embedding)
         optimizer.step()  # the moments exist: the timed steps are steady ones
         sides[f"AdamW on the embedding, {'fused' if fused else 'foreach'}"] = optimizer.step
+    torch.set_grad_enabled(False)  # as in an optimizer's step
     for fn in sides.values():
         fn()  # warm-up
     times = {name: [] for name in sides}
@@ -79,6 +90,8 @@ def main() -> None:
     print(f"AdamW, fused / foreach: {adamw:.2f}")
     ratio = medians["Newton-Schulz, spectral form (ours)"] / medians["Newton-Schulz, plain"]
     print(f"Newton-Schulz, spectral form / plain: {ratio:.2f}")
+    ratio = medians["Muon's update, side by side (ours)"] / medians["Muon's update, in turn"]
+    print(f"Muon's update, side by side / in turn: {ratio:.2f}")
 
 
 if __name__ == "__main__":

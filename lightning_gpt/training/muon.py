@@ -4,6 +4,7 @@ eigendecomposition for the larger matrices. On CUDA it is torch's own step."""
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -30,21 +31,50 @@ class Muon(torch.optim.Muon):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            lr, momentum = group["lr"], group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad)
-                buf = state["momentum_buffer"]
-                buf.lerp_(p.grad, 1 - momentum)
-                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
-                update = orthogonalized(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
-                p.mul_(1 - lr * group["weight_decay"])
-                p.add_(update.to(p.dtype), alpha=-lr * _lr_scale(group["adjust_lr_fn"], p.shape))
+        # (group, parameter, its state), taken here: the threads below only read the dict
+        todo = [(g, p, self.state[p]) for g in self.param_groups for p in g["params"] if p.grad is not None]
+        _each_in_threads(_muon_update, todo, size=lambda item: item[1].numel())
         return loss
+
+
+def _muon_update(group: dict, p: torch.Tensor, state: dict) -> None:
+    """torch.optim.Muon's update of one matrix p (m, n), in place: its momentum, the orthogonalized step, weight
+    decay."""
+    if "momentum_buffer" not in state:
+        state["momentum_buffer"] = torch.zeros_like(p.grad)
+    buf, momentum, lr = state["momentum_buffer"], group["momentum"], group["lr"]
+    buf.lerp_(p.grad, 1 - momentum)
+    update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+    update = orthogonalized(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
+    p.mul_(1 - lr * group["weight_decay"])
+    p.add_(update.to(p.dtype), alpha=-lr * _lr_scale(group["adjust_lr_fn"], p.shape))
+
+
+def _each_in_threads(fn, items: list[tuple], size) -> None:
+    """fn(*item) for every item, in as many threads as torch has intra-op threads, one each, when every tensor in
+    the items is a plain CPU tensor; otherwise in turn. LAPACK's eigh hardly uses a second core (a 256 x 256 one:
+    5.1 ms on two threads, 5.6 ms on one, on the 2-core VM), so the matrices go side by side, one a core: 0.75x the
+    time in turn for the fast recipe's 16 matrices at 4 x 256 there (benchmarks/optimizer_step.py). Largest first
+    (`size`), so that the threads finish together. The threads live for this call only: none is left over for a
+    later fork (DataLoader workers) to copy."""
+    main_threads = torch.get_num_threads()
+    threads = min(main_threads, len(items))
+    tensors = [x for item in items for x in item if isinstance(x, torch.Tensor)]
+    plain = (torch.Tensor, torch.nn.Parameter)  # not a subclass such as DTensor, whose ops may talk to other ranks
+    if threads < 2 or not all(type(t) in plain and t.device.type == "cpu" for t in tensors):
+        for item in items:
+            fn(*item)
+        return
+
+    def in_one_thread(item):
+        with torch.no_grad():  # grad mode is per thread
+            fn(*item)
+
+    try:
+        with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            list(pool.map(in_one_thread, sorted(items, key=size, reverse=True)))  # list(): raises what a thread raised
+    finally:
+        torch.set_num_threads(main_threads)  # torch keeps the workers' count for threads started later
 
 
 def orthogonalized(update: torch.Tensor, coefficients, steps: int, eps: float) -> torch.Tensor:

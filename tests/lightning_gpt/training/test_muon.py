@@ -1,6 +1,7 @@
 """--model.optimizer muon: Muon on the blocks' weight matrices and AdamW on the rest, as one optimizer inside
 Lightning's automatic optimization, so accumulation, clipping, checkpoints and the exact resume work as with AdamW."""
 
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -84,6 +85,48 @@ def test_on_the_cpu_the_step_is_torch_muons_in_float32(monkeypatch):
     Muon([p], lr=0.1, weight_decay=0.0).step()
     singular = torch.linalg.svdvals((before - p.detach()) / 0.1)
     assert singular.min() > 0.5 and singular.max() < 1.5
+
+
+def test_with_two_threads_the_matrices_go_side_by_side_and_the_step_is_the_same(monkeypatch):
+    """The CPU step runs each matrix's update in its own thread, one intra-op thread each, when torch has two; the
+    result is the step taken in turn, and torch's thread count, for this thread and threads started later, is what
+    it was."""
+    threads = []  # the threads that ran the spectral form
+    spy = lambda x, *a: threads.append(threading.get_ident()) or SPECTRAL_FORM(x, *a)  # noqa: E731
+    monkeypatch.setattr(muon, "_spectral_form", spy)
+    torch.manual_seed(0)
+    shapes = [(384, 192), (192, 384), (16, 40), (48, 16)]
+    grads = [torch.randn(s) for s in shapes]
+    start = [torch.randn(s) * 0.1 for s in shapes]
+    results = {}
+    before = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            params = [torch.nn.Parameter(w.clone()) for w in start]
+            optimizer = Muon(params, lr=0.02, momentum=0.95, weight_decay=0.1)
+            for _ in range(2):
+                for p, g in zip(params, grads, strict=True):
+                    p.grad = g.clone()
+                optimizer.step()
+            results[count] = [p.detach() for p in params], list(threads)
+            assert torch.get_num_threads() == count and count_in_a_new_thread() == count
+            threads.clear()
+    finally:
+        torch.set_num_threads(before)
+    (in_turn, turn_threads), (side_by_side, side_threads) = results[1], results[2]
+    assert set(turn_threads) == {threading.get_ident()} and len(turn_threads) == 4
+    assert threading.get_ident() not in side_threads and len(side_threads) == 4
+    for a, b in zip(in_turn, side_by_side, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def count_in_a_new_thread() -> int:
+    counts = []
+    thread = threading.Thread(target=lambda: counts.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return counts[0]
 
 
 def newton_schulz_float64(update: torch.Tensor, steps: int = 5) -> torch.Tensor:
