@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from lightning_gpt.chunked_loss import chunked_cross_entropy_sum
 from lightning_gpt.errors import UserInputError
@@ -224,9 +225,10 @@ class _ReLUSquared(torch.autograd.Function):
         return r * r
 
     @staticmethod
+    @once_differentiable  # r was saved outside the graph: a second derivative would be wrong, so it raises
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (r,) = ctx.saved_tensors
-        return grad.mul(r).mul_(2)  # zero where u <= 0: r is
+        return grad.mul(r).mul_(2)  # 0 where u <= 0, as r is there
 
 
 class ReLU2(nn.Module):
@@ -239,7 +241,7 @@ class ReLU2(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(_ReLUSquared.apply(self.up(x))))
+        return self.dropout(self.down(_ReLUSquared.apply(self.up(x))))  # (..., C) -> (..., mlp_hidden) -> (..., C)
 
 
 class Block(nn.Module):

@@ -112,6 +112,10 @@ def test_relu2s_gradients_are_autograds_own():
     assert torch.autograd.gradcheck(_ReLUSquared.apply, (u,))
     _ReLUSquared.apply(u).backward(torch.ones(6, dtype=torch.float64))
     assert u.grad.tolist() == [0.0, 0.0, 0.0, 0.0, 0.6, 3.0]
+    v = torch.ones(6, dtype=torch.float64, requires_grad=True)  # a Hessian-vector product's way in
+    (first,) = torch.autograd.grad(_ReLUSquared.apply(u), u, grad_outputs=v, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        first.sum().backward()  # not a silently wrong second derivative (r was saved outside the graph)
 
 
 def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
@@ -263,7 +267,9 @@ def test_compiled_loss_takes_whole_logits_below_the_bound_and_chunks_above_eager
     eager = perturbed(tiny(**settings)).train()
     compiled = tiny(**settings)
     compiled.load_state_dict(eager.state_dict())
-    compiled.compile()
+    compiled.compile(
+        fullgraph=whole
+    )  # no break but the chunked loss's own (compiler.disable): relu2's Function compiles
     plain = tiny(**settings)
     plain.load_state_dict(eager.state_dict())
     idx, targets = torch.randint(0, 97, (2, 16)), torch.randint(0, 97, (2, 16))

@@ -87,38 +87,73 @@ def test_on_the_cpu_the_step_is_torch_muons_in_float32(monkeypatch):
     assert singular.min() > 0.5 and singular.max() < 1.5
 
 
+SHAPES = [(384, 192), (192, 384), (16, 40), (48, 16)]  # two over SPECTRAL_FORM_MIN_WORK, two under
+
+
+def muon_steps(threads: int, steps: int = 2, autocast: bool = False) -> list[torch.Tensor]:
+    """The weights after `steps` of Muon on SHAPES' matrices (the same start and gradients every call), with torch
+    at `threads` intra-op threads, optionally under CPU bfloat16 autocast; torch's thread count is put back after."""
+    generator = torch.Generator().manual_seed(0)
+    start = [torch.randn(s, generator=generator) * 0.1 for s in SHAPES]
+    grads = [torch.randn(s, generator=generator) for s in SHAPES]
+    params = [torch.nn.Parameter(w) for w in start]
+    optimizer = Muon(params, lr=0.02, momentum=0.95, weight_decay=0.1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(steps):
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g.clone()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                optimizer.step()
+            assert torch.get_num_threads() == threads and count_in_a_new_thread() == threads
+    finally:
+        torch.set_num_threads(before)
+    return [p.detach() for p in params]
+
+
 def test_with_two_threads_the_matrices_go_side_by_side_and_the_step_is_the_same(monkeypatch):
     """The CPU step runs each matrix's update in its own thread, one intra-op thread each, when torch has two; the
     result is the step taken in turn, and torch's thread count, for this thread and threads started later, is what
-    it was."""
-    threads = []  # the threads that ran the spectral form
-    spy = lambda x, *a: threads.append(threading.get_ident()) or SPECTRAL_FORM(x, *a)  # noqa: E731
+    it was (muon_steps checks)."""
+    calls = []  # (thread, its torch threads) of every spectral form
+    spy = lambda x, *a: calls.append((threading.get_ident(), torch.get_num_threads())) or SPECTRAL_FORM(x, *a)  # noqa: E731
     monkeypatch.setattr(muon, "_spectral_form", spy)
-    torch.manual_seed(0)
-    shapes = [(384, 192), (192, 384), (16, 40), (48, 16)]
-    grads = [torch.randn(s) for s in shapes]
-    start = [torch.randn(s) * 0.1 for s in shapes]
-    results = {}
-    before = torch.get_num_threads()
-    try:
-        for count in (1, 2):
-            torch.set_num_threads(count)
-            params = [torch.nn.Parameter(w.clone()) for w in start]
-            optimizer = Muon(params, lr=0.02, momentum=0.95, weight_decay=0.1)
-            for _ in range(2):
-                for p, g in zip(params, grads, strict=True):
-                    p.grad = g.clone()
-                optimizer.step()
-            results[count] = [p.detach() for p in params], list(threads)
-            assert torch.get_num_threads() == count and count_in_a_new_thread() == count
-            threads.clear()
-    finally:
-        torch.set_num_threads(before)
-    (in_turn, turn_threads), (side_by_side, side_threads) = results[1], results[2]
-    assert set(turn_threads) == {threading.get_ident()} and len(turn_threads) == 4
-    assert threading.get_ident() not in side_threads and len(side_threads) == 4
+    in_turn = muon_steps(threads=1)
+    assert calls == [(threading.get_ident(), 1)] * 4  # 2 steps x 2 large matrices
+    calls.clear()
+    side_by_side = muon_steps(threads=2)
+    assert len(calls) == 4 and all(thread != threading.get_ident() and count == 1 for thread, count in calls)
     for a, b in zip(in_turn, side_by_side, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_step_under_autocast_is_the_float32_step(threads):
+    """Manual optimization may step inside the forward's autocast: the iteration stays float32, in turn as in
+    threads (which start without autocast)."""
+    for a, b in zip(muon_steps(threads, autocast=True), muon_steps(threads), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_an_error_in_one_thread_is_raised_and_the_thread_count_put_back(monkeypatch):
+    def fails_on_the_wide_one(x, *a):
+        if x.shape == (192, 384) and threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("LAPACK failed")
+        return SPECTRAL_FORM(x, *a)
+
+    monkeypatch.setattr(muon, "_spectral_form", fails_on_the_wide_one)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        params = [torch.nn.Parameter(torch.randn(s)) for s in SHAPES]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        with pytest.raises(RuntimeError, match="LAPACK failed"):
+            Muon(params, lr=0.02).step()
+        assert torch.get_num_threads() == 2 and count_in_a_new_thread() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def count_in_a_new_thread() -> int:
