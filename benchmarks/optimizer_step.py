@@ -65,9 +65,7 @@ def main() -> None:
     group = muon.Muon(params, lr=1e-4).param_groups[0]
     updates = [(group, p, {}) for p in params]  # lightning_gpt's step: each matrix's update, in threads on the CPU
     sides["Muon's update, in turn"] = lambda: [muon._muon_update(*u) for u in updates]
-    sides["Muon's update, side by side (ours)"] = lambda: muon._each_in_threads(
-        muon._muon_update, updates, size=lambda u: u[1].numel()
-    )
+    sides["Muon's update, side by side (ours)"] = lambda: muon._update_side_by_side(updates)
     for fused in (False, True):
         optimizer = torch.optim.AdamW([embedding], lr=1e-4, fused=fused)
         embedding.grad = torch.randn_like(embedding)

@@ -4,7 +4,6 @@ eigendecomposition for the larger matrices. On CUDA it is torch's own step."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -37,7 +36,7 @@ class Muon(torch.optim.Muon):
         # The iteration is float32 by design, even when a step is taken under autocast (manual optimization);
         # the threads below start without it, so in turn the step must too.
         with torch.autocast("cpu", enabled=False):
-            _each_in_threads(_muon_update, todo, size=lambda item: item[1].numel())
+            _update_side_by_side(todo)
         return loss
 
 
@@ -54,10 +53,10 @@ def _muon_update(group: dict, p: torch.Tensor, state: dict) -> None:
     p.add_(update.to(p.dtype), alpha=-lr * _lr_scale(group["adjust_lr_fn"], p.shape))
 
 
-def _each_in_threads(fn: Callable[..., None], items: list[tuple], size: Callable[[tuple], int]) -> None:
-    """fn(*item) for every item, side by side in threads that split torch's intra-op threads among them (one each
-    on the 2-core VM), when every tensor in the items is a plain CPU tensor; otherwise in turn. Largest first
-    (`size`), so that the threads finish together. If one raises, the others still finish, and its error is raised.
+def _update_side_by_side(todo: list[tuple[dict, torch.Tensor, dict]]) -> None:
+    """_muon_update for every (group, p, state), side by side in threads that split torch's intra-op threads among
+    them (one each on the 2-core VM) when every p is a plain CPU tensor; otherwise in turn. Largest first, so that
+    the threads finish together. If one raises, the others still finish, and its error is raised.
 
     Why: LAPACK's eigh hardly uses a second core (a 256 x 256 one: 5.1 ms on two threads, 5.6 ms on one, on the
     2-core VM), so matrices side by side, one a core, take 0.75x the time in turn for the fast recipe's 16 matrices
@@ -66,22 +65,22 @@ def _each_in_threads(fn: Callable[..., None], items: list[tuple], size: Callable
     back after (a thread started during the step keeps the workers' count). Starting them every step holds no
     memory: the process's resident size stayed within 460-474 MiB over 400 steps."""
     main_threads = torch.get_num_threads()
-    threads = min(main_threads, len(items))
-    tensors = [x for item in items for x in item if isinstance(x, torch.Tensor)]
+    threads = min(main_threads, len(todo))
     plain = (torch.Tensor, torch.nn.Parameter)  # not a subclass such as DTensor, whose ops may talk to other ranks
-    if threads < 2 or not all(type(t) in plain and t.device.type == "cpu" for t in tensors):
-        for item in items:
-            fn(*item)
+    if threads < 2 or not all(type(p) in plain and p.device.type == "cpu" for _, p, _ in todo):
+        for item in todo:
+            _muon_update(*item)
         return
 
-    def in_one_thread(item: tuple) -> None:
+    def in_one_thread(item: tuple[dict, torch.Tensor, dict]) -> None:
         with torch.no_grad():  # grad mode is per thread
-            fn(*item)
+            _muon_update(*item)
 
     each = main_threads // threads  # intra-op threads of each worker
     try:
         with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(each,)) as pool:
-            list(pool.map(in_one_thread, sorted(items, key=size, reverse=True)))  # list(): raises what a thread raised
+            largest_first = sorted(todo, key=lambda item: item[1].numel(), reverse=True)
+            list(pool.map(in_one_thread, largest_first))  # list(): raises what a thread raised
     finally:
         torch.set_num_threads(main_threads)
 

@@ -267,9 +267,8 @@ def test_compiled_loss_takes_whole_logits_below_the_bound_and_chunks_above_eager
     eager = perturbed(tiny(**settings)).train()
     compiled = tiny(**settings)
     compiled.load_state_dict(eager.state_dict())
-    compiled.compile(
-        fullgraph=whole
-    )  # no break but the chunked loss's own (compiler.disable): relu2's Function compiles
+    # No graph break but the chunked loss's own (compiler.disable): ReLU squared's Function compiles.
+    compiled.compile(fullgraph=whole)
     plain = tiny(**settings)
     plain.load_state_dict(eager.state_dict())
     idx, targets = torch.randint(0, 97, (2, 16)), torch.randint(0, 97, (2, 16))

@@ -242,8 +242,25 @@ class Losses(L.Callback):
             trainer.should_stop = trainer.global_step >= self.stop_at
 
 
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
-def test_a_resume_restores_muons_state_and_continues_exactly(precision, wikitext_dir, tmp_path):
+# bf16 with two threads: the matrices side by side inside Lightning's step (precision plugin, accumulation, clipping)
+@pytest.mark.parametrize(("precision", "threads"), [("32-true", 1), ("bf16-mixed", 2)])
+def test_a_resume_restores_muons_state_and_continues_exactly(precision, threads, wikitext_dir, tmp_path, monkeypatch):
+    workers = set()  # the threads that ran Muon's updates
+    update = muon._muon_update
+    monkeypatch.setattr(muon, "_muon_update", lambda *item: workers.add(threading.get_ident()) or update(*item))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        resume_exactly(precision, wikitext_dir, tmp_path)
+    finally:
+        torch.set_num_threads(before)
+    if threads == 1:
+        assert workers == {threading.get_ident()}
+    else:  # fresh threads every step
+        assert threading.get_ident() not in workers and len(workers) >= 2
+
+
+def resume_exactly(precision, wikitext_dir, tmp_path):
     def fit(root, stop_at=None, ckpt_path=None):
         L.seed_everything(5)
         dm = tiny_wikitext_data(wikitext_dir, tokenizer="bpe-300")  # a small head: bf16 on a CPU is slow
